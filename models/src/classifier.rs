@@ -1,0 +1,336 @@
+//! Client task models of different shapes: a feature extractor, a classifier head and a
+//! projection of the features into the text-embedding space.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{
+    conv2d_no_bias, linear, AdamW, Conv2d, Conv2dConfig, Linear, Module, Optimizer, ParamsAdamW,
+    VarBuilder, VarMap,
+};
+
+use crate::error::{ModelError, Result};
+use crate::init::{pixels_to_tensor, reinit};
+
+/// The architectures clients can run; heterogeneous on purpose, so no two can average weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// 784-256-128 multilayer perceptron.
+    Mlp,
+    /// Two strided convolutions (8 and 16 channels) and a 128-unit layer.
+    SmallCnn,
+    /// Two strided convolutions (16 and 32 channels) and a 192-unit layer.
+    WideCnn,
+}
+
+impl Arch {
+    /// The architectures in round-robin order.
+    pub const ALL: [Arch; 3] = [Arch::Mlp, Arch::SmallCnn, Arch::WideCnn];
+
+    /// Width of the feature vector.
+    pub fn feature_dim(self) -> usize {
+        match self {
+            Arch::Mlp | Arch::SmallCnn => 128,
+            Arch::WideCnn => 192,
+        }
+    }
+}
+
+enum Features {
+    Mlp(Linear, Linear),
+    Cnn(Conv2d, Conv2d, Linear),
+}
+
+impl Features {
+    fn new(arch: Arch, vb: VarBuilder, side: usize) -> Result<Self> {
+        let conv = |i, o, k, vb| {
+            conv2d_no_bias(
+                i,
+                o,
+                k,
+                Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                },
+                vb,
+            )
+        };
+        let out_side = |s: usize, k: usize| (s - k) / 2 + 1;
+        Ok(match arch {
+            Arch::Mlp => Features::Mlp(
+                linear(side * side, 256, vb.pp("fc1"))?,
+                linear(256, arch.feature_dim(), vb.pp("fc2"))?,
+            ),
+            Arch::SmallCnn | Arch::WideCnn => {
+                let (c1, c2) = if arch == Arch::SmallCnn {
+                    (8, 16)
+                } else {
+                    (16, 32)
+                };
+                let s = out_side(out_side(side, 5), 3);
+                Features::Cnn(
+                    conv(1, c1, 5, vb.pp("conv1"))?,
+                    conv(c1, c2, 3, vb.pp("conv2"))?,
+                    linear(c2 * s * s, arch.feature_dim(), vb.pp("fc"))?,
+                )
+            }
+        })
+    }
+
+    fn forward(&self, x: &Tensor, side: usize) -> Result<Tensor> {
+        Ok(match self {
+            Features::Mlp(a, b) => b.forward(&a.forward(x)?.relu()?)?.relu()?,
+            Features::Cnn(c1, c2, fc) => {
+                let n = x.dim(0)?;
+                let h = x.reshape((n, 1, side, side))?;
+                let h = c2.forward(&c1.forward(&h)?.relu()?)?.relu()?;
+                fc.forward(&h.flatten_from(1)?)?.relu()?
+            }
+        })
+    }
+}
+
+/// A client's task model: `head ∘ features` classifies, `projection ∘ features` embeds.
+pub struct TaskModel {
+    arch: Arch,
+    side: usize,
+    varmap: VarMap,
+    features: Features,
+    head: Linear,
+    projection: Linear,
+    opt: AdamW,
+    device: Device,
+}
+
+/// Everything a forward pass produces that the losses need.
+pub struct Forward {
+    /// Class scores `[B, C]`.
+    pub logits: Tensor,
+    /// Projection into the text-embedding space `[B, E]`.
+    pub embedding: Tensor,
+}
+
+impl TaskModel {
+    /// A new model for `side`×`side` images, `classes` classes and `emb_dim`-wide captions.
+    pub fn new(
+        arch: Arch,
+        side: usize,
+        classes: usize,
+        emb_dim: usize,
+        lr: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        if side < 12 || classes < 2 || emb_dim == 0 {
+            return Err(ModelError::Config(format!(
+                "task model needs side >= 12, >= 2 classes, emb_dim > 0 (got {side}, {classes}, {emb_dim})"
+            )));
+        }
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let features = Features::new(arch, vb.pp("features"), side)?;
+        let head = linear(arch.feature_dim(), classes, vb.pp("head"))?;
+        let projection = linear(arch.feature_dim(), emb_dim, vb.pp("projection"))?;
+        reinit(&varmap, seed)?;
+        let opt = AdamW::new(
+            varmap.all_vars(),
+            ParamsAdamW {
+                lr,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self {
+            arch,
+            side,
+            varmap,
+            features,
+            head,
+            projection,
+            opt,
+            device,
+        })
+    }
+
+    /// Its architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The device its tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Feature vectors `[B, F]` of images `[B, pixels]` in [-1, 1].
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.features.forward(x, self.side)
+    }
+
+    /// Logits and embeddings of images `[B, pixels]` in [-1, 1].
+    pub fn forward(&self, x: &Tensor) -> Result<Forward> {
+        let f = self.features(x)?;
+        Ok(Forward {
+            logits: self.head.forward(&f)?,
+            embedding: self.projection.forward(&f)?,
+        })
+    }
+
+    /// Logits only (skips the projection).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(&self.features(x)?)?)
+    }
+
+    /// One optimiser step on `loss`.
+    pub fn step(&mut self, loss: &Tensor) -> Result<()> {
+        self.opt.backward_step(loss)?;
+        Ok(())
+    }
+
+    /// Softmax predictions for u8 images (`n * pixels` bytes), `n * classes` values.
+    pub fn predict_proba(&self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let p = self.side * self.side;
+        for start in (0..n).step_by(512) {
+            let b = (n - start).min(512);
+            let x = pixels_to_tensor(&pixels[start * p..(start + b) * p], b, &self.device)?;
+            let probs = candle_nn::ops::softmax_last_dim(&self.logits(&x)?)?;
+            out.extend(probs.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Feature vectors for u8 images, `n * feature_dim` values.
+    pub fn embed_features(&self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let p = self.side * self.side;
+        for start in (0..n).step_by(512) {
+            let b = (n - start).min(512);
+            let x = pixels_to_tensor(&pixels[start * p..(start + b) * p], b, &self.device)?;
+            out.extend(self.features(&x)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// The parameters, for averaging (FedAvg) and checkpoints.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Saves the parameters as safetensors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.varmap.save(path)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Dataset;
+    use crate::train::{accuracy, train_client, ClientTrainConfig};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn stripes(n: usize, rng: &mut ChaCha8Rng) -> Dataset {
+        // Class c: a bright horizontal band at rows 7c..7c+7 (4 classes), plus noise.
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let c = i % 4;
+            for r in 0..28 {
+                for _ in 0..28 {
+                    let base: i32 = if r / 7 == c { 180 } else { 40 };
+                    images.push((base + rng.random_range(-30..30)).clamp(0, 255) as u8);
+                }
+            }
+            labels.push(c as u8);
+        }
+        Dataset {
+            images,
+            labels,
+            rows: 28,
+            cols: 28,
+            classes: (0..4).map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_architecture_learns_a_tiny_task() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let train = stripes(64, &mut rng);
+        let test = stripes(40, &mut rng);
+        for arch in Arch::ALL {
+            let mut m = TaskModel::new(arch, 28, 4, 3, 3e-3, 1).unwrap();
+            let before = accuracy(&m, &test).unwrap();
+            let emb: Vec<f32> = train
+                .labels
+                .iter()
+                .flat_map(|&l| [l as f32, 1.0, 0.0])
+                .collect();
+            let cfg = ClientTrainConfig {
+                epochs: 6,
+                batch: 16,
+                ..Default::default()
+            };
+            let stats = train_client(&mut m, &train, &emb, None, &cfg, &mut rng).unwrap();
+            let after = accuracy(&m, &test).unwrap();
+            assert_eq!(stats.steps, 6 * 4);
+            assert!(after >= 0.9, "{arch:?}: accuracy {before} -> {after}");
+        }
+    }
+
+    #[test]
+    fn distillation_teaches_classes_absent_from_private_data() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let all = stripes(96, &mut rng);
+        let private_idx: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] < 2).collect();
+        let other_idx: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] >= 2).collect();
+        let private = all.subset(&private_idx);
+        let other = all.subset(&other_idx);
+        let emb: Vec<f32> = private
+            .labels
+            .iter()
+            .flat_map(|&l| [l as f32, 1.0])
+            .collect();
+        let test = stripes(40, &mut rng);
+        let unseen: Vec<usize> = (0..test.len()).filter(|&i| test.labels[i] >= 2).collect();
+        let unseen = test.subset(&unseen);
+        let cfg = ClientTrainConfig {
+            epochs: 5,
+            batch: 16,
+            distill_batch: 16,
+            align_weight: 0.0,
+            ..Default::default()
+        };
+        let teacher: Vec<f32> = other
+            .labels
+            .iter()
+            .flat_map(|&l| (0..4).map(move |c| if c == l { 0.97 } else { 0.01 }))
+            .collect();
+        let set = crate::train::DistillSet {
+            images: other.images.clone(),
+            teacher,
+            labels: None,
+            emb: None,
+        };
+        let mut with = TaskModel::new(Arch::Mlp, 28, 4, 2, 3e-3, 1).unwrap();
+        train_client(&mut with, &private, &emb, Some(&set), &cfg, &mut rng).unwrap();
+        let mut without = TaskModel::new(Arch::Mlp, 28, 4, 2, 3e-3, 1).unwrap();
+        train_client(&mut without, &private, &emb, None, &cfg, &mut rng).unwrap();
+        let (a, b) = (
+            accuracy(&with, &unseen).unwrap(),
+            accuracy(&without, &unseen).unwrap(),
+        );
+        assert!(
+            a >= 0.9 && b <= 0.1,
+            "unseen classes: with distillation {a}, without {b}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(TaskModel::new(Arch::Mlp, 4, 10, 8, 1e-3, 0).is_err());
+        assert!(TaskModel::new(Arch::Mlp, 28, 1, 8, 1e-3, 0).is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! The text-to-image generator: a conditional flow-matching model whose velocity network is
+//! conditioned on the caption embedding, sampled with a fixed number of Euler steps.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{linear, AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+use crate::init::{normal_vec, pixels_to_tensor, reinit, tensor_to_pixels};
+use crate::losses::scalar;
+
+/// A text-to-image model: samples images for caption embeddings, and learns from weighted
+/// (image, caption embedding) triples.
+pub trait Generator {
+    /// Draws one u8 image per caption embedding (`emb` is `n * emb_dim` values).
+    fn sample(&self, emb: &[f32], n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<u8>>;
+    /// Trains on `(images, embeddings, weights)` for `steps` steps; returns the mean loss.
+    fn train(&mut self, set: &WeightedSet, steps: usize, rng: &mut ChaCha8Rng) -> Result<f32>;
+    /// Saves the parameters as safetensors.
+    fn save(&self, path: &Path) -> Result<()>;
+    /// Loads parameters saved by `save`.
+    fn load(&mut self, path: &Path) -> Result<()>;
+}
+
+/// Training triples for the generator: images, their caption embeddings, per-sample weights.
+#[derive(Debug, Clone, Default)]
+pub struct WeightedSet {
+    /// u8 pixels, `len * pixels`.
+    pub images: Vec<u8>,
+    /// Caption embeddings, `len * emb_dim`.
+    pub emb: Vec<f32>,
+    /// Non-negative weights (1 for real public data, the reward for kept synthetic samples).
+    pub weights: Vec<f32>,
+}
+
+impl WeightedSet {
+    /// Number of triples.
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// Appends every triple of `other`.
+    pub fn extend(&mut self, other: &WeightedSet) {
+        self.images.extend_from_slice(&other.images);
+        self.emb.extend_from_slice(&other.emb);
+        self.weights.extend_from_slice(&other.weights);
+    }
+}
+
+/// Shape and optimisation settings of the flow-matching generator.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct FlowConfig {
+    /// Pixels per image (784 for 28×28).
+    pub pixels: usize,
+    /// Caption embedding width.
+    pub emb_dim: usize,
+    /// Hidden width of the velocity network.
+    pub hidden: usize,
+    /// Residual blocks.
+    pub blocks: usize,
+    /// Width of the PCA latent space the flow runs in (fitted on the pre-training images,
+    /// whitened); 0 runs the flow directly on pixels.
+    pub latent_dim: usize,
+    /// Euler steps when sampling.
+    pub sample_steps: usize,
+    /// Probability of dropping the caption during training (enables guidance).
+    pub uncond_prob: f32,
+    /// Classifier-free guidance scale at sampling (1 = plain conditional sampling).
+    pub guidance: f32,
+    /// Learning rate.
+    pub lr: f64,
+    /// Batch size.
+    pub batch: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            pixels: 784,
+            emb_dim: 32,
+            hidden: 256,
+            blocks: 3,
+            latent_dim: 64,
+            sample_steps: 16,
+            uncond_prob: 0.1,
+            guidance: 1.0,
+            lr: 1e-3,
+            batch: 128,
+        }
+    }
+}
+
+impl FlowConfig {
+    /// Width of the space the flow runs in.
+    pub fn data_dim(&self) -> usize {
+        if self.latent_dim > 0 {
+            self.latent_dim
+        } else {
+            self.pixels
+        }
+    }
+}
+
+const TIME_FEATURES: usize = 16;
+
+/// A whitened PCA code: `z = ((x − mean) · basis) / scale`, `x = mean + (z · scale) · basisᵀ`.
+/// Stored as parameters so checkpoints carry it, but never trained.
+struct PcaCodec {
+    mean: candle_core::Var,
+    basis: candle_core::Var,
+    scale: candle_core::Var,
+}
+
+impl PcaCodec {
+    fn new(varmap: &VarMap, pixels: usize, dim: usize, device: &Device) -> Result<Self> {
+        let var = |name: &str, shape: Vec<usize>| -> Result<candle_core::Var> {
+            let v = candle_core::Var::from_tensor(&Tensor::ones(shape, DType::F32, device)?)?;
+            varmap
+                .data()
+                .lock()
+                .map_err(|_| ModelError::Config("parameter store lock poisoned".into()))?
+                .insert(format!("codec.{name}"), v.clone());
+            Ok(v)
+        };
+        Ok(Self {
+            mean: var("mean", vec![1, pixels])?,
+            basis: var("basis", vec![pixels, dim])?,
+            scale: var("scale", vec![1, dim])?,
+        })
+    }
+
+    /// Fits the code to `x` `[n, pixels]` (values in [-1, 1]).
+    fn fit(&self, x: &Tensor) -> Result<()> {
+        let (n, p) = x.dims2()?;
+        let dim = self.basis.dims()[1];
+        let mean = x.mean_keepdim(0)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let cov = (xc.t()?.matmul(&xc)? / (n.max(2) - 1) as f64)?;
+        let cov: Vec<f32> = cov.flatten_all()?.to_vec1()?;
+        let m = nalgebra::DMatrix::from_row_slice(p, p, &cov).map(|v| v as f64);
+        let eig = nalgebra::SymmetricEigen::new(m);
+        let mut order: Vec<usize> = (0..p).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        let mut basis = vec![0f32; p * dim];
+        let mut scale = vec![0f32; dim];
+        for (k, &i) in order.iter().take(dim).enumerate() {
+            scale[k] = eig.eigenvalues[i].max(1e-6).sqrt() as f32;
+            for r in 0..p {
+                basis[r * dim + k] = eig.eigenvectors[(r, i)] as f32;
+            }
+        }
+        self.mean.set(&mean)?;
+        self.basis
+            .set(&Tensor::from_vec(basis, (p, dim), x.device())?)?;
+        self.scale
+            .set(&Tensor::from_vec(scale, (1, dim), x.device())?)?;
+        Ok(())
+    }
+
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_sub(self.mean.as_tensor())?
+            .matmul(self.basis.as_tensor())?
+            .broadcast_div(self.scale.as_tensor())?)
+    }
+
+    fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(z.broadcast_mul(self.scale.as_tensor())?
+            .matmul(&self.basis.as_tensor().t()?)?
+            .broadcast_add(self.mean.as_tensor())?)
+    }
+}
+
+struct VelocityNet {
+    input: Linear,
+    cond: Linear,
+    blocks: Vec<(Linear, Linear)>,
+    output: Linear,
+}
+
+impl VelocityNet {
+    fn new(vb: VarBuilder, cfg: &FlowConfig) -> Result<Self> {
+        let h = cfg.hidden;
+        let blocks = (0..cfg.blocks)
+            .map(|i| {
+                let b = vb.pp(format!("block{i}"));
+                Ok((linear(h, h, b.pp("cond"))?, linear(h, h, b.pp("fc"))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            input: linear(cfg.data_dim(), h, vb.pp("input"))?,
+            cond: linear(cfg.emb_dim + TIME_FEATURES, h, vb.pp("cond"))?,
+            blocks,
+            output: linear(h, cfg.data_dim(), vb.pp("output"))?,
+        })
+    }
+
+    /// Velocity at `x` `[B, P]`, times `t` (B values in [0,1]), conditions `c` `[B, E]`.
+    fn forward(&self, x: &Tensor, t: &[f32], c: &Tensor) -> Result<Tensor> {
+        let b = t.len();
+        let mut feats = Vec::with_capacity(b * TIME_FEATURES);
+        for &ti in t {
+            for k in 0..TIME_FEATURES / 2 {
+                let f = (k as f32).exp2() * std::f32::consts::PI * ti;
+                feats.push(f.sin());
+                feats.push(f.cos());
+            }
+        }
+        let tf = Tensor::from_vec(feats, (b, TIME_FEATURES), x.device())?;
+        let cond = self.cond.forward(&Tensor::cat(&[c, &tf], 1)?)?.silu()?;
+        let mut h = (self.input.forward(x)? + &cond)?;
+        for (film, fc) in &self.blocks {
+            let g = film.forward(&cond)?;
+            h = (&h + fc.forward(&(h.silu()? + g)?)?)?;
+        }
+        Ok(self.output.forward(&h.silu()?)?)
+    }
+}
+
+/// The default generator: conditional flow matching (rectified flow) with an MLP velocity net.
+pub struct FlowGenerator {
+    cfg: FlowConfig,
+    varmap: VarMap,
+    net: VelocityNet,
+    codec: Option<PcaCodec>,
+    codec_ready: bool,
+    opt: AdamW,
+    device: Device,
+}
+
+impl FlowGenerator {
+    /// A freshly initialised generator, parameters drawn from `seed`.
+    pub fn new(cfg: FlowConfig, seed: u64) -> Result<Self> {
+        if cfg.pixels == 0
+            || cfg.emb_dim == 0
+            || cfg.hidden == 0
+            || cfg.sample_steps == 0
+            || cfg.batch == 0
+        {
+            return Err(ModelError::Config(format!(
+                "generator sizes must be positive: {cfg:?}"
+            )));
+        }
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let net = VelocityNet::new(vb.pp("velocity"), &cfg)?;
+        reinit(&varmap, seed)?;
+        let trainable = varmap.all_vars();
+        let codec = if cfg.latent_dim > 0 {
+            Some(PcaCodec::new(&varmap, cfg.pixels, cfg.latent_dim, &device)?)
+        } else {
+            None
+        };
+        let opt = AdamW::new(
+            trainable,
+            ParamsAdamW {
+                lr: cfg.lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self {
+            cfg,
+            varmap,
+            net,
+            codec_ready: codec.is_none(),
+            codec,
+            opt,
+            device,
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    /// Fits the latent code (PCA) to the pre-training images; a no-op in pixel space.
+    pub fn fit_latent(&mut self, images: &[u8]) -> Result<()> {
+        let n = images.len() / self.cfg.pixels;
+        if let Some(codec) = &self.codec {
+            if n < 2 {
+                return Err(ModelError::Config(
+                    "the latent code needs at least two images".into(),
+                ));
+            }
+            codec.fit(&pixels_to_tensor(images, n, &self.device)?)?;
+        }
+        self.codec_ready = true;
+        Ok(())
+    }
+
+    /// Sets the learning rate (lower for fine-tuning than for pre-training).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.opt.set_learning_rate(lr);
+    }
+
+    fn ensure_ready(&self) -> Result<()> {
+        if self.codec_ready {
+            Ok(())
+        } else {
+            Err(ModelError::Config(
+                "the generator's latent code is not fitted: call fit_latent or load a checkpoint".into(),
+            ))
+        }
+    }
+
+    fn velocity(&self, x: &Tensor, t: f32, c: &Tensor, uncond: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let tv = vec![t; n];
+        let vc = self.net.forward(x, &tv, c)?;
+        if (self.cfg.guidance - 1.0).abs() < f32::EPSILON {
+            return Ok(vc);
+        }
+        let vu = self.net.forward(x, &tv, uncond)?;
+        Ok((&vu + ((vc - &vu)? * self.cfg.guidance as f64)?)?)
+    }
+}
+
+impl Generator for FlowGenerator {
+    fn sample(&self, emb: &[f32], n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<u8>> {
+        self.ensure_ready()?;
+        if emb.len() != n * self.cfg.emb_dim {
+            return Err(ModelError::Config(format!(
+                "{} embedding values for {n} samples of width {}",
+                emb.len(),
+                self.cfg.emb_dim
+            )));
+        }
+        let mut out = Vec::with_capacity(n * self.cfg.pixels);
+        for start in (0..n).step_by(256) {
+            let b = (n - start).min(256);
+            let e = &emb[start * self.cfg.emb_dim..(start + b) * self.cfg.emb_dim];
+            let c = Tensor::from_slice(e, (b, self.cfg.emb_dim), &self.device)?;
+            let uncond = c.zeros_like()?;
+            let d = self.cfg.data_dim();
+            let mut x = Tensor::from_vec(normal_vec(rng, b * d), (b, d), &self.device)?;
+            let dt = 1.0 / self.cfg.sample_steps as f32;
+            for k in 0..self.cfg.sample_steps {
+                let v = self.velocity(&x, k as f32 * dt, &c, &uncond)?;
+                x = (x + (v * dt as f64)?)?;
+            }
+            if let Some(codec) = &self.codec {
+                x = codec.decode(&x)?;
+            }
+            out.extend(tensor_to_pixels(&x)?);
+        }
+        Ok(out)
+    }
+
+    fn train(&mut self, set: &WeightedSet, steps: usize, rng: &mut ChaCha8Rng) -> Result<f32> {
+        self.ensure_ready()?;
+        let (p, e) = (self.cfg.pixels, self.cfg.emb_dim);
+        if set.images.len() != set.len() * p || set.emb.len() != set.len() * e {
+            return Err(ModelError::Config(
+                "generator training set has inconsistent sizes".into(),
+            ));
+        }
+        if set.is_empty() || steps == 0 {
+            return Ok(0.0);
+        }
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        let mut cursor = order.len();
+        let mut total = 0.0;
+        for _ in 0..steps {
+            let b = self.cfg.batch.min(set.len());
+            let mut idx = Vec::with_capacity(b);
+            while idx.len() < b {
+                if cursor == order.len() {
+                    order.shuffle(rng);
+                    cursor = 0;
+                }
+                idx.push(order[cursor]);
+                cursor += 1;
+            }
+            let mut px = Vec::with_capacity(b * p);
+            let mut em = Vec::with_capacity(b * e);
+            let mut w = Vec::with_capacity(b);
+            for &i in &idx {
+                px.extend_from_slice(&set.images[i * p..(i + 1) * p]);
+                if rng.random::<f32>() < self.cfg.uncond_prob {
+                    em.extend(std::iter::repeat_n(0f32, e));
+                } else {
+                    em.extend_from_slice(&set.emb[i * e..(i + 1) * e]);
+                }
+                w.push(set.weights[i].max(0.0));
+            }
+            let wsum: f32 = w.iter().sum();
+            if wsum <= 0.0 {
+                continue;
+            }
+            let mut x1 = pixels_to_tensor(&px, b, &self.device)?;
+            if let Some(codec) = &self.codec {
+                x1 = codec.encode(&x1)?;
+            }
+            let d = self.cfg.data_dim();
+            let x0 = Tensor::from_vec(normal_vec(rng, b * d), (b, d), &self.device)?;
+            let t: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
+            let tt = Tensor::from_slice(&t, (b, 1), &self.device)?;
+            let xt = (x0.broadcast_mul(&(1.0 - &tt)?)? + x1.broadcast_mul(&tt)?)?;
+            let target = (&x1 - &x0)?;
+            let c = Tensor::from_vec(em, (b, e), &self.device)?;
+            let v = self.net.forward(&xt, &t, &c)?;
+            let per_sample = (v - target)?.sqr()?.mean(1)?;
+            let wt = Tensor::from_vec(w, b, &self.device)?;
+            let loss = ((per_sample * wt)?.sum_all()? / wsum as f64)?;
+            self.opt.backward_step(&loss)?;
+            total += scalar(&loss)?;
+        }
+        Ok(total / steps as f32)
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        self.varmap.save(path)?;
+        Ok(())
+    }
+
+    fn load(&mut self, path: &Path) -> Result<()> {
+        self.varmap.load(path)?;
+        self.codec_ready = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Two classes: bright left half vs bright right half, with noise.
+    pub(crate) fn halves(n_per_class: usize, rng: &mut ChaCha8Rng) -> (Vec<u8>, Vec<u8>) {
+        let (mut px, mut labels) = (Vec::new(), Vec::new());
+        for c in 0..2u8 {
+            for _ in 0..n_per_class {
+                for _r in 0..28 {
+                    for col in 0..28 {
+                        let bright = (col < 14) == (c == 0);
+                        let base: i32 = if bright { 200 } else { 30 };
+                        px.push((base + rng.random_range(-25..25)).clamp(0, 255) as u8);
+                    }
+                }
+                labels.push(c);
+            }
+        }
+        (px, labels)
+    }
+
+    fn left_minus_right(img: &[u8]) -> f32 {
+        let (mut l, mut r) = (0f32, 0f32);
+        for (i, &p) in img.iter().enumerate() {
+            if i % 28 < 14 {
+                l += p as f32;
+            } else {
+                r += p as f32;
+            }
+        }
+        (l - r) / 392.0
+    }
+
+    #[test]
+    fn flow_generator_learns_a_conditional_distribution() {
+        for latent_dim in [0, 8] {
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let (px, labels) = halves(32, &mut rng);
+            let emb: Vec<f32> = labels
+                .iter()
+                .flat_map(|&c| if c == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+                .collect();
+            let cfg = FlowConfig {
+                emb_dim: 2,
+                hidden: 64,
+                blocks: 1,
+                latent_dim,
+                batch: 32,
+                lr: 3e-3,
+                ..Default::default()
+            };
+            let mut g = FlowGenerator::new(cfg, 3).unwrap();
+            g.fit_latent(&px).unwrap();
+            let set = WeightedSet {
+                images: px,
+                emb,
+                weights: vec![1.0; labels.len()],
+            };
+            let first = g.train(&set, 10, &mut rng).unwrap();
+            g.train(&set, 250, &mut rng).unwrap();
+            let last = g.train(&set, 10, &mut rng).unwrap();
+            assert!(
+                last < first * 0.85,
+                "latent {latent_dim}: loss {first} -> {last}"
+            );
+            let cond: Vec<f32> = [[1.0, 0.0]; 10]
+                .iter()
+                .chain([[0.0, 1.0]; 10].iter())
+                .flatten()
+                .copied()
+                .collect();
+            let out = g.sample(&cond, 20, &mut rng).unwrap();
+            let right = out
+                .chunks_exact(784)
+                .enumerate()
+                .filter(|(i, img)| (left_minus_right(img) > 0.0) == (*i < 10))
+                .count();
+            assert!(
+                right >= 18,
+                "latent {latent_dim}: only {right}/20 samples match their condition"
+            );
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_seeded_init() {
+        let cfg = FlowConfig {
+            emb_dim: 2,
+            hidden: 16,
+            blocks: 1,
+            latent_dim: 4,
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (px, _) = halves(4, &mut rng);
+        let mut a = FlowGenerator::new(cfg, 5).unwrap();
+        a.fit_latent(&px).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.safetensors");
+        a.save(&path).unwrap();
+        let mut b = FlowGenerator::new(cfg, 6).unwrap();
+        assert!(
+            b.sample(&[1.0, 0.0], 1, &mut rng).is_err(),
+            "unfitted latent code must be refused"
+        );
+        b.load(&path).unwrap();
+        let emb = vec![1.0, 0.0, 0.0, 1.0];
+        let sa = a
+            .sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(9))
+            .unwrap();
+        let sb = b
+            .sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(9))
+            .unwrap();
+        assert_eq!(sa, sb);
+        let c = FlowGenerator::new(cfg, 5).unwrap();
+        let d = FlowGenerator::new(cfg, 5).unwrap();
+        assert_eq!(
+            c.sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(1))
+                .unwrap(),
+            d.sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(1))
+                .unwrap()
+        );
+        assert!(a.sample(&emb[..3], 2, &mut rng).is_err());
+    }
+}

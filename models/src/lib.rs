@@ -1,0 +1,18 @@
+//! fedmmkt models: data (IDX, splits, captions), the frozen text encoder, the text-to-image
+//! generator, heterogeneous client task models, losses, training loops and metrics.
+
+pub mod classifier;
+pub mod data;
+pub mod error;
+pub mod generator;
+pub mod init;
+pub mod losses;
+pub mod metrics;
+pub mod oracle;
+pub mod text;
+pub mod train;
+
+pub use error::{ModelError, Result};
+
+/// Pixels of one image in the datasets fedmmkt ships with (28×28).
+pub const PIXELS: usize = 784;

@@ -1,0 +1,272 @@
+//! Reports a person reads (Markdown, PNG plots and image grids) next to the same numbers as JSON.
+
+pub mod grid;
+pub mod plots;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plots::{line_chart, Series};
+
+use crate::simulate::{RunImages, RunReport};
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn opt_pct(x: Option<f64>) -> String {
+    x.map_or("–".into(), pct)
+}
+
+/// Writes `report.json`, `report.md`, the plots and the image grids of one run into `dir`.
+pub fn write_run(
+    dir: &Path,
+    report: &RunReport,
+    images: &RunImages,
+    classes: &[String],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let xs = |f: &dyn Fn(&crate::simulate::RoundReport) -> Option<f64>| -> Vec<(f64, f64)> {
+        report
+            .rounds
+            .iter()
+            .filter_map(|r| f(r).map(|y| (r.round as f64, y)))
+            .collect()
+    };
+    line_chart(
+        &dir.join("client_accuracy.png"),
+        &format!("{}: client accuracy on real test images", report.method),
+        "round",
+        "accuracy",
+        &[
+            Series {
+                label: "mean".into(),
+                points: xs(&|r| Some(r.client_acc_mean)),
+            },
+            Series {
+                label: "worst".into(),
+                points: xs(&|r| Some(r.client_acc_min)),
+            },
+        ],
+    )?;
+    if report.rounds.iter().any(|r| r.gen_oracle_acc.is_some()) {
+        let mut acc = vec![(0.0, report.gen_oracle_acc_start)];
+        acc.extend(xs(&|r| r.gen_oracle_acc));
+        let mut fd = vec![(0.0, report.gen_frechet_start)];
+        fd.extend(xs(&|r| r.gen_frechet));
+        line_chart(
+            &dir.join("generator_oracle_accuracy.png"),
+            &format!("{}: generator conditional accuracy (oracle)", report.method),
+            "round",
+            "oracle accuracy",
+            &[
+                Series {
+                    label: "generated".into(),
+                    points: acc,
+                },
+                Series {
+                    label: "oracle on real images".into(),
+                    points: vec![
+                        (0.0, report.oracle_acc_real),
+                        (report.rounds.len() as f64, report.oracle_acc_real),
+                    ],
+                },
+            ],
+        )?;
+        line_chart(
+            &dir.join("generator_frechet.png"),
+            &format!(
+                "{}: Fréchet distance in oracle feature space",
+                report.method
+            ),
+            "round",
+            "Fréchet distance",
+            &[Series {
+                label: "generated vs real test".into(),
+                points: fd,
+            }],
+        )?;
+    }
+    for (name, set) in [
+        ("generated_start.png", &images.start),
+        ("generated_end.png", &images.end),
+    ] {
+        if let Some((px, labels)) = set {
+            grid::write_grid(
+                &dir.join(name),
+                px,
+                labels,
+                classes.len(),
+                report.image_side,
+                2,
+            )?;
+        }
+    }
+    std::fs::write(dir.join("report.md"), run_markdown(report, classes))?;
+    Ok(())
+}
+
+/// The Markdown report of one run.
+pub fn run_markdown(r: &RunReport, classes: &[String]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# fedmmkt simulate: {}\n", r.method);
+    let _ = writeln!(
+        s,
+        "{} clients, Dirichlet α = {}, {} rounds, seed {}, data: {}. Total {:.1} s.\n",
+        r.config.clients, r.config.alpha, r.config.rounds, r.seed, r.data, r.total_seconds
+    );
+    let _ = writeln!(s, "Oracle accuracy on real test images: {}. Generator before round 1: oracle accuracy {}, Fréchet {:.2}.\n", pct(r.oracle_acc_real), pct(r.gen_oracle_acc_start), r.gen_frechet_start);
+    let _ = writeln!(s, "| round | client acc mean | client acc worst | generator oracle acc | Fréchet | kept | mean ρ | seconds | down MB | up MB |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for x in &r.rounds {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
+            x.round,
+            pct(x.client_acc_mean),
+            pct(x.client_acc_min),
+            opt_pct(x.gen_oracle_acc),
+            x.gen_frechet.map_or("–".into(), |v| format!("{v:.2}")),
+            x.kept.map_or("–".into(), |v| v.to_string()),
+            x.mean_reward.map_or("–".into(), |v| format!("{v:.3}")),
+            x.seconds,
+            x.downlink_bytes as f64 / 1e6,
+            x.uplink_bytes as f64 / 1e6
+        );
+    }
+    if let Some(last) = r.rounds.last() {
+        let _ = writeln!(s, "\n## Clients after round {}\n", last.round);
+        let _ = writeln!(
+            s,
+            "| client | architecture | private images | accuracy |\n|---|---|---|---|"
+        );
+        for (k, acc) in last.client_acc.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {k} | {:?} | {} | {} |",
+                r.client_archs[k],
+                r.client_sizes[k],
+                pct(*acc)
+            );
+        }
+        if let Some(end) = &last.gen_per_class_acc {
+            let _ = writeln!(s, "\n## Generator conditional accuracy per class\n\n| class | before round 1 | after round {} |\n|---|---|---|", last.round);
+            for (c, name) in classes.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} |",
+                    r.gen_per_class_acc_start
+                        .get(c)
+                        .map_or("–".into(), |v| pct(*v)),
+                    end.get(c).map_or("–".into(), |v| pct(*v))
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\n![start](generated_start.png) ![end](generated_end.png)"
+            );
+        }
+    }
+    let _ = writeln!(s, "\n![client accuracy](client_accuracy.png)");
+    s
+}
+
+/// Writes `compare.json`, `compare.md` and `compare.png` for several runs of one config.
+pub fn write_compare(dir: &Path, runs: &BTreeMap<String, RunReport>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::json!({ "runs": runs });
+    std::fs::write(
+        dir.join("compare.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|(name, r)| Series {
+            label: name.clone(),
+            points: r
+                .rounds
+                .iter()
+                .map(|x| (x.round as f64, x.client_acc_mean))
+                .collect(),
+        })
+        .collect();
+    line_chart(
+        &dir.join("compare.png"),
+        "mean client accuracy per round",
+        "round",
+        "accuracy",
+        &series,
+    )?;
+    let gen: Vec<Series> = runs
+        .iter()
+        .filter(|(_, r)| r.rounds.iter().any(|x| x.gen_oracle_acc.is_some()))
+        .map(|(name, r)| {
+            let mut points = vec![(0.0, r.gen_oracle_acc_start)];
+            points.extend(
+                r.rounds
+                    .iter()
+                    .filter_map(|x| x.gen_oracle_acc.map(|a| (x.round as f64, a))),
+            );
+            Series {
+                label: name.clone(),
+                points,
+            }
+        })
+        .collect();
+    line_chart(
+        &dir.join("compare_generator.png"),
+        "generator oracle accuracy per round",
+        "round",
+        "oracle accuracy",
+        &gen,
+    )?;
+    std::fs::write(dir.join("compare.md"), compare_markdown(runs))?;
+    Ok(())
+}
+
+/// The comparison table: final-round numbers of every run.
+pub fn compare_markdown(runs: &BTreeMap<String, RunReport>) -> String {
+    let mut s = String::from("# fedmmkt simulate --compare\n\n");
+    if let Some(r) = runs.values().next() {
+        let _ = writeln!(
+            s,
+            "{} clients, α = {}, {} rounds, seed {}, data: {}. Oracle on real test images: {}.\n",
+            r.config.clients,
+            r.config.alpha,
+            r.config.rounds,
+            r.seed,
+            r.data,
+            pct(r.oracle_acc_real)
+        );
+    }
+    let _ = writeln!(s, "| run | client acc mean | client acc worst | generator oracle acc (start → end) | Fréchet (start → end) | seconds |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (name, r) in runs {
+        let Some(last) = r.rounds.last() else {
+            continue;
+        };
+        let gen = last.gen_oracle_acc.map_or("–".into(), |a| {
+            format!("{} → {}", pct(r.gen_oracle_acc_start), pct(a))
+        });
+        let fd = last.gen_frechet.map_or("–".into(), |f| {
+            format!("{:.2} → {f:.2}", r.gen_frechet_start)
+        });
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {gen} | {fd} | {:.0} |",
+            pct(last.client_acc_mean),
+            pct(last.client_acc_min),
+            r.total_seconds
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n![compare](compare.png) ![generator](compare_generator.png)"
+    );
+    s
+}

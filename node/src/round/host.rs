@@ -1,0 +1,248 @@
+//! The host: samples the synthetic set (step 1), reads the aggregate as an ensemble teacher
+//! (step 4) and improves the generator on the samples the clients agree with (step 5).
+
+use std::sync::Arc;
+
+use models::data::captions::{caption, TEMPLATES};
+use models::data::Dataset;
+use models::generator::{FlowConfig, FlowGenerator, Generator, WeightedSet};
+use models::text::TextEncoder;
+use protocol::{RoundStart, TeacherTargets, UploadLayout};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The host's knobs.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct HostConfig {
+    /// Synthetic samples per class each round (M).
+    pub samples_per_class: usize,
+    /// Keep samples whose reward ρ_j reaches this (θ); 0 keeps all.
+    pub keep_threshold: f32,
+    /// Fine-tune the generator after each round (false: the frozen-generator ablation).
+    pub improve_generator: bool,
+    /// Generator steps of pre-training on the public set.
+    pub pretrain_steps: usize,
+    /// Generator steps of fine-tuning per round.
+    pub finetune_steps: usize,
+    /// Learning rate of fine-tuning.
+    pub finetune_lr: f64,
+    /// Weight of the public real images in fine-tuning, relative to a reward of 1.
+    pub public_weight: f32,
+    /// Generator shape and optimiser.
+    pub flow: FlowConfig,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            samples_per_class: 50,
+            keep_threshold: 0.5,
+            improve_generator: true,
+            pretrain_steps: 1500,
+            finetune_steps: 150,
+            finetune_lr: 5e-4,
+            public_weight: 1.0,
+            flow: FlowConfig::default(),
+        }
+    }
+}
+
+/// What the host learnt from one round's aggregate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoundOutcome {
+    /// Samples that passed the filter.
+    pub kept: usize,
+    /// Mean reward ρ over all samples.
+    pub mean_reward: f32,
+    /// Mean generator loss of the fine-tuning steps (0 when frozen).
+    pub finetune_loss: f32,
+}
+
+/// The generator host of a federation.
+pub struct Host {
+    cfg: HostConfig,
+    generator: FlowGenerator,
+    encoder: Arc<dyn TextEncoder>,
+    classes: Vec<String>,
+    side: usize,
+    public: WeightedSet,
+    teacher: Option<TeacherTargets>,
+    rng: ChaCha8Rng,
+}
+
+impl Host {
+    /// A host whose generator is freshly initialised (call [`Host::pretrain`] next).
+    pub fn new(
+        cfg: HostConfig,
+        encoder: Arc<dyn TextEncoder>,
+        public: &Dataset,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let mut flow = cfg.flow;
+        flow.pixels = public.pixels();
+        flow.emb_dim = encoder.dim();
+        let generator = FlowGenerator::new(flow, seed)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4057);
+        let texts: Vec<String> = public
+            .labels
+            .iter()
+            .map(|&l| {
+                caption(
+                    &public.classes[l as usize],
+                    rng.random_range(0..TEMPLATES.len()),
+                )
+            })
+            .collect();
+        let emb = encoder.encode(&texts)?;
+        Ok(Self {
+            cfg,
+            generator,
+            encoder,
+            classes: public.classes.clone(),
+            side: public.rows,
+            public: WeightedSet {
+                images: public.images.clone(),
+                emb,
+                weights: vec![cfg.public_weight; public.len()],
+            },
+            teacher: None,
+            rng,
+        })
+    }
+
+    /// Pre-trains the generator on the host's public set only.
+    pub fn pretrain(&mut self) -> anyhow::Result<f32> {
+        let public = self.public.clone();
+        self.generator.fit_latent(&public.images)?;
+        Ok(self
+            .generator
+            .train(&public, self.cfg.pretrain_steps, &mut self.rng)?)
+    }
+
+    /// The generator (to save, load or score it).
+    pub fn generator(&self) -> &FlowGenerator {
+        &self.generator
+    }
+
+    /// Mutable access to the generator (to load a checkpoint).
+    pub fn generator_mut(&mut self) -> &mut FlowGenerator {
+        &mut self.generator
+    }
+
+    /// Samples `per_class` images of every class with the given RNG (for evaluation grids).
+    pub fn sample_per_class(
+        &self,
+        per_class: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let labels: Vec<u8> = (0..self.classes.len())
+            .flat_map(|c| std::iter::repeat_n(c as u8, per_class))
+            .collect();
+        let texts: Vec<String> = labels
+            .iter()
+            .map(|&c| {
+                caption(
+                    &self.classes[c as usize],
+                    rng.random_range(0..TEMPLATES.len()),
+                )
+            })
+            .collect();
+        let emb = self.encoder.encode(&texts)?;
+        let images = self.generator.sample(&emb, labels.len(), rng)?;
+        Ok((images, labels))
+    }
+
+    /// Step 1: this round's synthetic set, with last round's teacher targets attached.
+    pub fn start_round(&mut self, round: u64) -> anyhow::Result<RoundStart> {
+        let c = self.classes.len();
+        let m = self.cfg.samples_per_class;
+        let prompt_class: Vec<u16> = (0..c)
+            .flat_map(|k| std::iter::repeat_n(k as u16, m))
+            .collect();
+        let prompt_template: Vec<u16> = prompt_class
+            .iter()
+            .map(|_| self.rng.random_range(0..TEMPLATES.len()) as u16)
+            .collect();
+        let texts: Vec<String> = prompt_class
+            .iter()
+            .zip(&prompt_template)
+            .map(|(&k, &t)| caption(&self.classes[k as usize], t as usize))
+            .collect();
+        let text_emb = self.encoder.encode(&texts)?;
+        let images = self
+            .generator
+            .sample(&text_emb, texts.len(), &mut self.rng)?;
+        let start = RoundStart {
+            round,
+            side: self.side as u16,
+            classes: c as u16,
+            emb_dim: self.encoder.dim() as u16,
+            images,
+            prompt_class,
+            prompt_template,
+            text_emb,
+            teacher: self.teacher.take().filter(|t| t.round + 1 == round),
+        };
+        start.validate()?;
+        Ok(start)
+    }
+
+    /// Steps 4 and 5: the teacher from the aggregate `sum` of all uploads, then the generator
+    /// fine-tuned on the kept samples weighted by their reward (plus the public set).
+    pub fn finish_round(
+        &mut self,
+        start: &RoundStart,
+        sum: &[f64],
+    ) -> anyhow::Result<RoundOutcome> {
+        let layout = UploadLayout {
+            samples: start.samples(),
+            classes: start.classes as usize,
+        };
+        let teacher = layout.teacher(sum, &start.prompt_class)?;
+        let c = layout.classes;
+        let p = self.side * self.side;
+        let e = start.emb_dim as usize;
+        let kept: Vec<u32> = (0..layout.samples as u32)
+            .filter(|&j| teacher.reward[j as usize] >= self.cfg.keep_threshold)
+            .collect();
+        let mut tuned = WeightedSet::default();
+        for &j in &kept {
+            let j = j as usize;
+            tuned
+                .images
+                .extend_from_slice(&start.images[j * p..(j + 1) * p]);
+            tuned
+                .emb
+                .extend_from_slice(&start.text_emb[j * e..(j + 1) * e]);
+            tuned.weights.push(teacher.reward[j]);
+        }
+        let mut finetune_loss = 0.0;
+        if self.cfg.improve_generator && !tuned.is_empty() {
+            tuned.extend(&self.public);
+            self.generator.set_lr(self.cfg.finetune_lr);
+            finetune_loss = self
+                .generator
+                .train(&tuned, self.cfg.finetune_steps, &mut self.rng)?;
+        }
+        let probs = kept
+            .iter()
+            .flat_map(|&j| {
+                teacher.probs[j as usize * c..(j as usize + 1) * c]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let mean_reward = teacher.reward.iter().sum::<f32>() / teacher.reward.len().max(1) as f32;
+        let outcome = RoundOutcome {
+            kept: kept.len(),
+            mean_reward,
+            finetune_loss,
+        };
+        self.teacher = Some(TeacherTargets {
+            round: start.round,
+            kept,
+            probs,
+        });
+        Ok(outcome)
+    }
+}

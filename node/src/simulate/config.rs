@@ -1,0 +1,130 @@
+//! What a simulation run is: method, ablation, federation shape and every knob, with defaults.
+
+use models::classifier::Arch;
+use models::data::SplitConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::round::{ClientConfig, HostConfig};
+
+/// Training method of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// FedMMKT: generator host + distillation + alignment, both sides improve.
+    Fedmmkt,
+    /// Each client trains on its own data only.
+    Local,
+    /// Parameter averaging of one homogeneous architecture (McMahan et al. 2017).
+    Fedavg,
+    /// Consensus distillation on a fixed public set of real unlabelled images (FedMD/FedDF).
+    Fedmd,
+}
+
+/// A FedMMKT component switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// The generator is never fine-tuned (one-way transfer).
+    FrozenGenerator,
+    /// Clients ignore the synthetic set when training.
+    NoDistill,
+    /// No image–caption alignment loss.
+    NoAlign,
+    /// Every synthetic sample is kept, whatever its reward.
+    NoFilter,
+}
+
+impl Method {
+    /// Name used in reports and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Fedmmkt => "fedmmkt",
+            Method::Local => "local",
+            Method::Fedavg => "fedavg",
+            Method::Fedmd => "fedmd",
+        }
+    }
+}
+
+impl Ablation {
+    /// Name used in reports and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ablation::FrozenGenerator => "frozen-generator",
+            Ablation::NoDistill => "no-distill",
+            Ablation::NoAlign => "no-align",
+            Ablation::NoFilter => "no-filter",
+        }
+    }
+}
+
+/// Everything that determines a simulation's numbers (with the seed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Number of clients K.
+    pub clients: usize,
+    /// Dirichlet concentration of the label skew.
+    pub alpha: f64,
+    /// Rounds R.
+    pub rounds: usize,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Caption embedding width.
+    pub emb_dim: usize,
+    /// Fixed splits.
+    pub split: SplitConfig,
+    /// Host settings.
+    pub host: HostConfig,
+    /// Client settings.
+    pub client: ClientConfig,
+    /// Architecture of every client under FedAvg.
+    pub fedavg_arch: Arch,
+    /// Epochs of oracle training.
+    pub oracle_epochs: usize,
+    /// Generated images per class scored by the oracle each round.
+    pub eval_per_class: usize,
+    /// Clients trained at once (threads).
+    pub threads: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            clients: 10,
+            alpha: 0.1,
+            rounds: 10,
+            seed: 0,
+            emb_dim: 32,
+            split: SplitConfig::default(),
+            host: HostConfig::default(),
+            client: ClientConfig::default(),
+            fedavg_arch: Arch::SmallCnn,
+            oracle_epochs: 25,
+            eval_per_class: 50,
+            threads: 2,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks ranges a user could get wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.clients >= 2, "--clients must be at least 2");
+        anyhow::ensure!(
+            self.alpha.is_finite() && self.alpha > 0.0,
+            "--alpha must be > 0"
+        );
+        anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
+        anyhow::ensure!(self.emb_dim >= 2, "embedding width must be at least 2");
+        anyhow::ensure!(
+            self.host.samples_per_class >= 1,
+            "samples per class must be at least 1"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.host.keep_threshold),
+            "keep threshold must be in [0, 1]"
+        );
+        anyhow::ensure!(self.threads >= 1, "threads must be at least 1");
+        Ok(())
+    }
+}

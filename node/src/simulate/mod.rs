@@ -1,0 +1,11 @@
+//! The in-process simulation: every node's role run in one process over the same round code
+//! the network node uses, for methods, baselines and ablations, with reports.
+
+pub mod config;
+pub mod fedavg;
+pub mod run;
+pub mod setup;
+
+pub use config::{Ablation, Method, SimConfig};
+pub use run::{run, RoundReport, RunImages, RunReport};
+pub use setup::Setup;

@@ -1,0 +1,394 @@
+//! One simulated run: a method (or ablation) driven round by round over in-process clients.
+
+use std::time::Instant;
+
+use models::classifier::Arch;
+use models::generator::Generator;
+use models::train::{accuracy, DistillSet};
+use protocol::codec::{encode, Message};
+use protocol::ClientUpload;
+use serde::Serialize;
+
+use super::config::{Ablation, Method, SimConfig};
+use super::fedavg::{average_into, copy_from_first};
+use super::setup::{eval_rng, sub_seed, Setup};
+use crate::round::{Client, Host};
+
+/// Seconds spent in each phase of a round.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseSeconds {
+    /// Host samples the synthetic set.
+    pub generate: f64,
+    /// Clients train.
+    pub learn: f64,
+    /// Clients judge the synthetic (or public) set.
+    pub judge: f64,
+    /// Uploads summed and read as a teacher.
+    pub aggregate: f64,
+    /// Generator fine-tuning.
+    pub improve: f64,
+    /// Metrics (not part of the protocol).
+    pub evaluate: f64,
+}
+
+/// Numbers of one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    /// Round number (1-based).
+    pub round: usize,
+    /// Mean client accuracy on the real test set.
+    pub client_acc_mean: f64,
+    /// Worst client accuracy.
+    pub client_acc_min: f64,
+    /// Every client's accuracy.
+    pub client_acc: Vec<f64>,
+    /// Oracle conditional accuracy of the generator's samples (methods with a generator).
+    pub gen_oracle_acc: Option<f64>,
+    /// Fréchet distance of the generator's samples in oracle feature space.
+    pub gen_frechet: Option<f64>,
+    /// Per-class oracle accuracy of the generator's samples.
+    pub gen_per_class_acc: Option<Vec<f64>>,
+    /// Synthetic samples kept by the reward filter.
+    pub kept: Option<usize>,
+    /// Mean reward ρ.
+    pub mean_reward: Option<f32>,
+    /// Wall time of the round's protocol phases (evaluation excluded).
+    pub seconds: f64,
+    /// Per-phase wall time.
+    pub phases: PhaseSeconds,
+    /// Bytes host → clients (all clients).
+    pub downlink_bytes: usize,
+    /// Bytes clients → host (all clients).
+    pub uplink_bytes: usize,
+}
+
+/// Everything a run produced; serialised as `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Method, or the ablation's name.
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// Per-round numbers.
+    pub rounds: Vec<RoundReport>,
+    /// Oracle accuracy of the pre-trained generator's samples.
+    pub gen_oracle_acc_start: f64,
+    /// Fréchet distance of the pre-trained generator's samples.
+    pub gen_frechet_start: f64,
+    /// Per-class oracle accuracy of the pre-trained generator.
+    pub gen_per_class_acc_start: Vec<f64>,
+    /// Oracle's accuracy on real test images.
+    pub oracle_acc_real: f64,
+    /// Architecture of each client.
+    pub client_archs: Vec<Arch>,
+    /// Private images of each client.
+    pub client_sizes: Vec<usize>,
+    /// Where the data came from.
+    pub data: String,
+    /// Side of the (square) images.
+    pub image_side: usize,
+    /// The full configuration.
+    pub config: SimConfig,
+    /// Total wall time of the run.
+    pub total_seconds: f64,
+}
+
+/// Images a run hands back for grids: (pixels, labels) at the start and the end.
+pub struct RunImages {
+    /// Generator samples before round 1.
+    pub start: Option<(Vec<u8>, Vec<u8>)>,
+    /// Generator samples after the last round.
+    pub end: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Progress callback: (round, phase).
+pub type Progress<'a> = &'a (dyn Fn(usize, &str) + Sync);
+
+/// Runs `method` (with `ablation`) for `cfg.rounds` rounds on the shared `setup`.
+pub fn run(
+    cfg: &SimConfig,
+    setup: &Setup,
+    method: Method,
+    ablation: Option<Ablation>,
+    progress: Progress,
+) -> anyhow::Result<(RunReport, RunImages)> {
+    let t0 = Instant::now();
+    let mut host_cfg = cfg.host;
+    let mut client_cfg = cfg.client;
+    match ablation {
+        Some(Ablation::FrozenGenerator) => host_cfg.improve_generator = false,
+        Some(Ablation::NoFilter) => host_cfg.keep_threshold = 0.0,
+        Some(Ablation::NoAlign) => client_cfg.train.align_weight = 0.0,
+        Some(Ablation::NoDistill) | None => {}
+    }
+    let distill = ablation != Some(Ablation::NoDistill);
+    let archs: Vec<Arch> = (0..cfg.clients)
+        .map(|k| {
+            if method == Method::Fedavg {
+                cfg.fedavg_arch
+            } else {
+                Arch::ALL[k % Arch::ALL.len()]
+            }
+        })
+        .collect();
+    let mut clients = Vec::with_capacity(cfg.clients);
+    for (k, &arch) in archs.iter().enumerate() {
+        let seed = sub_seed(cfg.seed, 100 + k as u64);
+        clients.push(Client::new(
+            k,
+            arch,
+            setup.client_data(k),
+            &setup.encoder,
+            client_cfg,
+            seed,
+        )?);
+    }
+    if method == Method::Fedavg {
+        // FedAvg starts every client from the same global model.
+        copy_from_first(&mut clients)?;
+    }
+    let client_sizes: Vec<usize> = clients.iter().map(|c| c.data().len()).collect();
+    let mut host = if method == Method::Fedmmkt {
+        let mut h = Host::new(
+            host_cfg,
+            setup.encoder.clone(),
+            &setup.splits.host,
+            sub_seed(cfg.seed, 4),
+        )?;
+        h.generator_mut().load(&setup.pretrained)?;
+        Some(h)
+    } else {
+        None
+    };
+    let mut images = RunImages {
+        start: None,
+        end: None,
+    };
+    if let Some(h) = &host {
+        images.start = Some(h.sample_per_class(10, &mut eval_rng(cfg.seed, u64::MAX))?);
+    }
+    let public = &setup.splits.public;
+    let mut public_teacher: Option<Vec<f32>> = None;
+    let mut rounds = Vec::with_capacity(cfg.rounds);
+    for r in 1..=cfg.rounds {
+        let mut ph = PhaseSeconds::default();
+        let (mut down, mut up) = (0usize, 0usize);
+        let (mut kept, mut mean_reward) = (None, None);
+        match method {
+            Method::Fedmmkt => {
+                let host = host.as_mut().ok_or_else(|| anyhow::anyhow!("no host"))?;
+                progress(r, "generate");
+                let t = Instant::now();
+                let start = host.start_round(r as u64)?;
+                ph.generate = t.elapsed().as_secs_f64();
+                down = encode(&Message::RoundStart(start.clone()))?.len() * cfg.clients;
+                progress(r, "learn");
+                let t = Instant::now();
+                for_each_client(&mut clients, cfg.threads, |c| {
+                    c.learn(&start, distill).map(|_| ())
+                })?;
+                ph.learn = t.elapsed().as_secs_f64();
+                progress(r, "judge");
+                let t = Instant::now();
+                let uploads = map_clients(&mut clients, cfg.threads, |c| c.judge(&start))?;
+                ph.judge = t.elapsed().as_secs_f64();
+                progress(r, "aggregate");
+                let t = Instant::now();
+                up = uploads
+                    .iter()
+                    .map(|u| {
+                        encode(&Message::Upload(ClientUpload {
+                            round: r as u64,
+                            values: u.clone(),
+                        }))
+                        .map(|b| b.len())
+                    })
+                    .sum::<Result<usize, _>>()?;
+                let sum = sum_uploads(&uploads);
+                ph.aggregate = t.elapsed().as_secs_f64();
+                progress(r, "improve");
+                let t = Instant::now();
+                let outcome = host.finish_round(&start, &sum)?;
+                ph.improve = t.elapsed().as_secs_f64();
+                kept = Some(outcome.kept);
+                mean_reward = Some(outcome.mean_reward);
+            }
+            Method::Local => {
+                progress(r, "learn");
+                let t = Instant::now();
+                for_each_client(&mut clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
+                ph.learn = t.elapsed().as_secs_f64();
+            }
+            Method::Fedavg => {
+                progress(r, "learn");
+                let t = Instant::now();
+                for_each_client(&mut clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
+                ph.learn = t.elapsed().as_secs_f64();
+                progress(r, "aggregate");
+                let t = Instant::now();
+                let weights: Vec<f64> = client_sizes.iter().map(|&n| n as f64).collect();
+                average_into(&mut clients, &weights)?;
+                ph.aggregate = t.elapsed().as_secs_f64();
+                let params: usize = clients[0]
+                    .model()
+                    .varmap()
+                    .all_vars()
+                    .iter()
+                    .map(|v| v.elem_count())
+                    .sum();
+                down = params * 4 * cfg.clients;
+                up = params * 4 * cfg.clients;
+            }
+            Method::Fedmd => {
+                progress(r, "learn");
+                let t = Instant::now();
+                let set = public_teacher
+                    .as_ref()
+                    .filter(|_| distill)
+                    .map(|q| DistillSet {
+                        images: public.images.clone(),
+                        teacher: q.clone(),
+                        labels: None,
+                        emb: None,
+                    });
+                for_each_client(&mut clients, cfg.threads, |c| {
+                    c.train(set.as_ref()).map(|_| ())
+                })?;
+                ph.learn = t.elapsed().as_secs_f64();
+                progress(r, "judge");
+                let t = Instant::now();
+                let preds = map_clients(&mut clients, cfg.threads, |c| {
+                    Ok(c.model().predict_proba(&public.images, public.len())?)
+                })?;
+                ph.judge = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let sum = sum_uploads(&preds);
+                public_teacher = Some(
+                    sum.iter()
+                        .map(|v| (*v / cfg.clients as f64) as f32)
+                        .collect(),
+                );
+                ph.aggregate = t.elapsed().as_secs_f64();
+                down = public.images.len() * cfg.clients;
+                up = preds.iter().map(|p| p.len() * 4).sum();
+            }
+        }
+        let seconds = ph.generate + ph.learn + ph.judge + ph.aggregate + ph.improve;
+        progress(r, "evaluate");
+        let t = Instant::now();
+        let client_acc = map_clients(&mut clients, cfg.threads, |c| {
+            Ok(accuracy(c.model(), &setup.splits.test)?)
+        })?;
+        let (mut gen_oracle_acc, mut gen_frechet, mut gen_per_class_acc) = (None, None, None);
+        if let Some(h) = &host {
+            let (imgs, labels) =
+                h.sample_per_class(cfg.eval_per_class, &mut eval_rng(cfg.seed, r as u64))?;
+            let s = setup.oracle.score(&imgs, &labels)?;
+            gen_oracle_acc = Some(s.oracle_acc);
+            gen_frechet = Some(s.frechet);
+            gen_per_class_acc = Some(s.per_class_acc);
+        }
+        ph.evaluate = t.elapsed().as_secs_f64();
+        let mean = client_acc.iter().sum::<f64>() / client_acc.len() as f64;
+        let min = client_acc.iter().copied().fold(f64::INFINITY, f64::min);
+        tracing::debug!(round = r, mean, min, ?gen_oracle_acc, "round done");
+        rounds.push(RoundReport {
+            round: r,
+            client_acc_mean: mean,
+            client_acc_min: min,
+            client_acc,
+            gen_oracle_acc,
+            gen_frechet,
+            gen_per_class_acc,
+            kept,
+            mean_reward,
+            seconds,
+            phases: ph,
+            downlink_bytes: down,
+            uplink_bytes: up,
+        });
+    }
+    if let Some(h) = &host {
+        images.end = Some(h.sample_per_class(10, &mut eval_rng(cfg.seed, u64::MAX))?);
+    }
+    let name = ablation.map_or(method.name(), Ablation::name).to_string();
+    let report = RunReport {
+        method: name,
+        seed: cfg.seed,
+        rounds,
+        gen_oracle_acc_start: setup.gen_start.oracle_acc,
+        gen_frechet_start: setup.gen_start.frechet,
+        gen_per_class_acc_start: setup.gen_start.per_class_acc.clone(),
+        oracle_acc_real: setup.oracle_acc_real,
+        client_archs: archs,
+        client_sizes,
+        data: setup.data_origin.clone(),
+        image_side: setup.splits.test.rows,
+        config: cfg.clone(),
+        total_seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok((report, images))
+}
+
+/// The aggregate: the element-wise sum of equally long uploads, in f64.
+pub fn sum_uploads(uploads: &[Vec<f32>]) -> Vec<f64> {
+    let len = uploads.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; len];
+    for u in uploads {
+        for (s, v) in sum.iter_mut().zip(u) {
+            *s += *v as f64;
+        }
+    }
+    sum
+}
+
+/// Runs `f` on every client, `threads` clients at a time; results in client order.
+fn map_clients<T: Send>(
+    clients: &mut [Client],
+    threads: usize,
+    f: impl Fn(&mut Client) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    let chunk = clients.len().div_ceil(threads.max(1)).max(1);
+    let results: Vec<anyhow::Result<Vec<T>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .chunks_mut(chunk)
+            .map(|part| s.spawn(|| part.iter_mut().map(&f).collect::<anyhow::Result<Vec<T>>>()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(clients.len());
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+fn for_each_client(
+    clients: &mut [Client],
+    threads: usize,
+    f: impl Fn(&mut Client) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    map_clients(clients, threads, f).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_uploads;
+
+    #[test]
+    fn aggregate_is_the_elementwise_sum() {
+        let uploads = vec![
+            vec![1.0f32, 2.0, -3.0],
+            vec![0.5, 0.25, 3.0],
+            vec![0.0, 1.0, 1.0],
+        ];
+        assert_eq!(sum_uploads(&uploads), vec![1.5, 3.25, 1.0]);
+        assert!(sum_uploads(&[]).is_empty());
+    }
+}

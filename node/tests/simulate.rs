@@ -1,0 +1,177 @@
+//! End-to-end: every method and ablation runs rounds in-process on tiny models and data, the
+//! report holds what scripts rely on, and one seed gives the same numbers twice.
+
+use models::data::{DataSource, SplitConfig};
+use node::report::write_run;
+use node::simulate::{run, Ablation, Method, Setup, SimConfig};
+
+fn tiny() -> (SimConfig, DataSource) {
+    let full = DataSource::embedded().unwrap();
+    let idx: Vec<usize> = (0..1400).collect();
+    let src = DataSource {
+        train: None,
+        test: full.test.subset(&idx),
+        origin: "tiny".into(),
+    };
+    let mut cfg = SimConfig {
+        clients: 3,
+        alpha: 0.5,
+        rounds: 2,
+        seed: 7,
+        emb_dim: 8,
+        split: SplitConfig {
+            host_per_class: 5,
+            test_per_class: 10,
+            oracle_per_class: 10,
+            public_per_class: 4,
+        },
+        oracle_epochs: 1,
+        eval_per_class: 3,
+        threads: 2,
+        ..SimConfig::default()
+    };
+    cfg.host.samples_per_class = 4;
+    cfg.host.pretrain_steps = 10;
+    cfg.host.finetune_steps = 3;
+    cfg.host.flow.hidden = 32;
+    cfg.host.flow.blocks = 1;
+    cfg.host.flow.latent_dim = 8;
+    cfg.host.flow.sample_steps = 4;
+    cfg.client.train.epochs = 1;
+    (cfg, src)
+}
+
+#[test]
+fn every_method_and_ablation_runs_and_reports() {
+    let (cfg, src) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+    assert!(setup.pretrained.is_file());
+    assert!((0.0..=1.0).contains(&setup.oracle_acc_real));
+    let runs = [
+        (Method::Fedmmkt, None),
+        (Method::Local, None),
+        (Method::Fedavg, None),
+        (Method::Fedmd, None),
+        (Method::Fedmmkt, Some(Ablation::FrozenGenerator)),
+        (Method::Fedmmkt, Some(Ablation::NoDistill)),
+        (Method::Fedmmkt, Some(Ablation::NoAlign)),
+        (Method::Fedmmkt, Some(Ablation::NoFilter)),
+    ];
+    for (method, ablation) in runs {
+        let (report, images) = run(&cfg, &setup, method, ablation, &|_, _| {}).unwrap();
+        let name = ablation.map_or(method.name(), Ablation::name);
+        assert_eq!(report.method, name);
+        assert_eq!(report.rounds.len(), cfg.rounds);
+        for r in &report.rounds {
+            assert_eq!(r.client_acc.len(), cfg.clients);
+            assert!(r.client_acc.iter().all(|a| (0.0..=1.0).contains(a)));
+            assert!(r.client_acc_min <= r.client_acc_mean);
+            let has_generator = method == Method::Fedmmkt;
+            assert_eq!(r.gen_oracle_acc.is_some(), has_generator, "{name}");
+            if has_generator {
+                let kept = r.kept.unwrap();
+                assert!(kept <= 10 * cfg.host.samples_per_class);
+                assert!(r.downlink_bytes > 0 && r.uplink_bytes > 0);
+            }
+        }
+        if ablation == Some(Ablation::NoFilter) {
+            assert!(report
+                .rounds
+                .iter()
+                .all(|r| r.kept == Some(10 * cfg.host.samples_per_class)));
+        }
+        if method == Method::Fedavg {
+            // One global model: every client holds the same parameters after averaging.
+            let r = report.rounds.last().unwrap();
+            assert!(r
+                .client_acc
+                .iter()
+                .all(|a| (a - r.client_acc[0]).abs() < 1e-12));
+        }
+        let out = dir.path().join(name);
+        write_run(&out, &report, &images, &setup.splits.test.classes).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        for key in [
+            "method",
+            "seed",
+            "rounds",
+            "gen_oracle_acc_start",
+            "gen_frechet_start",
+            "oracle_acc_real",
+        ] {
+            assert!(json.get(key).is_some(), "report.json lacks {key}");
+        }
+        for key in [
+            "round",
+            "client_acc_mean",
+            "client_acc_min",
+            "gen_oracle_acc",
+            "gen_frechet",
+            "seconds",
+        ] {
+            assert!(json["rounds"][0].get(key).is_some(), "round lacks {key}");
+        }
+        assert!(out.join("report.md").is_file() && out.join("client_accuracy.png").is_file());
+        if method == Method::Fedmmkt {
+            assert!(
+                out.join("generated_end.png").is_file()
+                    && out.join("generator_oracle_accuracy.png").is_file()
+            );
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_numbers() {
+    let (cfg, src) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let a = {
+        let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+        run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {})
+            .unwrap()
+            .0
+    };
+    let b = {
+        let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+        run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {})
+            .unwrap()
+            .0
+    };
+    for (x, y) in a.rounds.iter().zip(&b.rounds) {
+        assert_eq!(x.client_acc, y.client_acc);
+        assert_eq!(x.gen_oracle_acc, y.gen_oracle_acc);
+        assert_eq!(x.kept, y.kept);
+    }
+    let mut other = cfg.clone();
+    other.seed = 8;
+    let setup = Setup::build(&other, &src, dir.path(), &|_| {}).unwrap();
+    let c = run(&other, &setup, Method::Fedmmkt, None, &|_, _| {})
+        .unwrap()
+        .0;
+    assert_ne!(a.rounds[0].client_acc, c.rounds[0].client_acc);
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let bin = env!("CARGO_BIN_EXE_fedmmkt");
+    let out = std::process::Command::new(bin)
+        .args(["simulate", "--clients", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
+    let out = std::process::Command::new(bin)
+        .args(["simulate", "--method", "local", "--ablate", "no-align"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = std::process::Command::new(bin)
+        .args(["simulate", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("classes.txt"));
+}

@@ -1,0 +1,11 @@
+//! fedmmkt protocol: the versioned wire messages of a FedMMKT round, their codec and
+//! validation, and the layout of the client upload. No sockets: the node drives it.
+
+pub mod codec;
+pub mod error;
+pub mod messages;
+pub mod upload;
+
+pub use error::ProtocolError;
+pub use messages::{ClientUpload, RoundStart, TeacherTargets, PROTOCOL_VERSION};
+pub use upload::{Teacher, UploadLayout};
