@@ -309,7 +309,8 @@ impl FlowGenerator {
             Ok(())
         } else {
             Err(ModelError::Config(
-                "the generator's latent code is not fitted: call fit_latent or load a checkpoint".into(),
+                "the generator's latent code is not fitted: call fit_latent or load a checkpoint"
+                    .into(),
             ))
         }
     }

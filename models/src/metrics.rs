@@ -22,7 +22,12 @@ fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
 
 /// ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁^½ Σ₂ Σ₁^½)^½) between feature sets `a` and `b` (`dim` wide).
 pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> Result<f64> {
-    if dim == 0 || a.is_empty() || b.is_empty() || a.len() % dim != 0 || b.len() % dim != 0 {
+    if dim == 0
+        || a.is_empty()
+        || b.is_empty()
+        || !a.len().is_multiple_of(dim)
+        || !b.len().is_multiple_of(dim)
+    {
         return Err(ModelError::Config(format!(
             "Fréchet distance needs non-empty feature sets of width {dim} (got {} and {} values)",
             a.len(),

@@ -127,7 +127,7 @@ pub fn train_client(
     let p = private.pixels();
     let c = private.num_classes();
     let n = private.len();
-    let emb_dim = if n > 0 { private_emb.len() / n } else { 0 };
+    let emb_dim = private_emb.len().checked_div(n).unwrap_or(0);
     if n == 0 || emb_dim * n != private_emb.len() || cfg.batch == 0 {
         return Err(ModelError::Config(format!(
             "client training needs private images with one embedding each (got {n} images, {} values)",

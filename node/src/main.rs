@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run FedMMKT (or a baseline) in-process on one machine and write a report.
-    Simulate(cli::simulate::SimulateArgs),
+    Simulate(Box<cli::simulate::SimulateArgs>),
     /// Privacy accounting and the node's budget ledger.
     Privacy(cli::privacy::PrivacyArgs),
     /// Benchmarks of the protocol's building blocks.
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing();
     let result = match cli.command {
-        Command::Simulate(args) => cli::simulate::run(args),
+        Command::Simulate(args) => cli::simulate::run(*args),
         Command::Privacy(args) => cli::privacy::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };

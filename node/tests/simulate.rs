@@ -175,3 +175,37 @@ fn bad_arguments_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("classes.txt"));
 }
+
+#[test]
+fn dp_run_charges_every_client_within_budget() {
+    let (mut cfg, src) = tiny();
+    cfg.rounds = 3;
+    cfg.dp = Some(node::simulate::DpConfig {
+        epsilon: 2.0,
+        delta: 1e-5,
+        clip: 1.0,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+    let (report, _) = run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {}).unwrap();
+    let z = report.dp_noise_multiplier.unwrap();
+    assert!(z > 0.0);
+    assert_eq!(report.ledgers_verified, Some(true));
+    let mut previous = vec![0.0; cfg.clients];
+    for r in &report.rounds {
+        assert_eq!(r.participants, cfg.clients);
+        let eps = r.epsilon.as_ref().unwrap();
+        for (k, &e) in eps.iter().enumerate() {
+            assert!(e > previous[k], "ε must grow every round");
+            assert!(e <= 2.0 + 1e-9, "client {k} spent {e} > budget");
+        }
+        previous = eps.clone();
+    }
+    // Calibrated to spend the whole budget in exactly `rounds` releases.
+    assert!(previous.iter().all(|&e| e > 1.9), "{previous:?}");
+    // The ledgers are on disk, one per client, and audit-able.
+    let ledger_dir = dir.path().join("ledgers").join("fedmmkt").join("client-0");
+    let ledger = privacy::ledger::Ledger::open_existing(&ledger_dir).unwrap();
+    assert_eq!(ledger.len().unwrap(), cfg.rounds as u64);
+    assert!(ledger.verify().is_ok());
+}

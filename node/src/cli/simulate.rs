@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use models::data::DataSource;
 
-use crate::report::{write_compare, write_run};
-use crate::simulate::{self, Ablation, Method, Setup, SimConfig};
+use crate::report::{write_compare, write_privacy_utility, write_run};
+use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig};
 
 /// Arguments of `fedmmkt simulate`.
 #[derive(clap::Args, Debug)]
@@ -34,6 +34,10 @@ pub struct SimulateArgs {
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Repeat everything for each of these seeds (comma-separated) into OUT/seed-S/ and write a
+    /// mean ± standard deviation summary (seeds.md/.json); overrides --seed.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
     /// Output directory.
     #[arg(long, default_value = "out/simulate")]
     pub out: PathBuf,
@@ -47,6 +51,15 @@ pub struct SimulateArgs {
     /// Reward threshold θ for keeping a synthetic sample.
     #[arg(long, default_value_t = 0.5)]
     pub keep_threshold: f32,
+    /// Images per class in the host's public set (pre-trains the generator).
+    #[arg(long, default_value_t = 30)]
+    pub host_per_class: usize,
+    /// Images per class only the oracle trains on.
+    #[arg(long, default_value_t = 150)]
+    pub oracle_per_class: usize,
+    /// Weight of the host's public images, relative to a reward of 1, when fine-tuning.
+    #[arg(long, default_value_t = 1.0)]
+    pub public_weight: f32,
     /// Local epochs per round.
     #[arg(long, default_value_t = 2)]
     pub local_epochs: usize,
@@ -68,6 +81,20 @@ pub struct SimulateArgs {
     /// Generated images per class the oracle scores each round.
     #[arg(long, default_value_t = 50)]
     pub eval_per_class: usize,
+    /// Clip and noise every FedMMKT upload so each client spends at most this ε over the run
+    /// (client-level DP; each client keeps a signed ledger under OUT/ledgers/).
+    #[arg(long)]
+    pub dp_epsilon: Option<f64>,
+    /// δ of the DP guarantee.
+    #[arg(long, default_value_t = 1e-5)]
+    pub dp_delta: f64,
+    /// L2 bound every upload is clipped to under DP.
+    #[arg(long, default_value_t = 5.0)]
+    pub dp_clip: f64,
+    /// Run FedMMKT once per budget (comma-separated ε values, `inf` for no DP) and write a
+    /// privacy–utility table (privacy_utility.md/.json).
+    #[arg(long, value_delimiter = ',')]
+    pub dp_sweep: Option<Vec<f64>>,
     /// Threads (clients trained at once).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -88,11 +115,19 @@ impl SimulateArgs {
         };
         cfg.host.samples_per_class = self.samples_per_class;
         cfg.host.keep_threshold = self.keep_threshold;
+        cfg.host.public_weight = self.public_weight;
+        cfg.split.host_per_class = self.host_per_class;
+        cfg.split.oracle_per_class = self.oracle_per_class;
         cfg.host.pretrain_steps = self.pretrain_steps;
         cfg.host.finetune_steps = self.finetune_steps;
         cfg.host.flow.hidden = self.generator_width;
         cfg.host.flow.latent_dim = self.latent_dim;
         cfg.client.train.epochs = self.local_epochs;
+        cfg.dp = self.dp_epsilon.map(|epsilon| DpConfig {
+            epsilon,
+            delta: self.dp_delta,
+            clip: self.dp_clip,
+        });
         cfg
     }
 }
@@ -112,11 +147,49 @@ fn phase_index(phase: &str) -> u64 {
 
 /// Runs `fedmmkt simulate`.
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let seeds = args.seeds.clone().unwrap_or_else(|| vec![args.seed]);
+    anyhow::ensure!(!seeds.is_empty(), "--seeds needs at least one seed");
+    if seeds.len() == 1 {
+        run_seed(&args, seeds[0], &args.out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all = BTreeMap::new();
+    for &seed in &seeds {
+        eprintln!("== seed {seed} ==");
+        let reports = run_seed(&args, seed, &args.out.join(format!("seed-{seed}")))?;
+        all.insert(seed, reports);
+    }
+    crate::report::write_seeds(&args.out, &all)?;
+    println!("{}", crate::report::seeds_markdown(&all));
+    eprintln!("report: {}", args.out.join("seeds.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One seed's run(s) of `fedmmkt simulate` into `out`; returns the reports by run name.
+fn run_seed(
+    args: &SimulateArgs,
+    seed: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<BTreeMap<String, simulate::RunReport>> {
+    anyhow::ensure!(
+        !(args.compare && args.dp_sweep.is_some()),
+        "--compare and --dp-sweep are separate runs: pick one"
+    );
+    if let Some(sweep) = &args.dp_sweep {
+        anyhow::ensure!(!sweep.is_empty(), "--dp-sweep needs at least one ε");
+        for &e in sweep {
+            anyhow::ensure!(
+                e > 0.0 && !e.is_nan(),
+                "--dp-sweep: ε must be > 0 (or inf), got {e}"
+            );
+        }
+    }
     anyhow::ensure!(
         args.ablate.is_none() || args.method == Method::Fedmmkt,
         "--ablate applies to --method fedmmkt only"
     );
-    let cfg = args.config();
+    let mut cfg = args.config();
+    cfg.seed = seed;
     cfg.validate()?;
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Clients run on their own threads; candle's intra-op threads would only contend
@@ -139,66 +212,75 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let spinner = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    let setup = Setup::build(&cfg, &source, &args.out, &|m| {
-        spinner.set_message(m.to_string())
-    })?;
+    let setup = Setup::build(&cfg, &source, out, &|m| spinner.set_message(m.to_string()))?;
     spinner.finish_with_message(format!(
         "setup done: oracle {:.1}% on real test images, generator starts at {:.1}% oracle accuracy",
         100.0 * setup.oracle_acc_real,
         100.0 * setup.gen_start.oracle_acc
     ));
-    let runs: Vec<(Method, Option<Ablation>)> = if args.compare {
-        let mut v: Vec<_> = [
+    // (report name, method, ablation, config of that run)
+    let mut runs: Vec<(String, Method, Option<Ablation>, SimConfig)> = Vec::new();
+    if let Some(sweep) = &args.dp_sweep {
+        for &epsilon in sweep {
+            let mut c = cfg.clone();
+            c.dp = epsilon.is_finite().then_some(DpConfig {
+                epsilon,
+                delta: args.dp_delta,
+                clip: args.dp_clip,
+            });
+            runs.push((format!("eps-{epsilon}"), Method::Fedmmkt, None, c));
+        }
+    } else if args.compare {
+        for m in [
             Method::Fedmmkt,
             Method::Local,
             Method::Fedavg,
             Method::Fedmd,
-        ]
-        .into_iter()
-        .map(|m| (m, None))
-        .collect();
-        v.extend(
-            [
-                Ablation::FrozenGenerator,
-                Ablation::NoDistill,
-                Ablation::NoAlign,
-                Ablation::NoFilter,
-            ]
-            .into_iter()
-            .map(|a| (Method::Fedmmkt, Some(a))),
-        );
-        v
+        ] {
+            runs.push((m.name().into(), m, None, cfg.clone()));
+        }
+        for a in [
+            Ablation::FrozenGenerator,
+            Ablation::NoDistill,
+            Ablation::NoAlign,
+            Ablation::NoFilter,
+        ] {
+            runs.push((a.name().into(), Method::Fedmmkt, Some(a), cfg.clone()));
+        }
     } else {
-        vec![(args.method, args.ablate)]
-    };
+        let name = args.ablate.map_or(args.method.name(), Ablation::name);
+        runs.push((name.into(), args.method, args.ablate, cfg.clone()));
+    }
+    let several = runs.len() > 1;
     let classes = setup.splits.test.classes.clone();
     let mut reports = BTreeMap::new();
-    for (method, ablation) in runs {
-        let name = ablation.map_or(method.name(), Ablation::name);
-        let bar = ProgressBar::new((cfg.rounds * PHASES) as u64).with_style(
+    for (name, method, ablation, run_cfg) in runs {
+        let bar = ProgressBar::new((run_cfg.rounds * PHASES) as u64).with_style(
             ProgressStyle::with_template("{prefix:>16} [{bar:30}] round {msg} [{elapsed}<{eta}]")?
                 .progress_chars("=> "),
         );
-        bar.set_prefix(name.to_string());
+        bar.set_prefix(name.clone());
         let progress = |round: usize, phase: &str| {
             bar.set_position(((round - 1) * PHASES) as u64 + phase_index(phase));
-            bar.set_message(format!("{round}/{}: {phase}", cfg.rounds));
-            if bar.is_hidden() && phase == "generate"
-                || bar.is_hidden() && phase == "learn" && method != Method::Fedmmkt
-            {
-                eprintln!("{name}: round {round}/{}", cfg.rounds);
+            bar.set_message(format!("{round}/{}: {phase}", run_cfg.rounds));
+            if bar.is_hidden() && phase == "evaluate" {
+                eprintln!("{name}: round {round}/{} done", run_cfg.rounds);
             }
         };
-        let (report, images) = simulate::run(&cfg, &setup, method, ablation, &progress)?;
+        let (report, images) = simulate::run(&run_cfg, &setup, method, ablation, &progress)?;
         let summary = match report.rounds.last() {
             Some(l) => format!(
-                "{}/{} done: clients {:.1}% mean / {:.1}% worst{}",
+                "{}/{} done: clients {:.1}% mean / {:.1}% worst{}{}",
                 l.round,
-                cfg.rounds,
+                run_cfg.rounds,
                 100.0 * l.client_acc_mean,
                 100.0 * l.client_acc_min,
                 l.gen_oracle_acc
-                    .map_or(String::new(), |g| format!(", generator {:.1}%", 100.0 * g))
+                    .map_or(String::new(), |g| format!(", generator {:.1}%", 100.0 * g)),
+                l.epsilon.as_ref().map_or(String::new(), |e| format!(
+                    ", max ε spent {:.3}",
+                    e.iter().copied().fold(0.0, f64::max)
+                ))
             ),
             None => "no rounds".into(),
         };
@@ -206,21 +288,25 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{name}: {summary}");
         }
         bar.finish_with_message(summary);
-        let dir = if args.compare {
-            args.out.join(name)
+        let dir = if several {
+            out.join(&name)
         } else {
-            args.out.clone()
+            out.to_path_buf()
         };
         write_run(&dir, &report, &images, &classes)?;
-        reports.insert(name.to_string(), report);
+        reports.insert(name, report);
     }
-    if args.compare {
-        write_compare(&args.out, &reports)?;
+    if args.dp_sweep.is_some() {
+        write_privacy_utility(out, &reports)?;
+        println!("{}", crate::report::privacy_utility_markdown(&reports));
+        eprintln!("report: {}", out.join("privacy_utility.md").display());
+    } else if args.compare {
+        write_compare(out, &reports)?;
         println!("{}", crate::report::compare_markdown(&reports));
-        eprintln!("report: {}", args.out.join("compare.md").display());
+        eprintln!("report: {}", out.join("compare.md").display());
     } else if let Some(r) = reports.values().next() {
         println!("{}", crate::report::run_markdown(r, &classes));
-        eprintln!("report: {}", args.out.join("report.md").display());
+        eprintln!("report: {}", out.join("report.md").display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(reports)
 }

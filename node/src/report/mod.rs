@@ -270,3 +270,211 @@ pub fn compare_markdown(runs: &BTreeMap<String, RunReport>) -> String {
     );
     s
 }
+
+/// Writes `privacy_utility.json` and `.md`: final accuracies of FedMMKT per privacy budget.
+pub fn write_privacy_utility(dir: &Path, runs: &BTreeMap<String, RunReport>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let rows: Vec<serde_json::Value> = runs
+        .values()
+        .filter_map(|r| {
+            let last = r.rounds.last()?;
+            Some(serde_json::json!({
+                "epsilon": r.config.dp.map(|d| d.epsilon),
+                "delta": r.config.dp.map(|d| d.delta),
+                "noise_multiplier": r.dp_noise_multiplier,
+                "epsilon_spent_max": last.epsilon.as_ref().map(|e| e.iter().copied().fold(0.0, f64::max)),
+                "client_acc_mean": last.client_acc_mean,
+                "client_acc_min": last.client_acc_min,
+                "gen_oracle_acc": last.gen_oracle_acc,
+                "gen_oracle_acc_start": r.gen_oracle_acc_start,
+                "ledgers_verified": r.ledgers_verified,
+            }))
+        })
+        .collect();
+    std::fs::write(
+        dir.join("privacy_utility.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "runs": rows }))?,
+    )?;
+    std::fs::write(
+        dir.join("privacy_utility.md"),
+        privacy_utility_markdown(runs),
+    )?;
+    Ok(())
+}
+
+/// The privacy–utility table.
+pub fn privacy_utility_markdown(runs: &BTreeMap<String, RunReport>) -> String {
+    let mut s = String::from("# FedMMKT privacy–utility\n\n");
+    let _ = writeln!(s, "| ε budget | δ | noise multiplier z | max ε spent | client acc mean | client acc worst | generator oracle acc (start → end) | ledgers verify |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let mut rows: Vec<&RunReport> = runs.values().collect();
+    rows.sort_by(|a, b| {
+        let e = |r: &RunReport| r.config.dp.map_or(f64::INFINITY, |d| d.epsilon);
+        e(a).total_cmp(&e(b))
+    });
+    for r in rows {
+        let Some(last) = r.rounds.last() else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.config.dp.map_or("∞".into(), |d| d.epsilon.to_string()),
+            r.config.dp.map_or("–".into(), |d| d.delta.to_string()),
+            r.dp_noise_multiplier
+                .map_or("–".into(), |z| format!("{z:.3}")),
+            last.epsilon.as_ref().map_or("–".into(), |e| format!(
+                "{:.3}",
+                e.iter().copied().fold(0.0, f64::max)
+            )),
+            pct(last.client_acc_mean),
+            pct(last.client_acc_min),
+            last.gen_oracle_acc.map_or("–".into(), |a| format!(
+                "{} → {}",
+                pct(r.gen_oracle_acc_start),
+                pct(a)
+            )),
+            r.ledgers_verified.map_or("–".into(), |v| if v {
+                "yes".into()
+            } else {
+                "NO".to_string()
+            }),
+        );
+    }
+    s
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// A run's name and its (column, (mean, sd)) pairs.
+type SeedRow = (String, Vec<(&'static str, (f64, f64))>);
+
+/// Final-round numbers of every run, as mean and sample standard deviation over seeds.
+fn seeds_rows(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Vec<SeedRow> {
+    let names: std::collections::BTreeSet<&String> = all.values().flat_map(|m| m.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let runs: Vec<&RunReport> = all.values().filter_map(|m| m.get(name)).collect();
+            let last = |f: &dyn Fn(&RunReport) -> Option<f64>| -> Vec<f64> {
+                runs.iter().filter_map(|r| f(r)).collect()
+            };
+            let mut cols = vec![
+                (
+                    "client_acc_mean",
+                    mean_sd(&last(&|r| r.rounds.last().map(|x| x.client_acc_mean))),
+                ),
+                (
+                    "client_acc_min",
+                    mean_sd(&last(&|r| r.rounds.last().map(|x| x.client_acc_min))),
+                ),
+            ];
+            let gen = last(&|r| r.rounds.last().and_then(|x| x.gen_oracle_acc));
+            if !gen.is_empty() {
+                cols.push((
+                    "gen_oracle_acc_start",
+                    mean_sd(&last(&|r| Some(r.gen_oracle_acc_start))),
+                ));
+                cols.push(("gen_oracle_acc", mean_sd(&gen)));
+                cols.push((
+                    "gen_oracle_acc_gain",
+                    mean_sd(&last(&|r| {
+                        r.rounds
+                            .last()
+                            .and_then(|x| x.gen_oracle_acc)
+                            .map(|a| a - r.gen_oracle_acc_start)
+                    })),
+                ));
+                cols.push((
+                    "gen_frechet_start",
+                    mean_sd(&last(&|r| Some(r.gen_frechet_start))),
+                ));
+                cols.push((
+                    "gen_frechet",
+                    mean_sd(&last(&|r| r.rounds.last().and_then(|x| x.gen_frechet))),
+                ));
+            }
+            cols.push((
+                "oracle_acc_real",
+                mean_sd(&last(&|r| Some(r.oracle_acc_real))),
+            ));
+            cols.push(("total_seconds", mean_sd(&last(&|r| Some(r.total_seconds)))));
+            (name.clone(), cols)
+        })
+        .collect()
+}
+
+/// Writes `seeds.json` and `seeds.md`: every run's final numbers, mean ± sd over seeds.
+pub fn write_seeds(
+    dir: &Path,
+    all: &BTreeMap<u64, BTreeMap<String, RunReport>>,
+) -> anyhow::Result<()> {
+    let rows: serde_json::Map<String, serde_json::Value> = seeds_rows(all)
+        .into_iter()
+        .map(|(name, cols)| {
+            let obj: serde_json::Map<String, serde_json::Value> = cols
+                .into_iter()
+                .map(|(k, (m, sd))| (k.to_string(), serde_json::json!({ "mean": m, "sd": sd })))
+                .collect();
+            (name, serde_json::Value::Object(obj))
+        })
+        .collect();
+    let json = serde_json::json!({ "seeds": all.keys().collect::<Vec<_>>(), "runs": rows });
+    std::fs::write(dir.join("seeds.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(dir.join("seeds.md"), seeds_markdown(all))?;
+    Ok(())
+}
+
+/// The multi-seed table (mean ± sample standard deviation of final-round numbers).
+pub fn seeds_markdown(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> String {
+    let seeds: Vec<String> = all.keys().map(u64::to_string).collect();
+    let mut s = format!("# fedmmkt simulate over seeds {}\n\nFinal round, mean ± sample standard deviation over {} seeds.\n\n", seeds.join(", "), seeds.len());
+    let _ = writeln!(s, "| run | client acc mean | client acc worst | generator oracle acc start → end | gain (points) | Fréchet start → end | seconds |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let f = |cols: &[(&str, (f64, f64))], key: &str, scale: f64, digits: usize| -> Option<String> {
+        cols.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, (m, sd))| format!("{:.*} ± {:.*}", digits, m * scale, digits, sd * scale))
+    };
+    for (name, cols) in seeds_rows(all) {
+        let na = || "–".to_string();
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            f(&cols, "client_acc_mean", 100.0, 1).unwrap_or_else(na),
+            f(&cols, "client_acc_min", 100.0, 1).unwrap_or_else(na),
+            match (
+                f(&cols, "gen_oracle_acc_start", 100.0, 1),
+                f(&cols, "gen_oracle_acc", 100.0, 1)
+            ) {
+                (Some(a), Some(b)) => format!("{a} → {b}"),
+                _ => na(),
+            },
+            f(&cols, "gen_oracle_acc_gain", 100.0, 1).unwrap_or_else(na),
+            match (
+                f(&cols, "gen_frechet_start", 1.0, 2),
+                f(&cols, "gen_frechet", 1.0, 2)
+            ) {
+                (Some(a), Some(b)) => format!("{a} → {b}"),
+                _ => na(),
+            },
+            f(&cols, "total_seconds", 1.0, 0).unwrap_or_else(na),
+        );
+    }
+    if let Some(o) = seeds_rows(all)
+        .first()
+        .and_then(|(_, c)| f(c, "oracle_acc_real", 100.0, 1))
+    {
+        let _ = writeln!(s, "\nOracle accuracy on real test images: {o}.");
+    }
+    s
+}

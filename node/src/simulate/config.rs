@@ -58,6 +58,17 @@ impl Ablation {
     }
 }
 
+/// Client-level differential privacy of the uploads (FedMMKT runs only).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DpConfig {
+    /// Budget ε each client may spend over the run (the noise is calibrated to it).
+    pub epsilon: f64,
+    /// δ of the (ε, δ) guarantee.
+    pub delta: f64,
+    /// L2 bound C every upload is clipped to.
+    pub clip: f64,
+}
+
 /// Everything that determines a simulation's numbers (with the seed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimConfig {
@@ -85,6 +96,8 @@ pub struct SimConfig {
     pub eval_per_class: usize,
     /// Clients trained at once (threads).
     pub threads: usize,
+    /// Clip and noise every upload, with a budget ledger per client (None: no DP).
+    pub dp: Option<DpConfig>,
 }
 
 impl Default for SimConfig {
@@ -102,6 +115,7 @@ impl Default for SimConfig {
             oracle_epochs: 25,
             eval_per_class: 50,
             threads: 2,
+            dp: None,
         }
     }
 }
@@ -125,6 +139,20 @@ impl SimConfig {
             "keep threshold must be in [0, 1]"
         );
         anyhow::ensure!(self.threads >= 1, "threads must be at least 1");
+        if let Some(dp) = &self.dp {
+            anyhow::ensure!(
+                dp.epsilon.is_finite() && dp.epsilon > 0.0,
+                "--dp-epsilon must be > 0"
+            );
+            anyhow::ensure!(
+                dp.delta > 0.0 && dp.delta < 1.0,
+                "--dp-delta must lie in (0, 1)"
+            );
+            anyhow::ensure!(
+                dp.clip.is_finite() && dp.clip > 0.0,
+                "--dp-clip must be > 0"
+            );
+        }
         Ok(())
     }
 }

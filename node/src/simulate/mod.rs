@@ -2,10 +2,11 @@
 //! the network node uses, for methods, baselines and ablations, with reports.
 
 pub mod config;
+pub mod dp;
 pub mod fedavg;
 pub mod run;
 pub mod setup;
 
-pub use config::{Ablation, Method, SimConfig};
+pub use config::{Ablation, DpConfig, Method, SimConfig};
 pub use run::{run, RoundReport, RunImages, RunReport};
 pub use setup::Setup;

@@ -10,6 +10,7 @@ use protocol::ClientUpload;
 use serde::Serialize;
 
 use super::config::{Ablation, Method, SimConfig};
+use super::dp::DpClients;
 use super::fedavg::{average_into, copy_from_first};
 use super::setup::{eval_rng, sub_seed, Setup};
 use crate::round::{Client, Host};
@@ -60,6 +61,10 @@ pub struct RoundReport {
     pub downlink_bytes: usize,
     /// Bytes clients → host (all clients).
     pub uplink_bytes: usize,
+    /// Clients whose upload entered the aggregate.
+    pub participants: usize,
+    /// ε spent by each client so far (DP runs).
+    pub epsilon: Option<Vec<f64>>,
 }
 
 /// Everything a run produced; serialised as `report.json`.
@@ -91,6 +96,10 @@ pub struct RunReport {
     pub config: SimConfig,
     /// Total wall time of the run.
     pub total_seconds: f64,
+    /// Noise multiplier z of the uploads (DP runs).
+    pub dp_noise_multiplier: Option<f64>,
+    /// Whether every client's ledger chain verified at the end (DP runs).
+    pub ledgers_verified: Option<bool>,
 }
 
 /// Images a run hands back for grids: (pixels, labels) at the start and the end.
@@ -169,11 +178,30 @@ pub fn run(
     }
     let public = &setup.splits.public;
     let mut public_teacher: Option<Vec<f32>> = None;
+    let dp = match (&cfg.dp, method) {
+        (Some(dp), Method::Fedmmkt) => {
+            let layout = protocol::UploadLayout {
+                samples: host_cfg.samples_per_class * setup.splits.test.num_classes(),
+                classes: setup.splits.test.num_classes(),
+            };
+            let name = ablation.map_or(method.name(), Ablation::name);
+            let dir = setup.work_dir.join("ledgers").join(name);
+            Some(DpClients::new(
+                dp,
+                cfg.clients,
+                cfg.rounds,
+                layout.len(),
+                &dir,
+            )?)
+        }
+        _ => None,
+    };
     let mut rounds = Vec::with_capacity(cfg.rounds);
     for r in 1..=cfg.rounds {
         let mut ph = PhaseSeconds::default();
         let (mut down, mut up) = (0usize, 0usize);
         let (mut kept, mut mean_reward) = (None, None);
+        let mut participants = cfg.clients;
         match method {
             Method::Fedmmkt => {
                 let host = host.as_mut().ok_or_else(|| anyhow::anyhow!("no host"))?;
@@ -190,7 +218,15 @@ pub fn run(
                 ph.learn = t.elapsed().as_secs_f64();
                 progress(r, "judge");
                 let t = Instant::now();
-                let uploads = map_clients(&mut clients, cfg.threads, |c| c.judge(&start))?;
+                let mut uploads = map_clients(&mut clients, cfg.threads, |c| c.judge(&start))?;
+                if let Some(dp) = &dp {
+                    let mut released = Vec::with_capacity(uploads.len());
+                    for (k, u) in uploads.iter().enumerate() {
+                        released.extend(dp.privatize(k, r as u64, u)?);
+                    }
+                    uploads = released;
+                }
+                participants = uploads.len();
                 ph.judge = t.elapsed().as_secs_f64();
                 progress(r, "aggregate");
                 let t = Instant::now();
@@ -204,14 +240,26 @@ pub fn run(
                         .map(|b| b.len())
                     })
                     .sum::<Result<usize, _>>()?;
+                let enough = dp
+                    .as_ref()
+                    .is_none_or(|d| uploads.len() >= d.min_participants());
                 let sum = sum_uploads(&uploads);
                 ph.aggregate = t.elapsed().as_secs_f64();
                 progress(r, "improve");
-                let t = Instant::now();
-                let outcome = host.finish_round(&start, &sum)?;
-                ph.improve = t.elapsed().as_secs_f64();
-                kept = Some(outcome.kept);
-                mean_reward = Some(outcome.mean_reward);
+                if enough && !uploads.is_empty() {
+                    let t = Instant::now();
+                    let outcome = host.finish_round(&start, &sum)?;
+                    ph.improve = t.elapsed().as_secs_f64();
+                    kept = Some(outcome.kept);
+                    mean_reward = Some(outcome.mean_reward);
+                } else {
+                    tracing::warn!(
+                        round = r,
+                        participants = uploads.len(),
+                        "too few uploads: no aggregate released this round"
+                    );
+                    kept = Some(0);
+                }
             }
             Method::Local => {
                 progress(r, "learn");
@@ -306,6 +354,8 @@ pub fn run(
             phases: ph,
             downlink_bytes: down,
             uplink_bytes: up,
+            participants,
+            epsilon: dp.as_ref().map(DpClients::epsilon_spent).transpose()?,
         });
     }
     if let Some(h) = &host {
@@ -326,6 +376,8 @@ pub fn run(
         image_side: setup.splits.test.rows,
         config: cfg.clone(),
         total_seconds: t0.elapsed().as_secs_f64(),
+        dp_noise_multiplier: dp.as_ref().map(DpClients::noise_multiplier),
+        ledgers_verified: dp.as_ref().map(DpClients::verify_all),
     };
     Ok((report, images))
 }

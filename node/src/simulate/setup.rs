@@ -33,6 +33,8 @@ pub struct Setup {
     pub gen_start: GenScore,
     /// Where the data came from.
     pub data_origin: String,
+    /// Directory for run artefacts (checkpoints, ledgers).
+    pub work_dir: PathBuf,
 }
 
 /// Seed of one component, so components draw independent streams from one run seed.
@@ -106,6 +108,7 @@ impl Setup {
             pretrained,
             gen_start,
             data_origin: source.origin.clone(),
+            work_dir: work_dir.to_path_buf(),
         })
     }
 
