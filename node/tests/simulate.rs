@@ -33,6 +33,7 @@ fn tiny() -> (SimConfig, DataSource) {
     cfg.host.samples_per_class = 4;
     cfg.host.pretrain_steps = 10;
     cfg.host.finetune_steps = 3;
+    cfg.host.critic_steps = 5;
     cfg.host.flow.hidden = 32;
     cfg.host.flow.blocks = 1;
     cfg.host.flow.latent_dim = 8;

@@ -49,13 +49,19 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 50)]
     pub samples_per_class: usize,
     /// Reward threshold θ for keeping a synthetic sample.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.7)]
     pub keep_threshold: f32,
+    /// Strength of the critic's guidance of the generator (0: no critic).
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
+    /// Critic training steps per round.
+    #[arg(long, default_value_t = 150)]
+    pub critic_steps: usize,
     /// Images per class in the host's public set (pre-trains the generator).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 20)]
     pub host_per_class: usize,
     /// Images per class only the oracle trains on.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 300)]
     pub oracle_per_class: usize,
     /// Weight of the host's public images, relative to a reward of 1, when fine-tuning.
     #[arg(long, default_value_t = 1.0)]
@@ -67,7 +73,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1500)]
     pub pretrain_steps: usize,
     /// Generator fine-tuning steps per round.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 100)]
     pub finetune_steps: usize,
     /// Hidden width of the generator.
     #[arg(long, default_value_t = 256)]
@@ -76,7 +82,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 64)]
     pub latent_dim: usize,
     /// Epochs of oracle training.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 15)]
     pub oracle_epochs: usize,
     /// Generated images per class the oracle scores each round.
     #[arg(long, default_value_t = 50)]
@@ -116,6 +122,8 @@ impl SimulateArgs {
         cfg.host.samples_per_class = self.samples_per_class;
         cfg.host.keep_threshold = self.keep_threshold;
         cfg.host.public_weight = self.public_weight;
+        cfg.host.guidance_scale = self.guidance;
+        cfg.host.critic_steps = self.critic_steps;
         cfg.split.host_per_class = self.host_per_class;
         cfg.split.oracle_per_class = self.oracle_per_class;
         cfg.host.pretrain_steps = self.pretrain_steps;

@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use models::classifier::{Arch, TaskModel};
 use models::data::captions::{caption, TEMPLATES};
 use models::data::Dataset;
-use models::generator::{FlowConfig, FlowGenerator, Generator, WeightedSet};
+use models::generator::{FlowConfig, FlowGenerator, Generator, Guidance, WeightedSet};
+use models::init::pixels_to_tensor;
+use models::losses::soft_cross_entropy;
 use models::text::TextEncoder;
 use protocol::{RoundStart, TeacherTargets, UploadLayout};
 use rand::{Rng, SeedableRng};
@@ -28,6 +31,12 @@ pub struct HostConfig {
     pub finetune_lr: f64,
     /// Weight of the public real images in fine-tuning, relative to a reward of 1.
     pub public_weight: f32,
+    /// Strength of the critic's guidance when sampling (0: the flow alone).
+    pub guidance_scale: f64,
+    /// Critic training steps per round (the critic distils the clients' ensemble teacher).
+    pub critic_steps: usize,
+    /// Most (image, teacher) pairs the critic remembers, newest first.
+    pub critic_memory: usize,
     /// Generator shape and optimiser.
     pub flow: FlowConfig,
 }
@@ -36,12 +45,15 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             samples_per_class: 50,
-            keep_threshold: 0.5,
+            keep_threshold: 0.7,
             improve_generator: true,
             pretrain_steps: 1500,
-            finetune_steps: 150,
+            finetune_steps: 100,
             finetune_lr: 5e-4,
             public_weight: 1.0,
+            guidance_scale: 2.0,
+            critic_steps: 150,
+            critic_memory: 5000,
             flow: FlowConfig::default(),
         }
     }
@@ -67,6 +79,9 @@ pub struct Host {
     side: usize,
     public: WeightedSet,
     teacher: Option<TeacherTargets>,
+    critic: Option<TaskModel>,
+    memory_images: Vec<u8>,
+    memory_teacher: Vec<f32>,
     rng: ChaCha8Rng,
 }
 
@@ -106,6 +121,9 @@ impl Host {
                 weights: vec![cfg.public_weight; public.len()],
             },
             teacher: None,
+            critic: None,
+            memory_images: Vec::new(),
+            memory_teacher: Vec::new(),
             rng,
         })
     }
@@ -148,8 +166,82 @@ impl Host {
             })
             .collect();
         let emb = self.encoder.encode(&texts)?;
-        let images = self.generator.sample(&emb, labels.len(), rng)?;
+        let images = self.sample(&emb, &labels, rng)?;
         Ok((images, labels))
+    }
+
+    /// The generator's samples: the flow, steered by the critic once it has learnt from the
+    /// clients (the critic and guidance are part of the host's generator).
+    fn sample(&self, emb: &[f32], labels: &[u8], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<u8>> {
+        let guidance = self
+            .critic
+            .as_ref()
+            .filter(|_| self.cfg.guidance_scale > 0.0)
+            .map(|classifier| Guidance {
+                classifier,
+                labels,
+                scale: self.cfg.guidance_scale,
+            });
+        Ok(self
+            .generator
+            .sample_guided(emb, labels.len(), guidance.as_ref(), rng)?)
+    }
+
+    /// Client → server transfer into the critic: remembers the kept samples with their
+    /// ensemble teacher and distils them into a small classifier that guides sampling.
+    fn train_critic(
+        &mut self,
+        images: &[u8],
+        teacher: &[f32],
+        classes: usize,
+    ) -> anyhow::Result<()> {
+        let p = self.side * self.side;
+        self.memory_images.extend_from_slice(images);
+        self.memory_teacher.extend_from_slice(teacher);
+        let n = self.memory_teacher.len() / classes;
+        if n > self.cfg.critic_memory {
+            let drop = n - self.cfg.critic_memory;
+            self.memory_images.drain(..drop * p);
+            self.memory_teacher.drain(..drop * classes);
+        }
+        let n = self.memory_teacher.len() / classes;
+        if n == 0 || self.cfg.critic_steps == 0 {
+            return Ok(());
+        }
+        if self.critic.is_none() {
+            self.critic = Some(TaskModel::new(
+                Arch::Mlp,
+                self.side,
+                classes,
+                1,
+                2e-3,
+                self.rng.random(),
+            )?);
+        }
+        let Some(critic) = self.critic.as_mut() else {
+            return Ok(());
+        };
+        let batch = 64.min(n);
+        for _ in 0..self.cfg.critic_steps {
+            let idx: Vec<usize> = (0..batch).map(|_| self.rng.random_range(0..n)).collect();
+            let px: Vec<u8> = idx
+                .iter()
+                .flat_map(|&i| self.memory_images[i * p..(i + 1) * p].iter().copied())
+                .collect();
+            let q: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| {
+                    self.memory_teacher[i * classes..(i + 1) * classes]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let x = pixels_to_tensor(&px, batch, critic.device())?;
+            let target = candle_core::Tensor::from_vec(q, (batch, classes), critic.device())?;
+            let loss = soft_cross_entropy(&critic.logits(&x)?, &target)?;
+            critic.step(&loss)?;
+        }
+        Ok(())
     }
 
     /// Step 1: this round's synthetic set, with last round's teacher targets attached.
@@ -169,9 +261,10 @@ impl Host {
             .map(|(&k, &t)| caption(&self.classes[k as usize], t as usize))
             .collect();
         let text_emb = self.encoder.encode(&texts)?;
-        let images = self
-            .generator
-            .sample(&text_emb, texts.len(), &mut self.rng)?;
+        let labels: Vec<u8> = prompt_class.iter().map(|&c| c as u8).collect();
+        let mut rng = self.rng.clone();
+        let images = self.sample(&text_emb, &labels, &mut rng)?;
+        self.rng = rng;
         let start = RoundStart {
             round,
             side: self.side as u16,
@@ -217,7 +310,23 @@ impl Host {
             tuned.weights.push(teacher.reward[j]);
         }
         let mut finetune_loss = 0.0;
-        if self.cfg.improve_generator && !tuned.is_empty() {
+        if self.cfg.improve_generator {
+            // The critic learns what the clients collectively see in every sample they could
+            // judge (not only the kept ones): that is the knowledge to transfer.
+            let judged: Vec<usize> = (0..layout.samples)
+                .filter(|&j| teacher.support[j] > 0.0)
+                .collect();
+            let images: Vec<u8> = judged
+                .iter()
+                .flat_map(|&j| start.images[j * p..(j + 1) * p].iter().copied())
+                .collect();
+            let probs: Vec<f32> = judged
+                .iter()
+                .flat_map(|&j| teacher.probs[j * c..(j + 1) * c].iter().copied())
+                .collect();
+            self.train_critic(&images, &probs, c)?;
+        }
+        if self.cfg.improve_generator && !tuned.is_empty() && self.cfg.finetune_steps > 0 {
             tuned.extend(&self.public);
             self.generator.set_lr(self.cfg.finetune_lr);
             finetune_loss = self

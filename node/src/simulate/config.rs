@@ -108,11 +108,15 @@ impl Default for SimConfig {
             rounds: 10,
             seed: 0,
             emb_dim: 32,
-            split: SplitConfig::default(),
+            split: SplitConfig {
+                host_per_class: 20,
+                oracle_per_class: 300,
+                ..SplitConfig::default()
+            },
             host: HostConfig::default(),
             client: ClientConfig::default(),
             fedavg_arch: Arch::SmallCnn,
-            oracle_epochs: 25,
+            oracle_epochs: 15,
             eval_per_class: 50,
             threads: 2,
             dp: None,
