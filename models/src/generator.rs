@@ -690,8 +690,10 @@ mod tests {
             .sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(9))
             .unwrap();
         assert_eq!(sa, sb);
-        let c = FlowGenerator::new(cfg, 5).unwrap();
-        let d = FlowGenerator::new(cfg, 5).unwrap();
+        let mut c = FlowGenerator::new(cfg, 5).unwrap();
+        let mut d = FlowGenerator::new(cfg, 5).unwrap();
+        c.fit_latent(&px).unwrap();
+        d.fit_latent(&px).unwrap();
         assert_eq!(
             c.sample(&emb, 2, &mut ChaCha8Rng::seed_from_u64(1))
                 .unwrap(),

@@ -13,6 +13,3 @@ pub mod text;
 pub mod train;
 
 pub use error::{ModelError, Result};
-
-/// Pixels of one image in the datasets fedmmkt ships with (28×28).
-pub const PIXELS: usize = 784;

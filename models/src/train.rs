@@ -26,11 +26,6 @@ pub struct DistillSet {
 }
 
 impl DistillSet {
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.images.len() / crate::PIXELS
-    }
-
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
@@ -135,15 +130,15 @@ pub fn train_client(
         )));
     }
     let distill = distill.filter(|d| !d.is_empty() && cfg.kd_weight > 0.0);
+    let n_distill = distill.map_or(0, |d| d.images.len() / p);
     if let Some(d) = distill {
-        if d.teacher.len() != d.len() * c {
+        if d.images.len() != n_distill * p || d.teacher.len() != n_distill * c {
             return Err(ModelError::Config(
                 "teacher targets do not match the distillation set".into(),
             ));
         }
     }
     let dev = model.device().clone();
-    let n_distill = distill.map_or(0, DistillSet::len);
     let per_epoch = n
         .max(n_distill * cfg.batch / cfg.distill_batch.max(1))
         .div_ceil(cfg.batch);

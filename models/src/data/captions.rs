@@ -20,6 +20,17 @@ pub fn caption(class_name: &str, template: usize) -> String {
     TEMPLATES[template % TEMPLATES.len()].replace("{}", &class_phrase(class_name))
 }
 
+/// One caption per label, each with a template drawn from `rng` (captions for labelled images).
+pub fn random_captions<R: rand::Rng>(classes: &[String], labels: &[u8], rng: &mut R) -> Vec<String> {
+    labels
+        .iter()
+        .map(|&l| {
+            let name = classes.get(l as usize).map_or("object", String::as_str);
+            caption(name, rng.random_range(0..TEMPLATES.len()))
+        })
+        .collect()
+}
+
 /// Every caption of every class, as `(class, template, text)`.
 pub fn all_captions(classes: &[String]) -> Vec<(usize, usize, String)> {
     classes

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use models::classifier::{Arch, TaskModel};
-use models::data::captions::{caption, TEMPLATES};
+use models::data::captions::random_captions;
 use models::data::Dataset;
 use models::text::TextEncoder;
 use models::train::{train_client, ClientTrainConfig, DistillSet, TrainStats};
@@ -54,16 +54,7 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let mut rng =
             ChaCha8Rng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let texts: Vec<String> = data
-            .labels
-            .iter()
-            .map(|&l| {
-                caption(
-                    &data.classes[l as usize],
-                    rng.random_range(0..TEMPLATES.len()),
-                )
-            })
-            .collect();
+        let texts = random_captions(&data.classes, &data.labels, &mut rng);
         let emb = encoder.encode(&texts)?;
         let model = TaskModel::new(
             arch,

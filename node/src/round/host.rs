@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use models::classifier::{Arch, TaskModel};
-use models::data::captions::{caption, TEMPLATES};
+use models::data::captions::{caption, random_captions, TEMPLATES};
 use models::data::Dataset;
 use models::generator::{FlowConfig, FlowGenerator, Generator, Guidance, WeightedSet};
 use models::init::pixels_to_tensor;
@@ -98,16 +98,7 @@ impl Host {
         flow.emb_dim = encoder.dim();
         let generator = FlowGenerator::new(flow, seed)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4057);
-        let texts: Vec<String> = public
-            .labels
-            .iter()
-            .map(|&l| {
-                caption(
-                    &public.classes[l as usize],
-                    rng.random_range(0..TEMPLATES.len()),
-                )
-            })
-            .collect();
+        let texts = random_captions(&public.classes, &public.labels, &mut rng);
         let emb = encoder.encode(&texts)?;
         Ok(Self {
             cfg,
@@ -156,15 +147,7 @@ impl Host {
         let labels: Vec<u8> = (0..self.classes.len())
             .flat_map(|c| std::iter::repeat_n(c as u8, per_class))
             .collect();
-        let texts: Vec<String> = labels
-            .iter()
-            .map(|&c| {
-                caption(
-                    &self.classes[c as usize],
-                    rng.random_range(0..TEMPLATES.len()),
-                )
-            })
-            .collect();
+        let texts = random_captions(&self.classes, &labels, rng);
         let emb = self.encoder.encode(&texts)?;
         let images = self.sample(&emb, &labels, rng)?;
         Ok((images, labels))

@@ -185,7 +185,10 @@ pub fn run(
                 classes: setup.splits.test.num_classes(),
             };
             let name = ablation.map_or(method.name(), Ablation::name);
-            let dir = setup.work_dir.join("ledgers").join(name);
+            let dir = setup
+                .work_dir
+                .join("ledgers")
+                .join(format!("{name}-eps-{}", dp.epsilon));
             Some(DpClients::new(
                 dp,
                 cfg.clients,
@@ -317,7 +320,8 @@ pub fn run(
                         .collect(),
                 );
                 ph.aggregate = t.elapsed().as_secs_f64();
-                down = public.images.len() * cfg.clients;
+                // The public images travel once; each round carries the consensus teacher.
+                down = public.len() * public.num_classes() * 4 * cfg.clients;
                 up = preds.iter().map(|p| p.len() * 4).sum();
             }
         }
