@@ -205,7 +205,11 @@ fn dp_run_charges_every_client_within_budget() {
     // Calibrated to spend the whole budget in exactly `rounds` releases.
     assert!(previous.iter().all(|&e| e > 1.9), "{previous:?}");
     // The ledgers are on disk, one per client, and audit-able.
-    let ledger_dir = dir.path().join("ledgers").join("fedmmkt-eps-2").join("client-0");
+    let ledger_dir = dir
+        .path()
+        .join("ledgers")
+        .join("fedmmkt-eps-2")
+        .join("client-0");
     let ledger = privacy::ledger::Ledger::open_existing(&ledger_dir).unwrap();
     assert_eq!(ledger.len().unwrap(), cfg.rounds as u64);
     assert!(ledger.verify().is_ok());

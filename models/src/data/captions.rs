@@ -21,7 +21,11 @@ pub fn caption(class_name: &str, template: usize) -> String {
 }
 
 /// One caption per label, each with a template drawn from `rng` (captions for labelled images).
-pub fn random_captions<R: rand::Rng>(classes: &[String], labels: &[u8], rng: &mut R) -> Vec<String> {
+pub fn random_captions<R: rand::Rng>(
+    classes: &[String],
+    labels: &[u8],
+    rng: &mut R,
+) -> Vec<String> {
     labels
         .iter()
         .map(|&l| {
