@@ -185,6 +185,7 @@ fn dp_run_charges_every_client_within_budget() {
         epsilon: 2.0,
         delta: 1e-5,
         clip: 1.0,
+        prompt_mix: 0.0,
     });
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();

@@ -97,6 +97,10 @@ pub struct SimulateArgs {
     /// L2 bound every upload is clipped to under DP.
     #[arg(long, default_value_t = 5.0)]
     pub dp_clip: f64,
+    /// Weight of the prompted class in the teacher under DP: `(1 − m)·Q + m·onehot(y)`
+    /// (without DP the teacher is the clients' ensemble alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub dp_prompt_mix: f32,
     /// Run FedMMKT once per budget (comma-separated ε values, `inf` for no DP) and write a
     /// privacy–utility table (privacy_utility.md/.json).
     #[arg(long, value_delimiter = ',')]
@@ -135,6 +139,7 @@ impl SimulateArgs {
             epsilon,
             delta: self.dp_delta,
             clip: self.dp_clip,
+            prompt_mix: self.dp_prompt_mix,
         });
         cfg
     }
@@ -235,6 +240,7 @@ fn run_seed(
                 epsilon,
                 delta: args.dp_delta,
                 clip: args.dp_clip,
+                prompt_mix: args.dp_prompt_mix,
             });
             runs.push((format!("eps-{epsilon}"), Method::Fedmmkt, None, c));
         }

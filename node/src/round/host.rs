@@ -31,6 +31,9 @@ pub struct HostConfig {
     pub finetune_lr: f64,
     /// Weight of the public real images in fine-tuning, relative to a reward of 1.
     pub public_weight: f32,
+    /// Weight of the prompted class in the teacher sent to clients, `(1 − m)·Q + m·onehot(y)`:
+    /// 0 trusts the clients' ensemble alone; larger values guard against DP noise in Q.
+    pub prompt_mix: f32,
     /// Strength of the critic's guidance when sampling (0: the flow alone).
     pub guidance_scale: f64,
     /// Critic training steps per round (the critic distils the clients' ensemble teacher).
@@ -51,6 +54,7 @@ impl Default for HostConfig {
             finetune_steps: 100,
             finetune_lr: 5e-4,
             public_weight: 1.0,
+            prompt_mix: 0.0,
             guidance_scale: 2.0,
             critic_steps: 150,
             critic_memory: 5000,
@@ -316,12 +320,16 @@ impl Host {
                 .generator
                 .train(&tuned, self.cfg.finetune_steps, &mut self.rng)?;
         }
+        // Under DP the ensemble is noisy: blend each kept row with its prompted class.
+        let mix = self.cfg.prompt_mix.clamp(0.0, 1.0);
         let probs = kept
             .iter()
             .flat_map(|&j| {
+                let y = start.prompt_class[j as usize] as usize;
                 teacher.probs[j as usize * c..(j as usize + 1) * c]
                     .iter()
-                    .copied()
+                    .enumerate()
+                    .map(move |(k, &q)| (1.0 - mix) * q + if k == y { mix } else { 0.0 })
             })
             .collect();
         let mean_reward = teacher.reward.iter().sum::<f32>() / teacher.reward.len().max(1) as f32;
@@ -336,5 +344,72 @@ impl Host {
             probs,
         });
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::text::BowTextEncoder;
+
+    fn tiny_host(cfg: HostConfig) -> Host {
+        let n = 8;
+        let public = Dataset {
+            images: (0..n * 784).map(|i| (i % 251) as u8).collect(),
+            labels: (0..n).map(|i| (i % 2) as u8).collect(),
+            rows: 28,
+            cols: 28,
+            classes: vec!["a".into(), "b".into()],
+        };
+        let corpus = vec![(0, "a".to_string()), (1, "b".to_string())];
+        let enc: Arc<dyn TextEncoder> = Arc::new(BowTextEncoder::new(4, 0, &corpus));
+        let mut host = Host::new(cfg, enc, &public, 1).unwrap();
+        host.pretrain().unwrap();
+        host
+    }
+
+    fn config() -> HostConfig {
+        let mut cfg = HostConfig {
+            samples_per_class: 2,
+            keep_threshold: 0.6,
+            pretrain_steps: 2,
+            finetune_steps: 1,
+            critic_steps: 2,
+            ..HostConfig::default()
+        };
+        cfg.flow.hidden = 8;
+        cfg.flow.blocks = 1;
+        cfg.flow.latent_dim = 4;
+        cfg.flow.sample_steps = 2;
+        cfg
+    }
+
+    #[test]
+    fn teacher_filters_by_reward_and_blends_the_prompt() {
+        let mut cfg = config();
+        cfg.prompt_mix = 0.5;
+        let mut host = tiny_host(cfg);
+        let start = host.start_round(1).unwrap();
+        assert_eq!(start.prompt_class, vec![0, 0, 1, 1]);
+        assert!(start.teacher.is_none());
+        // Aggregate of two clients' uploads: samples 0 and 3 look like their prompt (ρ = 0.9),
+        // samples 1 and 2 do not (ρ = 0.2); class weights sum to 1 for each class.
+        let rows = [[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.1, 0.9]];
+        let mut sum: Vec<f64> = rows.iter().flatten().copied().collect();
+        sum.extend([1.0, 1.0]);
+        let outcome = host.finish_round(&start, &sum).unwrap();
+        assert_eq!(outcome.kept, 2);
+        let next = host.start_round(2).unwrap();
+        let t = next.teacher.unwrap();
+        assert_eq!((t.round, t.kept.clone()), (1, vec![0, 3]));
+        let want = [0.5 * 0.9 + 0.5, 0.5 * 0.1, 0.5 * 0.1, 0.5 * 0.9 + 0.5];
+        for (got, want) in t.probs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{:?}", t.probs);
+        }
+        // A teacher is only ever attached to the round right after the one it describes.
+        let later = host.start_round(4).unwrap();
+        assert!(later.teacher.is_none());
+        // A malformed aggregate is an error, not a panic.
+        assert!(host.finish_round(&later, &[1.0; 3]).is_err());
     }
 }

@@ -67,6 +67,8 @@ pub struct DpConfig {
     pub delta: f64,
     /// L2 bound C every upload is clipped to.
     pub clip: f64,
+    /// The host's `prompt_mix` under DP (see [`crate::round::HostConfig::prompt_mix`]).
+    pub prompt_mix: f32,
 }
 
 /// Everything that determines a simulation's numbers (with the seed).

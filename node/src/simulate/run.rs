@@ -130,6 +130,9 @@ pub fn run(
         Some(Ablation::NoAlign) => client_cfg.train.align_weight = 0.0,
         Some(Ablation::NoDistill) | None => {}
     }
+    if let Some(dp) = &cfg.dp {
+        host_cfg.prompt_mix = dp.prompt_mix;
+    }
     let distill = ablation != Some(Ablation::NoDistill);
     let archs: Vec<Arch> = (0..cfg.clients)
         .map(|k| {
