@@ -72,8 +72,9 @@ pub struct SimulateArgs {
     /// Generator pre-training steps on the host's public set.
     #[arg(long, default_value_t = 1500)]
     pub pretrain_steps: usize,
-    /// Generator fine-tuning steps per round.
-    #[arg(long, default_value_t = 100)]
+    /// Steps of reward-weighted fine-tuning of the generator's flow per round (0: the host
+    /// improves the generator through its critic's guidance only, which measured better).
+    #[arg(long, default_value_t = 0)]
     pub finetune_steps: usize,
     /// Hidden width of the generator.
     #[arg(long, default_value_t = 256)]

@@ -51,7 +51,7 @@ impl Default for HostConfig {
             keep_threshold: 0.7,
             improve_generator: true,
             pretrain_steps: 1500,
-            finetune_steps: 100,
+            finetune_steps: 0,
             finetune_lr: 5e-4,
             public_weight: 1.0,
             prompt_mix: 0.0,
