@@ -30,6 +30,30 @@ impl DistillSet {
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }
+
+    /// Concatenates several sets (a client's memory of past rounds); labels and embeddings
+    /// survive only if every part has them.
+    pub fn concat(parts: &[DistillSet]) -> DistillSet {
+        let all = |f: fn(&DistillSet) -> bool| parts.iter().all(f);
+        let keep_labels = all(|p| p.labels.is_some());
+        let keep_emb = all(|p| p.emb.is_some());
+        let mut out = DistillSet {
+            labels: keep_labels.then(Vec::new),
+            emb: keep_emb.then(Vec::new),
+            ..Default::default()
+        };
+        for p in parts {
+            out.images.extend_from_slice(&p.images);
+            out.teacher.extend_from_slice(&p.teacher);
+            if let (Some(o), Some(l)) = (out.labels.as_mut(), p.labels.as_ref()) {
+                o.extend_from_slice(l);
+            }
+            if let (Some(o), Some(e)) = (out.emb.as_mut(), p.emb.as_ref()) {
+                o.extend_from_slice(e);
+            }
+        }
+        out
+    }
 }
 
 /// Weights and sizes of the client's local objective.

@@ -76,6 +76,14 @@ fn every_method_and_ablation_runs_and_reports() {
                 assert!(r.downlink_bytes > 0 && r.uplink_bytes > 0);
             }
         }
+        if ablation == Some(Ablation::FrozenGenerator) {
+            // Evaluation noise is the same every round, so a frozen generator scores exactly
+            // its start.
+            for r in &report.rounds {
+                assert_eq!(r.gen_oracle_acc, Some(report.gen_oracle_acc_start));
+                assert_eq!(r.gen_frechet, Some(report.gen_frechet_start));
+            }
+        }
         if ablation == Some(Ablation::NoFilter) {
             assert!(report
                 .rounds

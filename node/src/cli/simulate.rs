@@ -64,6 +64,9 @@ pub struct SimulateArgs {
     /// Critic training steps per round.
     #[arg(long, default_value_t = 150)]
     pub critic_steps: usize,
+    /// Rounds of kept synthetic samples each client distils from (1: the last round's).
+    #[arg(long, default_value_t = 1)]
+    pub distill_rounds: usize,
     /// Images per class in the host's public set (pre-trains the generator).
     #[arg(long, default_value_t = 20)]
     pub host_per_class: usize,
@@ -143,6 +146,7 @@ impl SimulateArgs {
         cfg.host.flow.hidden = self.generator_width;
         cfg.host.flow.latent_dim = self.latent_dim;
         cfg.client.train.epochs = self.local_epochs;
+        cfg.client.distill_rounds = self.distill_rounds;
         cfg.text_encoder = self.text_encoder;
         cfg.text_encoder_dir = self.text_encoder_dir.clone();
         cfg.dp = self.dp_epsilon.map(|epsilon| DpConfig {

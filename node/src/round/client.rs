@@ -19,6 +19,9 @@ pub struct ClientConfig {
     pub train: ClientTrainConfig,
     /// Learning rate.
     pub lr: f64,
+    /// Rounds of kept synthetic samples (with their teachers) a client distils from: 1 is
+    /// the last round's only.
+    pub distill_rounds: usize,
 }
 
 impl Default for ClientConfig {
@@ -26,6 +29,7 @@ impl Default for ClientConfig {
         Self {
             train: ClientTrainConfig::default(),
             lr: 2e-3,
+            distill_rounds: 1,
         }
     }
 }
@@ -39,6 +43,7 @@ pub struct Client {
     emb: Vec<f32>,
     cfg: ClientConfig,
     previous: Option<RoundStart>,
+    memory: std::collections::VecDeque<DistillSet>,
     rng: ChaCha8Rng,
 }
 
@@ -71,6 +76,7 @@ impl Client {
             emb,
             cfg,
             previous: None,
+            memory: std::collections::VecDeque::new(),
             rng,
         })
     }
@@ -140,12 +146,17 @@ impl Client {
 
     /// Step 2 (learn): local training with distillation from the previous round's kept samples.
     pub fn learn(&mut self, start: &RoundStart, distill: bool) -> anyhow::Result<TrainStats> {
-        let set = if distill {
-            self.distill_set(start)
-        } else {
-            None
-        };
-        self.train(set.as_ref())
+        if !distill {
+            return self.train(None);
+        }
+        if let Some(new) = self.distill_set(start) {
+            self.memory.push_back(new);
+        }
+        while self.memory.len() > self.cfg.distill_rounds.max(1) {
+            self.memory.pop_front();
+        }
+        let set = DistillSet::concat(self.memory.make_contiguous());
+        self.train(Some(&set).filter(|s| !s.is_empty()))
     }
 
     /// Step 3 (judge): predictions on this round's synthetic set as one flat upload vector.

@@ -336,8 +336,9 @@ pub fn run(
         })?;
         let (mut gen_oracle_acc, mut gen_frechet, mut gen_per_class_acc) = (None, None, None);
         if let Some(h) = &host {
+            // The same noise every round (common random numbers): changes are the generator's.
             let (imgs, labels) =
-                h.sample_per_class(cfg.eval_per_class, &mut eval_rng(cfg.seed, r as u64))?;
+                h.sample_per_class(cfg.eval_per_class, &mut eval_rng(cfg.seed, 0))?;
             let s = setup.oracle.score(&imgs, &labels)?;
             gen_oracle_acc = Some(s.oracle_acc);
             gen_frechet = Some(s.frechet);

@@ -42,9 +42,11 @@ pub fn sub_seed(seed: u64, component: u64) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ component.wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
 
-/// The images the oracle scores after round `round` (fixed per seed and round).
-pub fn eval_rng(seed: u64, round: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(sub_seed(seed, round.wrapping_add(1000)))
+/// Noise for evaluation samples, fixed per seed: stream 0 is what the oracle scores every
+/// round (common random numbers, so round-to-round changes are the generator's), another
+/// stream draws the image grids.
+pub fn eval_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(sub_seed(seed, stream.wrapping_add(1000)))
 }
 
 impl Setup {
