@@ -2,7 +2,9 @@
 //! report holds what scripts rely on, and one seed gives the same numbers twice.
 
 use models::data::{DataSource, SplitConfig};
-use node::report::write_run;
+use std::collections::BTreeMap;
+
+use node::report::{write_compare, write_privacy_utility, write_run, write_seeds};
 use node::simulate::{run, Ablation, Method, Setup, SimConfig};
 
 fn tiny() -> (SimConfig, DataSource) {
@@ -59,6 +61,7 @@ fn every_method_and_ablation_runs_and_reports() {
         (Method::Fedmmkt, Some(Ablation::NoAlign)),
         (Method::Fedmmkt, Some(Ablation::NoFilter)),
     ];
+    let mut reports = BTreeMap::new();
     for (method, ablation) in runs {
         let (report, images) = run(&cfg, &setup, method, ablation, &|_, _| {}).unwrap();
         let name = ablation.map_or(method.name(), Ablation::name);
@@ -130,7 +133,39 @@ fn every_method_and_ablation_runs_and_reports() {
                     && out.join("generator_oracle_accuracy.png").is_file()
             );
         }
+        reports.insert(name.to_string(), report);
     }
+    write_compare(dir.path(), &reports).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("compare.json")).unwrap())
+            .unwrap();
+    for key in [
+        "fedmmkt",
+        "local",
+        "fedavg",
+        "fedmd",
+        "frozen-generator",
+        "no-distill",
+        "no-align",
+        "no-filter",
+    ] {
+        assert!(json["runs"].get(key).is_some(), "compare.json lacks {key}");
+    }
+    assert!(dir.path().join("compare.png").is_file() && dir.path().join("compare.md").is_file());
+    // Two identical "seeds": the means are the single values and the deviations zero.
+    let mut all = BTreeMap::new();
+    all.insert(1u64, reports.clone());
+    all.insert(2u64, reports.clone());
+    write_seeds(dir.path(), &all).unwrap();
+    let seeds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("seeds.json")).unwrap())
+            .unwrap();
+    let acc = reports["fedmmkt"].rounds.last().unwrap().client_acc_mean;
+    let m = &seeds["runs"]["fedmmkt"]["client_acc_mean"];
+    assert!((m["mean"].as_f64().unwrap() - acc).abs() < 1e-12);
+    assert_eq!(m["sd"].as_f64().unwrap(), 0.0);
+    write_privacy_utility(dir.path(), &reports).unwrap();
+    assert!(dir.path().join("privacy_utility.md").is_file());
 }
 
 #[test]
