@@ -125,7 +125,9 @@ impl Cycler {
     }
 }
 
-fn gather<T: Copy>(src: &[T], idx: &[usize], width: usize) -> Vec<T> {
+/// Rows `idx` of a row-major buffer of `width`-wide rows, concatenated (callers pass indices
+/// they validated against the buffer).
+pub fn gather<T: Copy>(src: &[T], idx: &[usize], width: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(idx.len() * width);
     for &i in idx {
         out.extend_from_slice(&src[i * width..(i + 1) * width]);

@@ -10,6 +10,7 @@ use models::generator::{FlowConfig, FlowGenerator, Generator, Guidance, Weighted
 use models::init::pixels_to_tensor;
 use models::losses::soft_cross_entropy;
 use models::text::TextEncoder;
+use models::train::gather;
 use protocol::{RoundStart, TeacherTargets, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -211,18 +212,8 @@ impl Host {
         let batch = 64.min(n);
         for _ in 0..self.cfg.critic_steps {
             let idx: Vec<usize> = (0..batch).map(|_| self.rng.random_range(0..n)).collect();
-            let px: Vec<u8> = idx
-                .iter()
-                .flat_map(|&i| self.memory_images[i * p..(i + 1) * p].iter().copied())
-                .collect();
-            let q: Vec<f32> = idx
-                .iter()
-                .flat_map(|&i| {
-                    self.memory_teacher[i * classes..(i + 1) * classes]
-                        .iter()
-                        .copied()
-                })
-                .collect();
+            let px: Vec<u8> = gather(&self.memory_images, &idx, p);
+            let q: Vec<f32> = gather(&self.memory_teacher, &idx, classes);
             let x = pixels_to_tensor(&px, batch, critic.device())?;
             let target = candle_core::Tensor::from_vec(q, (batch, classes), critic.device())?;
             let loss = soft_cross_entropy(&critic.logits(&x)?, &target)?;
@@ -281,21 +272,9 @@ impl Host {
         let teacher = layout.teacher(sum, &start.prompt_class)?;
         let c = layout.classes;
         let p = self.side * self.side;
-        let e = start.emb_dim as usize;
-        let kept: Vec<u32> = (0..layout.samples as u32)
-            .filter(|&j| teacher.reward[j as usize] >= self.cfg.keep_threshold)
+        let kept: Vec<usize> = (0..layout.samples)
+            .filter(|&j| teacher.reward[j] >= self.cfg.keep_threshold)
             .collect();
-        let mut tuned = WeightedSet::default();
-        for &j in &kept {
-            let j = j as usize;
-            tuned
-                .images
-                .extend_from_slice(&start.images[j * p..(j + 1) * p]);
-            tuned
-                .emb
-                .extend_from_slice(&start.text_emb[j * e..(j + 1) * e]);
-            tuned.weights.push(teacher.reward[j]);
-        }
         let mut finetune_loss = 0.0;
         if self.cfg.improve_generator {
             // The critic learns what the clients collectively see in every sample they could
@@ -303,17 +282,16 @@ impl Host {
             let judged: Vec<usize> = (0..layout.samples)
                 .filter(|&j| teacher.support[j] > 0.0)
                 .collect();
-            let images: Vec<u8> = judged
-                .iter()
-                .flat_map(|&j| start.images[j * p..(j + 1) * p].iter().copied())
-                .collect();
-            let probs: Vec<f32> = judged
-                .iter()
-                .flat_map(|&j| teacher.probs[j * c..(j + 1) * c].iter().copied())
-                .collect();
+            let images: Vec<u8> = gather(&start.images, &judged, p);
+            let probs: Vec<f32> = gather(&teacher.probs, &judged, c);
             self.train_critic(&images, &probs, c)?;
         }
-        if self.cfg.improve_generator && !tuned.is_empty() && self.cfg.finetune_steps > 0 {
+        if self.cfg.improve_generator && !kept.is_empty() && self.cfg.finetune_steps > 0 {
+            let mut tuned = WeightedSet {
+                images: gather(&start.images, &kept, p),
+                emb: gather(&start.text_emb, &kept, start.emb_dim as usize),
+                weights: kept.iter().map(|&j| teacher.reward[j]).collect(),
+            };
             tuned.extend(&self.public);
             self.generator.set_lr(self.cfg.finetune_lr);
             finetune_loss = self
@@ -325,8 +303,8 @@ impl Host {
         let probs = kept
             .iter()
             .flat_map(|&j| {
-                let y = start.prompt_class[j as usize] as usize;
-                teacher.probs[j as usize * c..(j as usize + 1) * c]
+                let y = start.prompt_class[j] as usize;
+                teacher.probs[j * c..(j + 1) * c]
                     .iter()
                     .enumerate()
                     .map(move |(k, &q)| (1.0 - mix) * q + if k == y { mix } else { 0.0 })
@@ -340,7 +318,7 @@ impl Host {
         };
         self.teacher = Some(TeacherTargets {
             round: start.round,
-            kept,
+            kept: kept.iter().map(|&j| j as u32).collect(),
             probs,
         });
         Ok(outcome)
