@@ -6,15 +6,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A tensor operation failed (shape mismatch, bad checkpoint, ...).
-    #[error("tensor error: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file concerned.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An IDX file is malformed, truncated or does not match its partner.
     #[error("{path}: invalid IDX data: {reason}")]

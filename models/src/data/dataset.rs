@@ -203,9 +203,9 @@ impl DataSource {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let classes_path = dir.join("classes.txt");
         let classes_text =
-            std::fs::read_to_string(&classes_path).map_err(|source| ModelError::Io {
+            std::fs::read_to_string(&classes_path).map_err(|error| ModelError::Io {
                 path: classes_path.clone(),
-                source,
+                error,
             })?;
         let classes = parse_classes(&classes_text)?;
         let test = load_pair(dir, "t10k", &classes)?.ok_or_else(|| {

@@ -19,9 +19,9 @@ pub struct IdxArray {
 
 /// Reads an IDX file from disk; gzip is detected from its magic bytes, not the file name.
 pub fn read_idx_file(path: &Path) -> Result<IdxArray> {
-    let raw = std::fs::read(path).map_err(|source| ModelError::Io {
+    let raw = std::fs::read(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_idx(&raw).map_err(|reason| ModelError::Idx {
         path: path.to_path_buf(),

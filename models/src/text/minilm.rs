@@ -23,9 +23,9 @@ pub struct MiniLmEncoder {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| ModelError::Io {
+    std::fs::read(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
