@@ -229,6 +229,7 @@ fn dp_run_charges_every_client_within_budget() {
         delta: 1e-5,
         clip: 1.0,
         prompt_mix: 0.0,
+        calibration_rounds: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
@@ -257,4 +258,29 @@ fn dp_run_charges_every_client_within_budget() {
     let ledger = privacy::ledger::Ledger::open_existing(&ledger_dir).unwrap();
     assert_eq!(ledger.len().unwrap(), cfg.rounds as u64);
     assert!(ledger.verify().is_ok());
+
+    // Noise calibrated for 2 of the 3 rounds: every client spends its budget in rounds 1–2,
+    // tells the host it abstains in round 3, and no aggregate is released.
+    let mut short = cfg.clone();
+    if let Some(dp) = short.dp.as_mut() {
+        dp.calibration_rounds = Some(2);
+    }
+    let (report, _) = run(&short, &setup, Method::Fedmmkt, None, &|_, _| {}).unwrap();
+    assert_eq!(
+        (report.rounds[1].participants, report.rounds[1].abstained),
+        (cfg.clients, 0)
+    );
+    let last = &report.rounds[2];
+    assert_eq!(
+        (last.participants, last.abstained, last.kept),
+        (0, cfg.clients, Some(0))
+    );
+    assert!(last.uplink_bytes > 0, "abstain notices are sent");
+    assert!(last
+        .epsilon
+        .as_ref()
+        .unwrap()
+        .iter()
+        .all(|&e| e <= 2.0 + 1e-9));
+    assert_eq!(report.ledgers_verified, Some(true));
 }

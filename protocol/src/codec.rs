@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
-use crate::messages::{ClientUpload, RoundStart, PROTOCOL_VERSION};
+use crate::messages::{Abstain, ClientUpload, RoundStart, PROTOCOL_VERSION};
 
 /// Largest encoded message accepted (a round's synthetic set is the biggest, ~10 MB at most).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -15,6 +15,8 @@ pub enum Message {
     RoundStart(RoundStart),
     /// Client → host.
     Upload(ClientUpload),
+    /// Client → host: no upload this round.
+    Abstain(Abstain),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,5 +80,10 @@ mod tests {
             decode(&other, 1024),
             Err(ProtocolError::Version { got: 9, .. })
         ));
+        let notice = Message::Abstain(crate::messages::Abstain {
+            round: 4,
+            reason: crate::messages::AbstainReason::BudgetExhausted,
+        });
+        assert_eq!(decode(&encode(&notice).unwrap(), 64).unwrap(), notice);
     }
 }

@@ -7,5 +7,7 @@ pub mod messages;
 pub mod upload;
 
 pub use error::ProtocolError;
-pub use messages::{ClientUpload, RoundStart, TeacherTargets, PROTOCOL_VERSION};
+pub use messages::{
+    Abstain, AbstainReason, ClientUpload, RoundStart, TeacherTargets, PROTOCOL_VERSION,
+};
 pub use upload::{Teacher, UploadLayout};

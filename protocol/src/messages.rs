@@ -59,6 +59,22 @@ pub struct ClientUpload {
     pub values: Vec<f32>,
 }
 
+/// Why a client sits a round out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AbstainReason {
+    /// Its release would exceed the node's privacy budget.
+    BudgetExhausted,
+}
+
+/// A client's notice that it will not upload in this round, so the host need not wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abstain {
+    /// The round it sits out.
+    pub round: u64,
+    /// Why.
+    pub reason: AbstainReason,
+}
+
 fn invalid(kind: &'static str, reason: String) -> ProtocolError {
     ProtocolError::Invalid { kind, reason }
 }

@@ -108,6 +108,10 @@ pub struct SimulateArgs {
     /// L2 bound every upload is clipped to under DP.
     #[arg(long, default_value_t = 5.0)]
     pub dp_clip: f64,
+    /// Calibrate the DP noise for this many rounds (default: --rounds); clients whose budget
+    /// is spent abstain in the rounds after.
+    #[arg(long)]
+    pub dp_rounds: Option<usize>,
     /// Weight of the prompted class in the teacher under DP: `(1 − m)·Q + m·onehot(y)`
     /// (without DP the teacher is the clients' ensemble alone).
     #[arg(long, default_value_t = 0.0)]
@@ -154,6 +158,7 @@ impl SimulateArgs {
             delta: self.dp_delta,
             clip: self.dp_clip,
             prompt_mix: self.dp_prompt_mix,
+            calibration_rounds: self.dp_rounds,
         });
         cfg
     }
@@ -255,6 +260,7 @@ fn run_seed(
                 delta: args.dp_delta,
                 clip: args.dp_clip,
                 prompt_mix: args.dp_prompt_mix,
+                calibration_rounds: args.dp_rounds,
             });
             runs.push((format!("eps-{epsilon}"), Method::Fedmmkt, None, c));
         }

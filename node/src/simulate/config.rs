@@ -79,6 +79,9 @@ pub struct DpConfig {
     pub clip: f64,
     /// The host's `prompt_mix` under DP (see [`crate::round::HostConfig::prompt_mix`]).
     pub prompt_mix: f32,
+    /// Rounds the noise is calibrated for (None: the run's rounds); in later rounds the
+    /// clients' budgets are spent and they abstain.
+    pub calibration_rounds: Option<usize>,
 }
 
 /// Everything that determines a simulation's numbers (with the seed).

@@ -127,6 +127,7 @@ mod tests {
             delta: 1e-5,
             clip: 1.0,
             prompt_mix: 0.0,
+            calibration_rounds: None,
         };
         let clients = DpClients::new(&dp, 2, 2, 4, dir.path()).unwrap();
         let upload = [3.0f32, 0.0, 0.0, 4.0]; // norm 5: clipped to 1 before noise

@@ -6,7 +6,7 @@ use models::classifier::Arch;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
 use protocol::codec::{encode, Message};
-use protocol::ClientUpload;
+use protocol::{Abstain, AbstainReason, ClientUpload};
 use serde::Serialize;
 
 use super::config::{Ablation, Method, SimConfig};
@@ -63,6 +63,8 @@ pub struct RoundReport {
     pub uplink_bytes: usize,
     /// Clients whose upload entered the aggregate.
     pub participants: usize,
+    /// Clients that told the host they sit the round out (privacy budget exhausted).
+    pub abstained: usize,
     /// ε spent by each client so far (DP runs).
     pub epsilon: Option<Vec<f64>>,
 }
@@ -195,7 +197,7 @@ pub fn run(
             Some(DpClients::new(
                 dp,
                 cfg.clients,
-                cfg.rounds,
+                dp.calibration_rounds.unwrap_or(cfg.rounds),
                 layout.len(),
                 &dir,
             )?)
@@ -208,6 +210,7 @@ pub fn run(
         let (mut down, mut up) = (0usize, 0usize);
         let (mut kept, mut mean_reward) = (None, None);
         let mut participants = cfg.clients;
+        let mut abstained = 0;
         match method {
             Method::Fedmmkt => {
                 let host = host.as_mut().ok_or_else(|| anyhow::anyhow!("no host"))?;
@@ -228,7 +231,18 @@ pub fn run(
                 if let Some(dp) = &dp {
                     let mut released = Vec::with_capacity(uploads.len());
                     for (k, u) in uploads.iter().enumerate() {
-                        released.extend(dp.privatize(k, r as u64, u)?);
+                        match dp.privatize(k, r as u64, u)? {
+                            Some(noised) => released.push(noised),
+                            None => {
+                                // The client tells the host instead of leaving it waiting.
+                                let notice = Message::Abstain(Abstain {
+                                    round: r as u64,
+                                    reason: AbstainReason::BudgetExhausted,
+                                });
+                                up += encode(&notice)?.len();
+                                abstained += 1;
+                            }
+                        }
                     }
                     uploads = released;
                 }
@@ -236,7 +250,7 @@ pub fn run(
                 ph.judge = t.elapsed().as_secs_f64();
                 progress(r, "aggregate");
                 let t = Instant::now();
-                up = uploads
+                up += uploads
                     .iter()
                     .map(|u| {
                         encode(&Message::Upload(ClientUpload {
@@ -363,6 +377,7 @@ pub fn run(
             downlink_bytes: down,
             uplink_bytes: up,
             participants,
+            abstained,
             epsilon: dp.as_ref().map(DpClients::epsilon_spent).transpose()?,
         });
     }
