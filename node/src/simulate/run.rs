@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use models::classifier::Arch;
+use models::data::Dataset;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
 use protocol::codec::{encode, Message};
@@ -207,109 +208,29 @@ pub fn run(
     let mut rounds = Vec::with_capacity(cfg.rounds);
     for r in 1..=cfg.rounds {
         let mut ph = PhaseSeconds::default();
-        let (mut down, mut up) = (0usize, 0usize);
-        let (mut kept, mut mean_reward) = (None, None);
-        let mut participants = cfg.clients;
-        let mut abstained = 0;
-        match method {
+        let traffic = match method {
             Method::Fedmmkt => {
                 let host = host.as_mut().ok_or_else(|| anyhow::anyhow!("no host"))?;
-                progress(r, "generate");
-                let t = Instant::now();
-                let start = host.start_round(r as u64)?;
-                ph.generate = t.elapsed().as_secs_f64();
-                down = encode(&Message::RoundStart(start.clone()))?.len() * cfg.clients;
-                progress(r, "learn");
-                let t = Instant::now();
-                for_each_client(&mut clients, cfg.threads, |c| {
-                    c.learn(&start, distill).map(|_| ())
-                })?;
-                ph.learn = t.elapsed().as_secs_f64();
-                progress(r, "judge");
-                let t = Instant::now();
-                let mut uploads = map_clients(&mut clients, cfg.threads, |c| c.judge(&start))?;
-                if let Some(dp) = &dp {
-                    let mut released = Vec::with_capacity(uploads.len());
-                    for (k, u) in uploads.iter().enumerate() {
-                        match dp.privatize(k, r as u64, u)? {
-                            Some(noised) => released.push(noised),
-                            None => {
-                                // The client tells the host instead of leaving it waiting.
-                                let notice = Message::Abstain(Abstain {
-                                    round: r as u64,
-                                    reason: AbstainReason::BudgetExhausted,
-                                });
-                                up += encode(&notice)?.len();
-                                abstained += 1;
-                            }
-                        }
-                    }
-                    uploads = released;
-                }
-                participants = uploads.len();
-                ph.judge = t.elapsed().as_secs_f64();
-                progress(r, "aggregate");
-                let t = Instant::now();
-                up += uploads
-                    .iter()
-                    .map(|u| {
-                        encode(&Message::Upload(ClientUpload {
-                            round: r as u64,
-                            values: u.clone(),
-                        }))
-                        .map(|b| b.len())
-                    })
-                    .sum::<Result<usize, _>>()?;
-                let enough = dp
-                    .as_ref()
-                    .is_none_or(|d| uploads.len() >= d.min_participants());
-                let sum = sum_uploads(&uploads);
-                ph.aggregate = t.elapsed().as_secs_f64();
-                progress(r, "improve");
-                if enough && !uploads.is_empty() {
-                    let t = Instant::now();
-                    let outcome = host.finish_round(&start, &sum)?;
-                    ph.improve = t.elapsed().as_secs_f64();
-                    kept = Some(outcome.kept);
-                    mean_reward = Some(outcome.mean_reward);
-                } else {
-                    tracing::warn!(
-                        round = r,
-                        participants = uploads.len(),
-                        "too few uploads: no aggregate released this round"
-                    );
-                    kept = Some(0);
-                }
+                fedmmkt_round(
+                    r,
+                    cfg,
+                    host,
+                    &mut clients,
+                    dp.as_ref(),
+                    distill,
+                    &mut ph,
+                    progress,
+                )?
             }
             Method::Local => {
                 progress(r, "learn");
                 let t = Instant::now();
                 for_each_client(&mut clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
                 ph.learn = t.elapsed().as_secs_f64();
+                Traffic::default()
             }
-            Method::Fedavg => {
-                progress(r, "learn");
-                let t = Instant::now();
-                for_each_client(&mut clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
-                ph.learn = t.elapsed().as_secs_f64();
-                progress(r, "aggregate");
-                let t = Instant::now();
-                let weights: Vec<f64> = client_sizes.iter().map(|&n| n as f64).collect();
-                average_into(&mut clients, &weights)?;
-                ph.aggregate = t.elapsed().as_secs_f64();
-                let params: usize = clients[0]
-                    .model()
-                    .varmap()
-                    .all_vars()
-                    .iter()
-                    .map(|v| v.elem_count())
-                    .sum();
-                down = params * 4 * cfg.clients;
-                up = params * 4 * cfg.clients;
-            }
+            Method::Fedavg => fedavg_round(r, cfg, &mut clients, &client_sizes, &mut ph, progress)?,
             Method::Fedmd => {
-                progress(r, "learn");
-                let t = Instant::now();
                 let set = public_teacher
                     .as_ref()
                     .filter(|_| distill)
@@ -319,29 +240,19 @@ pub fn run(
                         labels: None,
                         emb: None,
                     });
-                for_each_client(&mut clients, cfg.threads, |c| {
-                    c.train(set.as_ref()).map(|_| ())
-                })?;
-                ph.learn = t.elapsed().as_secs_f64();
-                progress(r, "judge");
-                let t = Instant::now();
-                let preds = map_clients(&mut clients, cfg.threads, |c| {
-                    Ok(c.model().predict_proba(&public.images, public.len())?)
-                })?;
-                ph.judge = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let sum = sum_uploads(&preds);
-                public_teacher = Some(
-                    sum.iter()
-                        .map(|v| (*v / cfg.clients as f64) as f32)
-                        .collect(),
-                );
-                ph.aggregate = t.elapsed().as_secs_f64();
-                // The public images travel once; each round carries the consensus teacher.
-                down = public.len() * public.num_classes() * 4 * cfg.clients;
-                up = preds.iter().map(|p| p.len() * 4).sum();
+                let (teacher, traffic) = fedmd_round(
+                    r,
+                    cfg,
+                    &mut clients,
+                    public,
+                    set.as_ref(),
+                    &mut ph,
+                    progress,
+                )?;
+                public_teacher = Some(teacher);
+                traffic
             }
-        }
+        };
         let seconds = ph.generate + ph.learn + ph.judge + ph.aggregate + ph.improve;
         progress(r, "evaluate");
         let t = Instant::now();
@@ -370,14 +281,14 @@ pub fn run(
             gen_oracle_acc,
             gen_frechet,
             gen_per_class_acc,
-            kept,
-            mean_reward,
+            kept: traffic.kept,
+            mean_reward: traffic.mean_reward,
             seconds,
             phases: ph,
-            downlink_bytes: down,
-            uplink_bytes: up,
-            participants,
-            abstained,
+            downlink_bytes: traffic.down,
+            uplink_bytes: traffic.up,
+            participants: traffic.participants.unwrap_or(cfg.clients),
+            abstained: traffic.abstained,
             epsilon: dp.as_ref().map(DpClients::epsilon_spent).transpose()?,
         });
     }
@@ -403,6 +314,164 @@ pub fn run(
         ledgers_verified: dp.as_ref().map(DpClients::verify_all),
     };
     Ok((report, images))
+}
+
+/// What one round moved and kept, for its report.
+#[derive(Default)]
+struct Traffic {
+    down: usize,
+    up: usize,
+    kept: Option<usize>,
+    mean_reward: Option<f32>,
+    /// Uploads in the aggregate (None: every client).
+    participants: Option<usize>,
+    abstained: usize,
+}
+
+/// One FedMMKT round: generate, learn, judge (through DP when on), aggregate, improve.
+#[allow(clippy::too_many_arguments)]
+fn fedmmkt_round(
+    r: usize,
+    cfg: &SimConfig,
+    host: &mut Host,
+    clients: &mut [Client],
+    dp: Option<&DpClients>,
+    distill: bool,
+    ph: &mut PhaseSeconds,
+    progress: Progress,
+) -> anyhow::Result<Traffic> {
+    let mut traffic = Traffic::default();
+    progress(r, "generate");
+    let t = Instant::now();
+    let start = host.start_round(r as u64)?;
+    ph.generate = t.elapsed().as_secs_f64();
+    traffic.down = encode(&Message::RoundStart(start.clone()))?.len() * cfg.clients;
+    progress(r, "learn");
+    let t = Instant::now();
+    for_each_client(clients, cfg.threads, |c| {
+        c.learn(&start, distill).map(|_| ())
+    })?;
+    ph.learn = t.elapsed().as_secs_f64();
+    progress(r, "judge");
+    let t = Instant::now();
+    let mut uploads = map_clients(clients, cfg.threads, |c| c.judge(&start))?;
+    if let Some(dp) = dp {
+        let mut released = Vec::with_capacity(uploads.len());
+        for (k, u) in uploads.iter().enumerate() {
+            match dp.privatize(k, r as u64, u)? {
+                Some(noised) => released.push(noised),
+                None => {
+                    // The client tells the host instead of leaving it waiting.
+                    let notice = Message::Abstain(Abstain {
+                        round: r as u64,
+                        reason: AbstainReason::BudgetExhausted,
+                    });
+                    traffic.up += encode(&notice)?.len();
+                    traffic.abstained += 1;
+                }
+            }
+        }
+        uploads = released;
+    }
+    traffic.participants = Some(uploads.len());
+    ph.judge = t.elapsed().as_secs_f64();
+    progress(r, "aggregate");
+    let t = Instant::now();
+    for u in &uploads {
+        let msg = Message::Upload(ClientUpload {
+            round: r as u64,
+            values: u.clone(),
+        });
+        traffic.up += encode(&msg)?.len();
+    }
+    let enough = dp.is_none_or(|d| uploads.len() >= d.min_participants());
+    let sum = sum_uploads(&uploads);
+    ph.aggregate = t.elapsed().as_secs_f64();
+    progress(r, "improve");
+    if enough && !uploads.is_empty() {
+        let t = Instant::now();
+        let outcome = host.finish_round(&start, &sum)?;
+        ph.improve = t.elapsed().as_secs_f64();
+        traffic.kept = Some(outcome.kept);
+        traffic.mean_reward = Some(outcome.mean_reward);
+    } else {
+        tracing::warn!(
+            round = r,
+            participants = uploads.len(),
+            "too few uploads: no aggregate released this round"
+        );
+        traffic.kept = Some(0);
+    }
+    Ok(traffic)
+}
+
+/// One FedAvg round: local training, then the data-weighted average of the parameters.
+fn fedavg_round(
+    r: usize,
+    cfg: &SimConfig,
+    clients: &mut [Client],
+    client_sizes: &[usize],
+    ph: &mut PhaseSeconds,
+    progress: Progress,
+) -> anyhow::Result<Traffic> {
+    progress(r, "learn");
+    let t = Instant::now();
+    for_each_client(clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
+    ph.learn = t.elapsed().as_secs_f64();
+    progress(r, "aggregate");
+    let t = Instant::now();
+    let weights: Vec<f64> = client_sizes.iter().map(|&n| n as f64).collect();
+    average_into(clients, &weights)?;
+    ph.aggregate = t.elapsed().as_secs_f64();
+    let params: usize = clients.first().map_or(0, |c| {
+        c.model()
+            .varmap()
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count())
+            .sum()
+    });
+    Ok(Traffic {
+        down: params * 4 * cfg.clients,
+        up: params * 4 * cfg.clients,
+        ..Traffic::default()
+    })
+}
+
+/// One FedMD/FedDF round: local training with distillation on the public set, then the
+/// clients' mean prediction on it becomes the next round's consensus teacher.
+fn fedmd_round(
+    r: usize,
+    cfg: &SimConfig,
+    clients: &mut [Client],
+    public: &Dataset,
+    distill: Option<&DistillSet>,
+    ph: &mut PhaseSeconds,
+    progress: Progress,
+) -> anyhow::Result<(Vec<f32>, Traffic)> {
+    progress(r, "learn");
+    let t = Instant::now();
+    for_each_client(clients, cfg.threads, |c| c.train(distill).map(|_| ()))?;
+    ph.learn = t.elapsed().as_secs_f64();
+    progress(r, "judge");
+    let t = Instant::now();
+    let preds = map_clients(clients, cfg.threads, |c| {
+        Ok(c.model().predict_proba(&public.images, public.len())?)
+    })?;
+    ph.judge = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let teacher = sum_uploads(&preds)
+        .iter()
+        .map(|v| (*v / cfg.clients as f64) as f32)
+        .collect();
+    ph.aggregate = t.elapsed().as_secs_f64();
+    let traffic = Traffic {
+        // The public images travel once; each round carries the consensus teacher.
+        down: public.len() * public.num_classes() * 4 * cfg.clients,
+        up: preds.iter().map(|p| p.len() * 4).sum(),
+        ..Traffic::default()
+    };
+    Ok((teacher, traffic))
 }
 
 /// The aggregate: the element-wise sum of equally long uploads, in f64.
