@@ -334,7 +334,65 @@ impl Generator for FlowGenerator {
     }
 
     fn train(&mut self, set: &WeightedSet, steps: usize, rng: &mut ChaCha8Rng) -> Result<f32> {
-        self.train_impl(set, steps, rng)
+        self.ensure_ready()?;
+        let (p, e) = (self.cfg.pixels, self.cfg.emb_dim);
+        if set.images.len() != set.len() * p || set.emb.len() != set.len() * e {
+            return Err(ModelError::Config(
+                "generator training set has inconsistent sizes".into(),
+            ));
+        }
+        if set.is_empty() || steps == 0 {
+            return Ok(0.0);
+        }
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        let mut cursor = order.len();
+        let mut total = 0.0;
+        for _ in 0..steps {
+            let b = self.cfg.batch.min(set.len());
+            let mut idx = Vec::with_capacity(b);
+            while idx.len() < b {
+                if cursor == order.len() {
+                    order.shuffle(rng);
+                    cursor = 0;
+                }
+                idx.push(order[cursor]);
+                cursor += 1;
+            }
+            let mut px = Vec::with_capacity(b * p);
+            let mut em = Vec::with_capacity(b * e);
+            let mut w = Vec::with_capacity(b);
+            for &i in &idx {
+                px.extend_from_slice(&set.images[i * p..(i + 1) * p]);
+                if rng.random::<f32>() < self.cfg.uncond_prob {
+                    em.extend(std::iter::repeat_n(0f32, e));
+                } else {
+                    em.extend_from_slice(&set.emb[i * e..(i + 1) * e]);
+                }
+                w.push(set.weights[i].max(0.0));
+            }
+            let wsum: f32 = w.iter().sum();
+            if wsum <= 0.0 {
+                continue;
+            }
+            let mut x1 = pixels_to_tensor(&px, b, &self.device)?;
+            if let Some(codec) = &self.codec {
+                x1 = codec.encode(&x1)?;
+            }
+            let d = self.cfg.data_dim();
+            let x0 = Tensor::from_vec(normal_vec(rng, b * d), (b, d), &self.device)?;
+            let t: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
+            let tt = Tensor::from_slice(&t, (b, 1), &self.device)?;
+            let xt = (x0.broadcast_mul(&(1.0 - &tt)?)? + x1.broadcast_mul(&tt)?)?;
+            let target = (&x1 - &x0)?;
+            let c = Tensor::from_vec(em, (b, e), &self.device)?;
+            let v = self.net.forward(&xt, &t, &c)?;
+            let per_sample = (v - target)?.sqr()?.mean(1)?;
+            let wt = Tensor::from_vec(w, b, &self.device)?;
+            let loss = ((per_sample * wt)?.sum_all()? / wsum as f64)?;
+            self.opt.backward_step(&loss)?;
+            total += scalar(&loss)?;
+        }
+        Ok(total / steps as f32)
     }
 
     fn save(&self, path: &Path) -> Result<()> {
@@ -415,68 +473,6 @@ impl FlowGenerator {
         Ok(out)
     }
 
-    fn train_impl(&mut self, set: &WeightedSet, steps: usize, rng: &mut ChaCha8Rng) -> Result<f32> {
-        self.ensure_ready()?;
-        let (p, e) = (self.cfg.pixels, self.cfg.emb_dim);
-        if set.images.len() != set.len() * p || set.emb.len() != set.len() * e {
-            return Err(ModelError::Config(
-                "generator training set has inconsistent sizes".into(),
-            ));
-        }
-        if set.is_empty() || steps == 0 {
-            return Ok(0.0);
-        }
-        let mut order: Vec<usize> = (0..set.len()).collect();
-        let mut cursor = order.len();
-        let mut total = 0.0;
-        for _ in 0..steps {
-            let b = self.cfg.batch.min(set.len());
-            let mut idx = Vec::with_capacity(b);
-            while idx.len() < b {
-                if cursor == order.len() {
-                    order.shuffle(rng);
-                    cursor = 0;
-                }
-                idx.push(order[cursor]);
-                cursor += 1;
-            }
-            let mut px = Vec::with_capacity(b * p);
-            let mut em = Vec::with_capacity(b * e);
-            let mut w = Vec::with_capacity(b);
-            for &i in &idx {
-                px.extend_from_slice(&set.images[i * p..(i + 1) * p]);
-                if rng.random::<f32>() < self.cfg.uncond_prob {
-                    em.extend(std::iter::repeat_n(0f32, e));
-                } else {
-                    em.extend_from_slice(&set.emb[i * e..(i + 1) * e]);
-                }
-                w.push(set.weights[i].max(0.0));
-            }
-            let wsum: f32 = w.iter().sum();
-            if wsum <= 0.0 {
-                continue;
-            }
-            let mut x1 = pixels_to_tensor(&px, b, &self.device)?;
-            if let Some(codec) = &self.codec {
-                x1 = codec.encode(&x1)?;
-            }
-            let d = self.cfg.data_dim();
-            let x0 = Tensor::from_vec(normal_vec(rng, b * d), (b, d), &self.device)?;
-            let t: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
-            let tt = Tensor::from_slice(&t, (b, 1), &self.device)?;
-            let xt = (x0.broadcast_mul(&(1.0 - &tt)?)? + x1.broadcast_mul(&tt)?)?;
-            let target = (&x1 - &x0)?;
-            let c = Tensor::from_vec(em, (b, e), &self.device)?;
-            let v = self.net.forward(&xt, &t, &c)?;
-            let per_sample = (v - target)?.sqr()?.mean(1)?;
-            let wt = Tensor::from_vec(w, b, &self.device)?;
-            let loss = ((per_sample * wt)?.sum_all()? / wsum as f64)?;
-            self.opt.backward_step(&loss)?;
-            total += scalar(&loss)?;
-        }
-        Ok(total / steps as f32)
-    }
-
     /// ∇ₓ Σ log p(label | decode(x + (1 − t)·v)): the direction that makes each sample's
     /// predicted end point look more like its prompted class to `classifier`.
     fn guidance_gradient(
@@ -528,6 +524,19 @@ mod tests {
         (px, labels)
     }
 
+    /// A small flow for the tests' two-class images.
+    fn small_flow(latent_dim: usize) -> FlowConfig {
+        FlowConfig {
+            emb_dim: 2,
+            hidden: 64,
+            blocks: 1,
+            latent_dim,
+            batch: 32,
+            lr: 3e-3,
+            ..Default::default()
+        }
+    }
+
     fn left_minus_right(img: &[u8]) -> f32 {
         let (mut l, mut r) = (0f32, 0f32);
         for (i, &p) in img.iter().enumerate() {
@@ -549,15 +558,7 @@ mod tests {
                 .iter()
                 .flat_map(|&c| if c == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
                 .collect();
-            let cfg = FlowConfig {
-                emb_dim: 2,
-                hidden: 64,
-                blocks: 1,
-                latent_dim,
-                batch: 32,
-                lr: 3e-3,
-                ..Default::default()
-            };
+            let cfg = small_flow(latent_dim);
             let mut g = FlowGenerator::new(cfg, 3).unwrap();
             g.fit_latent(&px).unwrap();
             let set = WeightedSet {
@@ -599,15 +600,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let (px, labels) = halves(32, &mut rng);
         // The flow never sees the class: it learns the mixture of both halves.
-        let cfg = FlowConfig {
-            emb_dim: 2,
-            hidden: 64,
-            blocks: 1,
-            latent_dim: 8,
-            batch: 32,
-            lr: 3e-3,
-            ..Default::default()
-        };
+        let cfg = small_flow(8);
         let mut g = FlowGenerator::new(cfg, 3).unwrap();
         g.fit_latent(&px).unwrap();
         let set = WeightedSet {

@@ -86,11 +86,6 @@ impl Client {
         &self.model
     }
 
-    /// Mutable task model (FedAvg overwrites its weights).
-    pub fn model_mut(&mut self) -> &mut TaskModel {
-        &mut self.model
-    }
-
     /// Its private data.
     pub fn data(&self) -> &Dataset {
         &self.data
