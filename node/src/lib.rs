@@ -1,6 +1,11 @@
 //! fedmmkt node: the round roles, the in-process simulation, reports and the CLI.
 
+pub mod admin;
 pub mod cli;
+pub mod config;
+pub mod net;
 pub mod report;
 pub mod round;
+pub mod run;
 pub mod simulate;
+pub mod store;

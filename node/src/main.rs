@@ -26,6 +26,14 @@ enum Command {
     Privacy(cli::privacy::PrivacyArgs),
     /// Benchmarks of the protocol's building blocks.
     Bench(cli::bench::BenchArgs),
+    /// Create a node's data directory: identity, config, pre-shared key, privacy ledger, store.
+    Init(cli::init::InitArgs),
+    /// Run a node: join the federation, elect a host, take part in rounds.
+    Run(cli::run::RunArgs),
+    /// The node's term, host, round, phase, peers and privacy spend.
+    Status(cli::status::StatusArgs),
+    /// The peers a node knows and their capabilities.
+    Peers(cli::peers::PeersArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +43,10 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cli::simulate::run(*args),
         Command::Privacy(args) => cli::privacy::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Init(args) => cli::init::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Status(args) => cli::status::run(args),
+        Command::Peers(args) => cli::peers::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,9 +2,13 @@
 //! validation, and the layout of the client upload. No sockets: the node drives it.
 
 pub mod codec;
+pub mod election;
 pub mod error;
 pub mod messages;
+pub mod round;
+pub mod simnet;
 pub mod upload;
+pub mod wire;
 
 pub use error::ProtocolError;
 pub use messages::{

@@ -1,8 +1,12 @@
 //! Subcommands of the `fedmmkt` binary, one module each.
 
 pub mod bench;
+pub mod init;
+pub mod peers;
 pub mod privacy;
+pub mod run;
 pub mod simulate;
+pub mod status;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays machine-readable.
 pub fn init_tracing() {

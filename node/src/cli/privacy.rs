@@ -179,9 +179,19 @@ fn audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let ledger = Ledger::open_existing(&dir)
-        .with_context(|| format!("opening the ledger in {}", dir.display()))?;
-    let report = ledger.audit()?;
+    let report = match Ledger::open_existing(&dir) {
+        Ok(ledger) => ledger.audit()?,
+        // A running node holds the database (sled allows one process): ask the node instead.
+        Err(PrivacyError::Storage(e)) if crate::store::is_lock_error(&e) => {
+            audit_from_running_node(&dir)?.with_context(|| {
+                format!("{e}; is a node running on it? its admin endpoint did not answer")
+            })?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e))
+                .with_context(|| format!("opening the ledger in {}", dir.display()))
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -192,6 +202,21 @@ fn audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_CHAIN_BROKEN)
     })
+}
+
+/// The audit from the admin endpoint of a node running on `ledger_dir/..` (or `ledger_dir`).
+fn audit_from_running_node(ledger_dir: &Path) -> anyhow::Result<Option<AuditReport>> {
+    for node_dir in [ledger_dir.parent(), Some(ledger_dir)]
+        .into_iter()
+        .flatten()
+    {
+        if crate::store::DataDir::new(node_dir).admin_addr().is_file() {
+            if let Some(v) = crate::admin::query(node_dir, "audit")? {
+                return Ok(Some(serde_json::from_value(v)?));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn print_audit(dir: &Path, r: &AuditReport) {

@@ -15,6 +15,16 @@ use protocol::{RoundStart, TeacherTargets, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// What [`Host::checkpoint`] stores.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HostCheckpoint {
+    generator: Vec<u8>,
+    memory_images: Vec<u8>,
+    memory_teacher: Vec<f32>,
+    teacher: Option<TeacherTargets>,
+    rng_seed: u64,
+}
+
 /// The host's knobs.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct HostConfig {
@@ -218,6 +228,46 @@ impl Host {
             let target = candle_core::Tensor::from_vec(q, (batch, classes), critic.device())?;
             let loss = soft_cross_entropy(&critic.logits(&x)?, &target)?;
             critic.step(&loss)?;
+        }
+        Ok(())
+    }
+
+    /// The host's state after a completed round (generator, critic memory, pending teacher),
+    /// so another node can resume hosting from it; the critic is retrained from the memory.
+    pub fn checkpoint(&self) -> anyhow::Result<Vec<u8>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("generator.safetensors");
+        self.generator.save(&path)?;
+        let state = HostCheckpoint {
+            generator: std::fs::read(&path)?,
+            memory_images: self.memory_images.clone(),
+            memory_teacher: self.memory_teacher.clone(),
+            teacher: self.teacher.clone(),
+            rng_seed: self.rng.clone().random(),
+        };
+        Ok(postcard::to_allocvec(&state)?)
+    }
+
+    /// Resumes from a [`Host::checkpoint`] (bytes already hash-verified by the caller).
+    pub fn restore(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let state: HostCheckpoint = postcard::from_bytes(bytes)?;
+        let c = self.classes.len();
+        let p = self.side * self.side;
+        let n = state.memory_teacher.len() / c.max(1);
+        if state.memory_teacher.len() != n * c || state.memory_images.len() != n * p {
+            anyhow::bail!("checkpoint memory does not fit {c} classes of {p}-pixel images");
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("generator.safetensors");
+        std::fs::write(&path, &state.generator)?;
+        self.generator.load(&path)?;
+        self.teacher = state.teacher;
+        self.memory_images.clear();
+        self.memory_teacher.clear();
+        self.rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
+        self.critic = None;
+        if self.cfg.improve_generator && n > 0 {
+            self.train_critic(&state.memory_images, &state.memory_teacher, c)?;
         }
         Ok(())
     }

@@ -1,0 +1,329 @@
+//! A client's side of a round: check the offer, learn and judge on the model thread, charge
+//! the ledger, noise, mask, and answer each secure-aggregation stage; keep the checkpoint.
+
+use std::collections::HashMap;
+
+use libp2p::identity::{ed25519, PublicKey};
+use libp2p::PeerId;
+use privacy::ledger::ChargeContext;
+use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
+use privacy::secagg::{SecAggClient, ServerMessage};
+use protocol::round::client::ClientView;
+use protocol::round::{ClientRound, OfferDecision, SecAggDelivery};
+use protocol::wire::{CheckpointTransfer, Phase, Request, RoundOffer, SecAggPacket};
+use protocol::AbstainReason;
+
+use super::host::round_params;
+use super::ml::Job;
+use super::{Node, Pending};
+use crate::store::NodeStore;
+
+/// The client role's state across round attempts.
+#[derive(Default)]
+pub(super) struct ClientSide {
+    machine: ClientRound,
+    secagg: Option<SecAggClient>,
+    /// (host, participants, threshold, dimension, bound) of the attempt in progress.
+    attempt: Option<Attempt>,
+    /// Calibrated noise multipliers by (participants, threshold).
+    noise: HashMap<(u32, u32), f64>,
+}
+
+struct Attempt {
+    host: PeerId,
+    participants: u32,
+    threshold: u32,
+    dim: usize,
+    bound: f32,
+}
+
+impl ClientSide {
+    /// The term of the attempt in progress.
+    pub(super) fn engaged_term(&self) -> Option<u64> {
+        self.machine.engaged().map(|(term, _, _)| term)
+    }
+
+    /// Leaves the attempt in progress (its spend, if any, stays in the ledger).
+    pub(super) fn abandon(&mut self, store: &NodeStore, reason: &str) -> anyhow::Result<()> {
+        if let Some((term, round, _)) = self.machine.engaged() {
+            tracing::info!(term, round, "leaving the round: {reason}");
+            store.set_phase(&crate::store::PhaseRecord {
+                round,
+                term,
+                phase: Phase::Abandoned.name().into(),
+                role: "client".into(),
+                updated_unix_ms: super::now_ms(),
+            })?;
+        }
+        self.machine.leave();
+        self.secagg = None;
+        self.attempt = None;
+        Ok(())
+    }
+}
+
+/// True when `identity` is the Ed25519 key of `peer`.
+fn identity_matches(peer: &[u8], identity: &[u8; 32]) -> bool {
+    let Ok(key) = ed25519::PublicKey::try_from_bytes(identity) else {
+        return false;
+    };
+    PublicKey::from(key).to_peer_id().to_bytes() == peer
+}
+
+impl Node {
+
+    /// A host's round offer.
+    pub(super) fn on_offer(&mut self, peer: PeerId, offer: RoundOffer) -> Result<(), String> {
+        if self.host.is_some() {
+            return Err("this node is the host".into());
+        }
+        offer.validate().map_err(|e| e.to_string())?;
+        if let Some(p) = offer
+            .participants
+            .iter()
+            .find(|p| !identity_matches(&p.peer, &p.identity))
+        {
+            return Err(format!(
+                "participant key does not match its id {:?}",
+                PeerId::from_bytes(&p.peer).map(|p| p.to_string())
+            ));
+        }
+        let (term, round) = (offer.term, offer.start.round);
+        let answered = self.store.answered(term, round).map_err(|e| e.to_string())?;
+        let last_completed = self.store.last_completed_round().map_err(|e| e.to_string())?;
+        let view = ClientView {
+            me: &self.me_bytes,
+            leader: self.election.leader().map(|l| l.as_slice()),
+            term: self.election.term(),
+            last_completed,
+        };
+        let decision = self
+            .client
+            .machine
+            .offer(&peer.to_bytes(), &offer, view, answered)
+            .map_err(|e| e.to_string())?;
+        let OfferDecision::Join { id } = decision else {
+            return Ok(());
+        };
+        let n = offer.participants.len() as u32;
+        let params = round_params(round, &offer.secagg, n).map_err(|e| format!("{e:#}"))?;
+        let membership: Vec<[u8; 32]> = offer.participants.iter().map(|p| p.identity).collect();
+        let (secagg, advert) =
+            SecAggClient::new(params, id, &self.signing, &membership, &mut rand::rng())
+                .map_err(|e| e.to_string())?;
+        self.client.secagg = Some(secagg);
+        self.client.attempt = Some(Attempt {
+            host: peer,
+            participants: n,
+            threshold: offer.secagg.threshold,
+            dim: offer.secagg.dim as usize,
+            bound: offer.secagg.bound,
+        });
+        self.request(
+            peer,
+            Request::SecAgg(SecAggPacket {
+                term,
+                round,
+                payload: advert.encode(round),
+            }),
+            Pending::Other,
+        );
+        self.set_phase(term, round, Phase::Learn, "client")
+            .map_err(|e| format!("{e:#}"))?;
+        self.ml.send(Job::Learn {
+            term,
+            start: Box::new(offer.start),
+        });
+        Ok(())
+    }
+
+    /// A host's secure-aggregation message.
+    pub(super) fn client_secagg(&mut self, peer: PeerId, packet: SecAggPacket) -> Result<(), String> {
+        let msg = ServerMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
+        let needs_input = matches!(msg, ServerMessage::Shares(_));
+        let delivery = self
+            .client
+            .machine
+            .secagg(
+                &peer.to_bytes(),
+                packet.term,
+                packet.round,
+                packet.payload,
+                needs_input,
+            )
+            .map_err(|e| e.to_string())?;
+        if let SecAggDelivery::Now(payloads) = delivery {
+            self.deliver(packet.term, packet.round, payloads)?;
+        }
+        Ok(())
+    }
+
+    /// Hands host messages to the secure-aggregation client and sends its replies.
+    fn deliver(&mut self, term: u64, round: u64, payloads: Vec<Vec<u8>>) -> Result<(), String> {
+        let Some(host) = self.client.attempt.as_ref().map(|a| a.host) else {
+            return Err("no round in progress".into());
+        };
+        for payload in payloads {
+            let msg = ServerMessage::decode(&payload, round).map_err(|e| e.to_string())?;
+            let Some(secagg) = self.client.secagg.as_mut() else {
+                return Err("no round in progress".into());
+            };
+            let reply = secagg.handle(msg).map_err(|e| e.to_string())?;
+            self.request(
+                host,
+                Request::SecAgg(SecAggPacket {
+                    term,
+                    round,
+                    payload: reply.encode(round),
+                }),
+                Pending::Other,
+            );
+        }
+        Ok(())
+    }
+
+    /// The model thread finished learning and judging: charge, noise, mask.
+    pub(super) fn client_judged(
+        &mut self,
+        term: u64,
+        round: u64,
+        upload: Vec<f32>,
+        test_acc: f64,
+        seconds: f64,
+    ) -> anyhow::Result<()> {
+        if self.client.machine.engaged().map(|(t, r, _)| (t, r)) != Some((term, round)) {
+            tracing::debug!(term, round, "judged a round this node already left");
+            return Ok(());
+        }
+        self.last_metrics = Some(serde_json::json!({
+            "round": round,
+            "term": term,
+            "test_acc": test_acc,
+            "learn_seconds": seconds,
+        }));
+        if let Some(m) = &self.last_metrics {
+            self.store.set_metrics(m)?;
+        }
+        tracing::info!(round, test_acc, seconds, "learned and judged");
+        self.set_phase(term, round, Phase::Judge, "client")?;
+        let Some(a) = self.client.attempt.as_ref() else {
+            return Ok(());
+        };
+        let (host, n, t, dim, bound) = (a.host, a.participants, a.threshold, a.dim, a.bound);
+        anyhow::ensure!(
+            upload.len() == dim,
+            "upload of {} values for a round of dimension {dim}",
+            upload.len()
+        );
+        let p = &self.cfg.privacy;
+        let shape = ReleaseConfig {
+            clip: p.clip,
+            noise_multiplier: 1.0,
+            expected_participants: n,
+            min_participants: t,
+            sample_rate: 1.0,
+            dimension: dim,
+        };
+        let z = match self.client.noise.get(&(n, t)) {
+            Some(z) => *z,
+            None => {
+                let spec = NoiseSpec::Gaussian {
+                    granularity_exp: GaussianRelease::DEFAULT_GRANULARITY_EXP,
+                };
+                let z = calibrate_noise_multiplier(
+                    p.epsilon,
+                    p.delta,
+                    u64::from(p.planned_rounds.max(1)),
+                    &shape,
+                    spec,
+                )?;
+                self.client.noise.insert((n, t), z);
+                z
+            }
+        };
+        let release = GaussianRelease::new(&ReleaseConfig {
+            noise_multiplier: z,
+            ..shape
+        })?;
+        let ctx = ChargeContext {
+            round,
+            dataset_id: format!("{}-term-{term}", self.me),
+        };
+        // Durable before anything leaves: the ledger entry, then the "answered" mark.
+        let charged = match self.ledger.charge(release, &ctx) {
+            Ok(charged) => charged,
+            Err(e) if e.is_budget_exceeded() => {
+                tracing::info!(round, "privacy budget exhausted: sitting the round out");
+                self.store.mark_answered(term, round)?;
+                self.request(
+                    host,
+                    Request::Abstain {
+                        term,
+                        round,
+                        reason: AbstainReason::BudgetExhausted,
+                    },
+                    Pending::Other,
+                );
+                return self.client.abandon(&self.store, "budget exhausted");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.store.mark_answered(term, round)?;
+        let noised: Vec<f32> = charged
+            .noise_f32(&upload)?
+            .into_iter()
+            .map(|v| v.clamp(-bound, bound))
+            .collect();
+        if let Some(secagg) = self.client.secagg.as_mut() {
+            secagg.set_input(&noised)?;
+        }
+        let held = self.client.machine.input_ready(term, round);
+        self.set_phase(term, round, Phase::Aggregate, "client")?;
+        if let Err(e) = self.deliver(term, round, held) {
+            tracing::warn!(round, "secure aggregation failed: {e}");
+            self.client.abandon(&self.store, "secure aggregation failed")?;
+        }
+        Ok(())
+    }
+
+    /// The host's checkpoint of a completed round: verify, keep, and count the round.
+    pub(super) fn on_checkpoint(&mut self, peer: PeerId, t: CheckpointTransfer) -> Result<(), String> {
+        if self.host.is_some() {
+            return Err("this node is the host".into());
+        }
+        let last_completed = self.store.last_completed_round().map_err(|e| e.to_string())?;
+        let view = ClientView {
+            me: &self.me_bytes,
+            leader: self.election.leader().map(|l| l.as_slice()),
+            term: self.election.term(),
+            last_completed,
+        };
+        self.client
+            .machine
+            .checkpoint(&peer.to_bytes(), t.term, t.round, view)
+            .map_err(|e| e.to_string())?;
+        if crate::store::sha256(&t.bytes) != t.hash {
+            return Err("checkpoint does not match its hash".into());
+        }
+        let stored = self
+            .store
+            .put_checkpoint(t.round, &t.bytes)
+            .map_err(|e| e.to_string())?;
+        if stored != t.hash {
+            return Err("stored checkpoint does not match its hash".into());
+        }
+        self.store
+            .set_last_completed_round(t.round)
+            .map_err(|e| e.to_string())?;
+        self.election.set_last_completed_round(t.round);
+        tracing::info!(round = t.round, bytes = t.bytes.len(), "checkpoint replicated: round complete");
+        self.set_phase(t.term, t.round, Phase::Complete, "client")
+            .map_err(|e| format!("{e:#}"))?;
+        if self.client.machine.engaged().is_some_and(|(_, r, _)| r == t.round) {
+            self.client.machine.leave();
+            self.client.secagg = None;
+            self.client.attempt = None;
+        }
+        Ok(())
+    }
+}

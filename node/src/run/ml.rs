@@ -1,0 +1,232 @@
+//! The node's model work on its own thread, so training never stalls the network loop:
+//! jobs go in over a channel, results come back over another.
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use models::classifier::Arch;
+use models::train::accuracy;
+use protocol::RoundStart;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::world::World;
+use crate::round::{Client, ClientConfig, Host, HostConfig};
+use crate::simulate::setup::sub_seed;
+
+/// Work for the model thread.
+pub enum Job {
+    /// Become the host: pre-train, or resume from a checkpoint of a completed round.
+    HostInit {
+        /// (round, checkpoint bytes) of the last completed round, if any.
+        checkpoint: Option<(u64, Vec<u8>)>,
+    },
+    /// Step 1: sample round `round`'s synthetic set.
+    Generate {
+        /// Round number.
+        round: u64,
+    },
+    /// Steps 4–5 from the aggregate; returns the new checkpoint.
+    Improve {
+        /// The round's synthetic set.
+        start: Box<RoundStart>,
+        /// The (noised) sum of the uploads.
+        sum: Vec<f64>,
+    },
+    /// Stop hosting (another node was elected).
+    DropHost,
+    /// Steps 2–3 as a client: learn, judge, report the upload.
+    Learn {
+        /// The attempt this belongs to.
+        term: u64,
+        /// The round's synthetic set.
+        start: Box<RoundStart>,
+    },
+}
+
+/// What the model thread reports.
+pub enum Outcome {
+    /// The host is ready to run round `next_round`.
+    HostReady {
+        /// Last completed round the generator reflects.
+        resumed_from: u64,
+        /// Seconds spent.
+        seconds: f64,
+    },
+    /// A synthetic set.
+    Generated {
+        /// The round's synthetic set.
+        start: Box<RoundStart>,
+        /// Seconds spent.
+        seconds: f64,
+    },
+    /// The generator was improved.
+    Improved {
+        /// Round number.
+        round: u64,
+        /// The host checkpoint after the round.
+        checkpoint: Vec<u8>,
+        /// Samples kept by the reward filter.
+        kept: usize,
+        /// Mean reward.
+        mean_reward: f32,
+        /// Seconds spent.
+        seconds: f64,
+    },
+    /// A client's upload (before DP).
+    Judged {
+        /// The attempt.
+        term: u64,
+        /// Round number.
+        round: u64,
+        /// The upload vector.
+        upload: Vec<f32>,
+        /// Accuracy on the node's test split after learning.
+        test_acc: f64,
+        /// Seconds spent.
+        seconds: f64,
+    },
+    /// A job failed.
+    Failed {
+        /// Which job.
+        job: &'static str,
+        /// Why.
+        error: String,
+    },
+}
+
+/// The handle the network loop keeps.
+pub struct Ml {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Ml {
+    /// Starts the model thread; results arrive on `out`.
+    pub fn spawn(
+        world: World,
+        host_cfg: HostConfig,
+        client_cfg: ClientConfig,
+        seed: u64,
+        out: UnboundedSender<Outcome>,
+    ) -> anyhow::Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let arch = match world.shard.unwrap_or(0) % 3 {
+            0 => Arch::Mlp,
+            1 => Arch::SmallCnn,
+            _ => Arch::WideCnn,
+        };
+        let client = Client::new(
+            world.shard.unwrap_or(0),
+            arch,
+            world.private.clone(),
+            &world.encoder,
+            client_cfg,
+            sub_seed(seed, 5),
+        )?;
+        std::thread::Builder::new()
+            .name("fedmmkt-models".into())
+            .spawn(move || worker(world, host_cfg, client, seed, rx, out))?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues a job (dropped silently when the thread is gone: the node is shutting down).
+    pub fn send(&self, job: Job) {
+        let _ = self.jobs.send(job);
+    }
+}
+
+fn worker(
+    world: World,
+    host_cfg: HostConfig,
+    mut client: Client,
+    seed: u64,
+    rx: mpsc::Receiver<Job>,
+    out: UnboundedSender<Outcome>,
+) {
+    let mut host: Option<Host> = None;
+    while let Ok(job) = rx.recv() {
+        let t0 = Instant::now();
+        let name = match &job {
+            Job::HostInit { .. } => "host init",
+            Job::Generate { .. } => "generate",
+            Job::Improve { .. } => "improve",
+            Job::DropHost => "drop host",
+            Job::Learn { .. } => "learn",
+        };
+        let result: anyhow::Result<Option<Outcome>> = (|| match job {
+            Job::HostInit { checkpoint } => {
+                let mut h = Host::new(
+                    host_cfg,
+                    world.encoder.clone(),
+                    &world.host_public,
+                    sub_seed(seed, 4),
+                )?;
+                let resumed_from = match checkpoint {
+                    Some((round, bytes)) => {
+                        h.restore(&bytes)?;
+                        round
+                    }
+                    None => {
+                        h.pretrain()?;
+                        0
+                    }
+                };
+                host = Some(h);
+                Ok(Some(Outcome::HostReady {
+                    resumed_from,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }))
+            }
+            Job::Generate { round } => {
+                let h = host
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("not hosting"))?;
+                let start = h.start_round(round)?;
+                Ok(Some(Outcome::Generated {
+                    start: Box::new(start),
+                    seconds: t0.elapsed().as_secs_f64(),
+                }))
+            }
+            Job::Improve { start, sum } => {
+                let h = host
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("not hosting"))?;
+                let outcome = h.finish_round(&start, &sum)?;
+                let checkpoint = h.checkpoint()?;
+                Ok(Some(Outcome::Improved {
+                    round: start.round,
+                    checkpoint,
+                    kept: outcome.kept,
+                    mean_reward: outcome.mean_reward,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }))
+            }
+            Job::DropHost => {
+                host = None;
+                Ok(None)
+            }
+            Job::Learn { term, start } => {
+                client.learn(&start, true)?;
+                let upload = client.judge(&start)?;
+                let test_acc = accuracy(client.model(), &world.test)?;
+                Ok(Some(Outcome::Judged {
+                    term,
+                    round: start.round,
+                    upload,
+                    test_acc,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }))
+            }
+        })();
+        let report = match result {
+            Ok(Some(o)) => o,
+            Ok(None) => continue,
+            Err(e) => Outcome::Failed {
+                job: name,
+                error: format!("{e:#}"),
+            },
+        };
+        if out.send(report).is_err() {
+            return;
+        }
+    }
+}

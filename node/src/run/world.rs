@@ -1,0 +1,110 @@
+//! A node's view of the data: the public host set every node can rebuild, the node's private
+//! client data (its own directory, or a shard of the embedded data chosen from its peer id),
+//! the test split for its metrics, and the shared caption encoder.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use models::data::captions::all_captions;
+use models::data::{dirichlet_partition, DataSource, Dataset, SplitConfig, Splits};
+use models::text::{BowTextEncoder, TextEncoder};
+
+use crate::simulate::setup::sub_seed;
+
+/// Caption embedding width of the default encoder (as in `fedmmkt simulate`).
+pub const EMB_DIM: usize = 32;
+
+/// What the node's models are built from.
+pub struct World {
+    /// The host's public set (same on every node with the same seed).
+    pub host_public: Dataset,
+    /// This node's private data.
+    pub private: Dataset,
+    /// Where the private data came from.
+    pub private_origin: String,
+    /// Held-out test images for the node's own accuracy.
+    pub test: Dataset,
+    /// The frozen caption encoder (same on every node with the same seed).
+    pub encoder: Arc<dyn TextEncoder>,
+    /// Which embedded shard this node uses (None with its own dataset).
+    pub shard: Option<usize>,
+}
+
+/// The shard of the embedded data a peer uses when it has no dataset of its own.
+pub fn shard_of(peer: &[u8], shards: usize) -> usize {
+    let digest = ring::digest::digest(&ring::digest::SHA256, peer);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    (u64::from_le_bytes(first) % shards.max(1) as u64) as usize
+}
+
+impl World {
+    /// Builds the world for peer `peer` from the embedded data (or `dataset` for the private part).
+    pub fn build(
+        peer: &[u8],
+        dataset: Option<&Path>,
+        seed: u64,
+        shards: usize,
+        alpha: f64,
+    ) -> anyhow::Result<Self> {
+        let embedded = DataSource::embedded()?;
+        let split = SplitConfig {
+            host_per_class: 20,
+            oracle_per_class: 300,
+            ..SplitConfig::default()
+        };
+        let splits = Splits::carve(&embedded, &split, seed)?;
+        let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
+            .into_iter()
+            .map(|(c, _, t)| (c, t))
+            .collect();
+        let encoder: Arc<dyn TextEncoder> =
+            Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus));
+        let (private, private_origin, shard) = match dataset {
+            Some(dir) => {
+                let src = DataSource::from_dir(dir)?;
+                let data = src.train.unwrap_or(src.test);
+                anyhow::ensure!(
+                    data.classes == splits.host.classes && data.rows == splits.host.rows,
+                    "dataset {} has classes {:?} of {}×{} images; this federation uses {:?} of {}×{}",
+                    dir.display(),
+                    data.classes,
+                    data.rows,
+                    data.cols,
+                    splits.host.classes,
+                    splits.host.rows,
+                    splits.host.cols
+                );
+                (data, dir.display().to_string(), None)
+            }
+            None => {
+                let shards = shards.max(1);
+                let parts = dirichlet_partition(
+                    &splits.pool.labels,
+                    splits.pool.num_classes(),
+                    shards,
+                    alpha,
+                    10,
+                    sub_seed(seed, 1),
+                )?;
+                let k = shard_of(peer, shards);
+                let part = parts
+                    .get(k)
+                    .ok_or_else(|| anyhow::anyhow!("no shard {k} of {shards}"))?;
+                (
+                    splits.pool.subset(part),
+                    format!("embedded shard {k} of {shards}"),
+                    Some(k),
+                )
+            }
+        };
+        Ok(Self {
+            host_public: splits.host,
+            private,
+            private_origin,
+            test: splits.test,
+            encoder,
+            shard,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! The host's side of one round attempt: who may send what, and when each stage may close.
+
+use std::collections::BTreeSet;
+
+use super::RoundError;
+use crate::wire::PeerBytes;
+
+/// Where the host's round is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStage {
+    /// Collecting secure-aggregation stage `0..=3` (keys, shares, masked inputs, unmask).
+    Aggregate(u8),
+    /// The sum is out; the generator is being improved.
+    Improve,
+    /// Waiting for a majority of the members to hold the new checkpoint.
+    Replicate,
+    /// The round counts as completed.
+    Complete,
+    /// Given up; nothing more is accepted.
+    Abandoned,
+}
+
+/// The number of secure-aggregation stages that collect client messages.
+pub const SECAGG_STAGES: u8 = 4;
+
+/// The host's bookkeeping for one round attempt (one term, one round number).
+#[derive(Debug, Clone)]
+pub struct HostRound {
+    term: u64,
+    round: u64,
+    participants: Vec<PeerBytes>,
+    stage: HostStage,
+    /// Participants whose message the current stage still waits for.
+    expected: BTreeSet<u32>,
+    /// Participants heard from in the current stage.
+    heard: BTreeSet<u32>,
+    ticks_left: u64,
+    stage_ticks: Vec<u64>,
+    /// Members (besides the host) that hold the checkpoint, and how many make a majority.
+    replicas: BTreeSet<PeerBytes>,
+    replicas_needed: usize,
+}
+
+impl HostRound {
+    /// A round whose secure-aggregation stage `s` may last `stage_ticks[s]` ticks (the masked
+    /// input stage also covers the clients' training); replication needs `replicas_needed`
+    /// acknowledgements (a majority of the members minus the host itself).
+    pub fn new(
+        term: u64,
+        round: u64,
+        participants: Vec<PeerBytes>,
+        stage_ticks: [u64; SECAGG_STAGES as usize],
+        replicas_needed: usize,
+    ) -> Self {
+        let expected = (0..participants.len() as u32).collect();
+        Self {
+            term,
+            round,
+            participants,
+            stage: HostStage::Aggregate(0),
+            expected,
+            heard: BTreeSet::new(),
+            ticks_left: stage_ticks[0],
+            stage_ticks: stage_ticks.to_vec(),
+            replicas: BTreeSet::new(),
+            replicas_needed,
+        }
+    }
+
+    /// The term of this attempt.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The round number.
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// The current stage.
+    pub fn stage(&self) -> HostStage {
+        self.stage
+    }
+
+    /// Participants in secure-aggregation id order.
+    pub fn participants(&self) -> &[PeerBytes] {
+        &self.participants
+    }
+
+    /// Validates a client's secure-aggregation message and returns the sender's id; the caller
+    /// hands the payload to the aggregator and then calls [`HostRound::heard`].
+    pub fn accept(&self, from: &[u8], term: u64, round: u64) -> Result<u32, RoundError> {
+        self.check(term, round)?;
+        if !matches!(self.stage, HostStage::Aggregate(_)) {
+            return Err(RoundError::Unexpected("secure-aggregation message"));
+        }
+        self.id_of(from)
+    }
+
+    /// Records that participant `id`'s message of the current stage was accepted.
+    pub fn heard(&mut self, id: u32) {
+        if self.expected.contains(&id) {
+            self.heard.insert(id);
+        }
+    }
+
+    /// A participant sits the round out: the current stage no longer waits for it.
+    pub fn abstain(&mut self, from: &[u8], term: u64, round: u64) -> Result<u32, RoundError> {
+        self.check(term, round)?;
+        let id = self.id_of(from)?;
+        self.expected.remove(&id);
+        self.heard.remove(&id);
+        Ok(id)
+    }
+
+    /// True when the current aggregation stage has heard every participant it waits for.
+    pub fn stage_complete(&self) -> bool {
+        matches!(self.stage, HostStage::Aggregate(_)) && self.heard.len() >= self.expected.len()
+    }
+
+    /// One clock tick; true when the current aggregation stage's deadline has passed.
+    pub fn tick(&mut self) -> bool {
+        if !matches!(self.stage, HostStage::Aggregate(_) | HostStage::Replicate) {
+            return false;
+        }
+        self.ticks_left = self.ticks_left.saturating_sub(1);
+        self.ticks_left == 0
+    }
+
+    /// Closes the current aggregation stage; `addressed` are the participants the next stage
+    /// waits for (those the aggregator sent a message to). After the last stage: Improve.
+    pub fn advance(&mut self, addressed: impl IntoIterator<Item = u32>) {
+        if let HostStage::Aggregate(s) = self.stage {
+            let next = s + 1;
+            self.heard.clear();
+            if next < SECAGG_STAGES {
+                self.stage = HostStage::Aggregate(next);
+                self.expected = addressed.into_iter().collect();
+                self.ticks_left = self.stage_ticks[next as usize];
+            } else {
+                self.stage = HostStage::Improve;
+                self.expected.clear();
+            }
+        }
+    }
+
+    /// The generator was improved and the checkpoint sent out: wait for replicas for `ticks`.
+    pub fn replicating(&mut self, ticks: u64) {
+        if self.stage == HostStage::Improve {
+            self.stage = if self.replicas_needed == 0 {
+                HostStage::Complete
+            } else {
+                HostStage::Replicate
+            };
+            self.ticks_left = ticks.max(1);
+        }
+    }
+
+    /// A member acknowledged holding the checkpoint; true when the round just became complete.
+    pub fn replica(&mut self, from: &[u8], term: u64, round: u64) -> Result<bool, RoundError> {
+        self.check(term, round)?;
+        if self.stage != HostStage::Replicate {
+            return Ok(false);
+        }
+        self.replicas.insert(from.to_vec());
+        if self.replicas.len() >= self.replicas_needed {
+            self.stage = HostStage::Complete;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Gives the round up (too few clients, lost quorum, deadline of replication).
+    pub fn abandon(&mut self) {
+        self.stage = HostStage::Abandoned;
+    }
+
+    fn check(&self, term: u64, round: u64) -> Result<(), RoundError> {
+        if term != self.term {
+            return Err(RoundError::WrongTerm {
+                got: term,
+                current: self.term,
+            });
+        }
+        if round != self.round {
+            return Err(RoundError::WrongRound {
+                got: round,
+                expected: self.round,
+            });
+        }
+        if matches!(self.stage, HostStage::Complete | HostStage::Abandoned) {
+            return Err(RoundError::AlreadyDone(round));
+        }
+        Ok(())
+    }
+
+    fn id_of(&self, from: &[u8]) -> Result<u32, RoundError> {
+        self.participants
+            .iter()
+            .position(|p| p.as_slice() == from)
+            .map(|i| i as u32)
+            .ok_or(RoundError::WrongSender("a participant of this round"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round() -> HostRound {
+        let peers = (0..3u8).map(|i| vec![i]).collect();
+        HostRound::new(4, 7, peers, [3, 3, 10, 3], 2)
+    }
+
+    #[test]
+    fn stages_close_when_all_heard_or_at_the_deadline() {
+        let mut r = round();
+        assert_eq!(r.accept(&[9], 4, 7), Err(RoundError::WrongSender("a participant of this round")));
+        assert!(matches!(r.accept(&[0], 3, 7), Err(RoundError::WrongTerm { .. })));
+        assert!(matches!(r.accept(&[0], 4, 6), Err(RoundError::WrongRound { .. })));
+        for p in 0..3u8 {
+            let id = r.accept(&[p], 4, 7).unwrap();
+            assert!(!r.stage_complete());
+            r.heard(id);
+            r.heard(id); // a duplicate changes nothing
+        }
+        assert!(r.stage_complete());
+        r.advance([0, 2]);
+        assert_eq!(r.stage(), HostStage::Aggregate(1));
+        r.heard(1); // not addressed in this stage: ignored
+        r.heard(0);
+        assert!(!r.stage_complete());
+        assert!(!r.tick() && !r.tick());
+        assert!(r.tick(), "deadline after 3 ticks");
+        r.advance([0, 2]);
+        assert_eq!(r.abstain(&[2], 4, 7), Ok(2));
+        r.heard(0);
+        assert!(r.stage_complete(), "an abstaining client is not waited for");
+        r.advance([0]);
+        r.advance([]);
+        assert_eq!(r.stage(), HostStage::Improve);
+        assert!(r.accept(&[0], 4, 7).is_err());
+    }
+
+    #[test]
+    fn complete_after_a_majority_of_replicas_and_never_twice() {
+        let mut r = round();
+        for _ in 0..SECAGG_STAGES {
+            r.advance([0, 1, 2]);
+        }
+        assert_eq!(r.replica(&[1], 4, 7), Ok(false), "not replicating yet");
+        r.replicating(5);
+        assert_eq!(r.replica(&[1], 4, 7), Ok(false));
+        assert_eq!(r.replica(&[1], 4, 7), Ok(false), "a duplicate ack is one replica");
+        assert_eq!(r.replica(&[2], 4, 7), Ok(true));
+        assert_eq!(r.stage(), HostStage::Complete);
+        assert_eq!(r.replica(&[0], 4, 7), Err(RoundError::AlreadyDone(7)));
+    }
+}

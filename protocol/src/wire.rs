@@ -1,0 +1,341 @@
+//! What nodes send each other over the network: one versioned request enum for the bulk,
+//! directed traffic (request-response) and one for announcements (gossip), each kind with
+//! its own size limit checked before a byte of the body is read.
+
+use serde::{Deserialize, Serialize};
+
+use crate::election::ElectionMessage;
+use crate::error::ProtocolError;
+use crate::messages::{AbstainReason, RoundStart, PROTOCOL_VERSION};
+
+/// A member's id on the wire: its libp2p PeerId bytes.
+pub type PeerBytes = Vec<u8>;
+
+/// Longest PeerId accepted (an Ed25519 identity multihash is 38 bytes).
+pub const MAX_PEER_ID_BYTES: usize = 64;
+/// Most participants a round may declare.
+pub const MAX_PARTICIPANTS: usize = 1024;
+
+/// The kind of a request, sent before its body so the receiver can bound the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Election traffic (votes, acks).
+    Election = 1,
+    /// A host's round offer with the synthetic set.
+    Offer = 2,
+    /// One secure-aggregation message, either direction.
+    SecAgg = 3,
+    /// A client sits the round out.
+    Abstain = 4,
+    /// A generator checkpoint.
+    Checkpoint = 5,
+}
+
+impl Kind {
+    /// The kind named by a tag byte, if any.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            1 => Kind::Election,
+            2 => Kind::Offer,
+            3 => Kind::SecAgg,
+            4 => Kind::Abstain,
+            5 => Kind::Checkpoint,
+            _ => return None,
+        })
+    }
+
+    /// Largest body accepted for this kind.
+    pub fn limit(self) -> usize {
+        match self {
+            Kind::Election => 4 << 10,
+            Kind::Offer => 32 << 20,
+            Kind::SecAgg => 16 << 20,
+            Kind::Abstain => 1 << 10,
+            Kind::Checkpoint => 64 << 20,
+        }
+    }
+}
+
+/// Largest response body (responses are acknowledgements).
+pub const MAX_RESPONSE_BYTES: usize = 4 << 10;
+
+/// The secure-aggregation parameters a host fixes for a round (see `privacy::secagg::RoundParams`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggSpec {
+    /// Public seed of the neighbourhood graph, fresh for every round attempt.
+    pub graph_seed: [u8; 32],
+    /// Neighbourhood size k.
+    pub neighbors: u32,
+    /// Shamir threshold t (also the fewest uploads whose sum is released).
+    pub threshold: u32,
+    /// Upload length.
+    pub dim: u32,
+    /// Per-coordinate bound of the fixed-point encoding (clipped, noised uploads are clamped to it).
+    pub bound: f32,
+    /// The encoding's headroom in clients.
+    pub max_clients: u32,
+}
+
+/// One round participant: its PeerId and its Ed25519 identity key (which must derive that PeerId).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// libp2p PeerId bytes.
+    pub peer: PeerBytes,
+    /// Ed25519 public key that signs its secure-aggregation keys.
+    pub identity: [u8; 32],
+}
+
+/// The host's invitation to round `start.round` of `term`: the synthetic set and how to answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundOffer {
+    /// The host's term.
+    pub term: u64,
+    /// Round r's synthetic set (its `round` field is the round number).
+    pub start: RoundStart,
+    /// The round's participants in secure-aggregation id order.
+    pub participants: Vec<Participant>,
+    /// Secure-aggregation parameters.
+    pub secagg: SecAggSpec,
+}
+
+/// One secure-aggregation message of a round attempt (encoded by `privacy::secagg`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggPacket {
+    /// The host's term.
+    pub term: u64,
+    /// Round number.
+    pub round: u64,
+    /// The encoded client or server message.
+    pub payload: Vec<u8>,
+}
+
+/// A host's generator checkpoint after a completed round, replicated so a successor resumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointTransfer {
+    /// The host's term.
+    pub term: u64,
+    /// The round the checkpoint completes.
+    pub round: u64,
+    /// SHA-256 of `bytes` (content address; verified on receipt).
+    pub hash: [u8; 32],
+    /// The checkpoint.
+    pub bytes: Vec<u8>,
+}
+
+/// A directed request between members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Election traffic.
+    Election(ElectionMessage<PeerBytes>),
+    /// Host → client: a round offer.
+    Offer(Box<RoundOffer>),
+    /// Either direction: a secure-aggregation message.
+    SecAgg(SecAggPacket),
+    /// Client → host: no upload this round.
+    Abstain {
+        /// The host's term.
+        term: u64,
+        /// Round number.
+        round: u64,
+        /// Why.
+        reason: AbstainReason,
+    },
+    /// Host → members: the checkpoint of a completed round.
+    Checkpoint(CheckpointTransfer),
+}
+
+impl Request {
+    /// The request's kind (and so its size limit).
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Election(_) => Kind::Election,
+            Request::Offer(_) => Kind::Offer,
+            Request::SecAgg(_) => Kind::SecAgg,
+            Request::Abstain { .. } => Kind::Abstain,
+            Request::Checkpoint(_) => Kind::Checkpoint,
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Accepted.
+    Ack,
+    /// Refused, with the reason (also logged by the refuser).
+    Rejected(String),
+}
+
+/// Round phases as announced to the federation (progress displays, `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// The host samples the synthetic set.
+    Generate,
+    /// Clients train on their data and the synthetic set.
+    Learn,
+    /// Clients judge the synthetic set and privatise their uploads.
+    Judge,
+    /// Secure aggregation of the uploads.
+    Aggregate,
+    /// The host improves its generator from the sum.
+    Improve,
+    /// The checkpoint is replicated.
+    Replicate,
+    /// The round is complete.
+    Complete,
+    /// The round was given up (too few uploads, host change).
+    Abandoned,
+}
+
+impl Phase {
+    /// Lower-case name for logs and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Generate => "generate",
+            Phase::Learn => "learn",
+            Phase::Judge => "judge",
+            Phase::Aggregate => "aggregate",
+            Phase::Improve => "improve",
+            Phase::Replicate => "replicate",
+            Phase::Complete => "complete",
+            Phase::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Small announcements over gossip: election broadcasts and round notices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Announcement {
+    /// An election broadcast (heartbeats, vote requests).
+    Election(ElectionMessage<PeerBytes>),
+    /// The host's round progress.
+    Round {
+        /// The host's term.
+        term: u64,
+        /// Round number.
+        round: u64,
+        /// Phase entered.
+        phase: Phase,
+        /// Participants of the round.
+        participants: u32,
+    },
+}
+
+/// Largest gossip message accepted.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 4 << 10;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u16,
+    body: T,
+}
+
+/// Encodes a value in the versioned envelope.
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, ProtocolError> {
+    postcard::to_allocvec(&Envelope {
+        version: PROTOCOL_VERSION,
+        body,
+    })
+    .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Decodes bytes from a peer: size-checked before parsing, version-checked after.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, ProtocolError> {
+    if bytes.len() > limit {
+        return Err(ProtocolError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let env: Envelope<T> =
+        postcard::from_bytes(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if env.version != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version {
+            got: env.version,
+            want: PROTOCOL_VERSION,
+        });
+    }
+    Ok(env.body)
+}
+
+impl RoundOffer {
+    /// Checks everything a client can check before acting on the offer.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        self.start.validate()?;
+        let bad = |reason: String| {
+            Err(ProtocolError::Invalid {
+                kind: "round offer",
+                reason,
+            })
+        };
+        let n = self.participants.len();
+        if !(3..=MAX_PARTICIPANTS).contains(&n) {
+            return bad(format!("{n} participants, need 3..={MAX_PARTICIPANTS}"));
+        }
+        if self
+            .participants
+            .iter()
+            .any(|p| p.peer.is_empty() || p.peer.len() > MAX_PEER_ID_BYTES)
+        {
+            return bad("a participant id has an invalid length".into());
+        }
+        let mut ids: Vec<&PeerBytes> = self.participants.iter().map(|p| &p.peer).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != n {
+            return bad("duplicate participant".into());
+        }
+        let s = &self.secagg;
+        let want = self.start.samples() * self.start.classes as usize + self.start.classes as usize;
+        if s.dim as usize != want {
+            return bad(format!(
+                "upload dimension {} does not match the synthetic set ({want})",
+                s.dim
+            ));
+        }
+        if !(s.bound.is_finite() && s.bound > 0.0) {
+            return bad(format!("bound {} must be positive", s.bound));
+        }
+        if s.threshold < 2 || s.threshold as usize > n || s.max_clients < n as u32 {
+            return bad(format!(
+                "threshold {} / max_clients {} do not fit {n} participants",
+                s.threshold, s.max_clients
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_limits_and_version() {
+        let req = Request::Abstain {
+            term: 2,
+            round: 5,
+            reason: AbstainReason::BudgetExhausted,
+        };
+        let bytes = encode(&req).unwrap();
+        assert_eq!(decode::<Request>(&bytes, 1024).unwrap(), req);
+        assert!(matches!(
+            decode::<Request>(&bytes, 2),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        let mut other = bytes.clone();
+        other[0] = 9; // version varint
+        assert!(matches!(
+            decode::<Request>(&other, 1024),
+            Err(ProtocolError::Version { got: 9, .. })
+        ));
+        assert!(decode::<Request>(&bytes[..bytes.len() - 1], 1024).is_err());
+        assert_eq!(req.kind(), Kind::Abstain);
+        assert_eq!(Kind::from_tag(Kind::Checkpoint as u8), Some(Kind::Checkpoint));
+        assert_eq!(Kind::from_tag(0), None);
+    }
+}
