@@ -179,7 +179,7 @@ impl<N: Clone + Ord, M: Clone> SimNet<N, M> {
         }
     }
 
-    /// Removes and returns every message due at or before `now` as (from, to, msg), in delivery order.
+    /// Removes and returns every message due by `now` as (from, to, msg), in delivery order.
     pub fn deliver_due(&mut self, now: u64) -> Vec<(N, N, M)> {
         let mut out = Vec::new();
         while let Some(entry) = self.queue.first_entry() {
@@ -261,7 +261,11 @@ impl<N: Clone + Ord, M: Clone> SimNet<N, M> {
         let delay = self
             .rng
             .random_range(self.cfg.delay_min..=self.cfg.delay_max);
-        let key = (now.saturating_add(delay), self.rng.random::<u64>(), self.seq);
+        let key = (
+            now.saturating_add(delay),
+            self.rng.random::<u64>(),
+            self.seq,
+        );
         self.seq += 1;
         self.queue.insert(
             key,

@@ -234,6 +234,22 @@ pub async fn run(
         }
     }
 
+    // Peers remembered from earlier runs are dialled too, so a restarted node rejoins even
+    // when its bootstrap peer is gone.
+    for rec in store.peers()? {
+        let Ok(peer) = rec.peer_id.parse::<PeerId>() else {
+            continue;
+        };
+        let addrs: Vec<Multiaddr> = rec.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        if !addrs.is_empty() && peer != me {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(%peer, "cannot dial a remembered peer: {e}");
+            }
+        }
+    }
     let capability = Capability {
         gpu: gpu_usable(opts.gpu && cfg.node.gpu_allowed()),
         memory_mb: memory_mb(),

@@ -22,7 +22,7 @@ impl Capability {
     }
 }
 
-/// Ranks two (capability, id) hosts: GPU first, then memory, then the smaller id; a total order every node computes alike.
+/// Ranks two (capability, id) hosts: GPU, then memory, then smaller id; total, same on every node.
 pub fn rank<N: Ord>(a: (&Capability, &N), b: (&Capability, &N)) -> Ordering {
     a.0.cmp(b.0).then_with(|| b.1.cmp(a.1))
 }

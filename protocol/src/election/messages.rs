@@ -170,7 +170,10 @@ mod tests {
             voted_for: Some("peer-a".to_string()),
         };
         let bytes = postcard::to_allocvec(&p).unwrap();
-        assert_eq!(postcard::from_bytes::<Persistent<String>>(&bytes).unwrap(), p);
+        assert_eq!(
+            postcard::from_bytes::<Persistent<String>>(&bytes).unwrap(),
+            p
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! candidate while it knows a different member (itself included) that ranks strictly higher
 //! and holds at least the candidate's round, heard from within `stale_ticks`. Knowledge of a
 //! dead member goes stale, so a dead best node delays failover by at most `stale_ticks`.
+//! Split votes: a candidate that sees a rival stand in its own term, and outranks it, stands
+//! again at once instead of waiting out a timeout (a node may start an election at any time
+//! without endangering safety; only the better rival does, so the two do not race).
 //!
 //! Sans-IO: the driver calls [`Election::tick`] at a fixed period, [`Election::handle`] for
 //! each message and [`Election::observe`] for capability announcements heard by other means,

@@ -42,7 +42,9 @@ impl ElectionConfig {
     /// Checks the timings can work: heartbeats faster than timeouts and a non-empty timeout range.
     pub fn validate(&self) -> Result<(), ElectionError> {
         if self.heartbeat_ticks == 0 {
-            return Err(ElectionError::InvalidConfig("heartbeat_ticks must be at least 1"));
+            return Err(ElectionError::InvalidConfig(
+                "heartbeat_ticks must be at least 1",
+            ));
         }
         if self.election_timeout_min <= self.heartbeat_ticks {
             return Err(ElectionError::InvalidConfig(
@@ -57,7 +59,7 @@ impl ElectionConfig {
         Ok(())
     }
 
-    /// Longest election timeout a node of a `members`-node cluster can draw (all others outrank it).
+    /// Longest election timeout a node of a `members`-node cluster draws (all others outrank it).
     pub fn max_election_timeout(&self, members: usize) -> u64 {
         let others = members.saturating_sub(1) as u64;
         (self.election_timeout_max - 1).saturating_add(others.saturating_mul(self.rank_step_ticks))
@@ -125,7 +127,7 @@ pub struct Election<N: NodeId> {
 }
 
 impl<N: NodeId> Election<N> {
-    /// Builds a follower from its persisted state; `members` is the fixed membership, including `me`.
+    /// Builds a follower from its persisted state; `members`: the fixed membership, with `me`.
     pub fn new(
         me: N,
         capability: Capability,
@@ -219,6 +221,12 @@ impl<N: NodeId> Election<N> {
             } => {
                 let granted = term == self.term
                     && self.consider_vote(&candidate, &capability, last_completed_round);
+                // A rival stood in our term and took its own vote, perhaps the one we need:
+                // if we outrank it, stand again now rather than after a timeout (a split vote).
+                // Starting an election is always safe; only the better rival does it.
+                let split = term == self.term
+                    && self.role == Role::Candidate
+                    && self.outranks(&candidate, &capability, last_completed_round);
                 out.push(Action::Send {
                     to: candidate,
                     msg: ElectionMessage::Vote {
@@ -227,6 +235,9 @@ impl<N: NodeId> Election<N> {
                         granted,
                     },
                 });
+                if split {
+                    self.start_election(&mut out);
+                }
             }
             ElectionMessage::Vote {
                 term,
@@ -279,7 +290,7 @@ impl<N: NodeId> Election<N> {
         Ok(())
     }
 
-    /// Sets the last FL round whose generator checkpoint this node holds (the up-to-date rule's input).
+    /// Sets the last FL round whose generator checkpoint this node holds (up-to-date rule input).
     pub fn set_last_completed_round(&mut self, round: u64) {
         self.last_completed_round = round;
     }
@@ -385,7 +396,7 @@ impl<N: NodeId> Election<N> {
         }
     }
 
-    /// Prepends Persist and the role/leader notifications implied by the state change since `before`.
+    /// Prepends Persist and the role/leader notifications implied by the change since `before`.
     fn finish(&self, before: Snapshot<N>, out: Vec<Action<N>>) -> Vec<Action<N>> {
         let mut actions = Vec::with_capacity(out.len() + 3);
         if self.term != before.term || self.voted_for != before.voted_for {
@@ -465,7 +476,7 @@ impl<N: NodeId> Election<N> {
     fn consider_vote(&mut self, candidate: &N, capability: &Capability, round: u64) -> bool {
         match &self.voted_for {
             Some(v) if v == candidate => return true, // a duplicate request: same answer
-            Some(_) => return false,                 // one vote per term
+            Some(_) => return false,                  // one vote per term
             None => {}
         }
         if round < self.last_completed_round {
@@ -479,14 +490,17 @@ impl<N: NodeId> Election<N> {
         true
     }
 
+    /// Whether this node ranks above `candidate` and holds at least its round.
+    fn outranks(&self, candidate: &N, capability: &Capability, round: u64) -> bool {
+        self.last_completed_round >= round
+            && rank((&self.capability, &self.me), (capability, candidate)) == Ordering::Greater
+    }
+
     /// Whether some member other than `candidate` (this node included) outranks it, holds at
     /// least its round, and was heard from within `stale_ticks`.
     fn better_member_fresh(&self, candidate: &N, capability: &Capability, round: u64) -> bool {
         let cand = (capability, candidate);
-        if *candidate != self.me
-            && self.last_completed_round >= round
-            && rank((&self.capability, &self.me), cand) == Ordering::Greater
-        {
+        if self.outranks(candidate, capability, round) {
             return true;
         }
         self.peers.iter().any(|(id, p)| {
@@ -519,7 +533,9 @@ impl<N: NodeId> Election<N> {
         let base = self
             .rng
             .random_range(self.cfg.election_timeout_min..self.cfg.election_timeout_max);
-        let stagger = self.rank_position().saturating_mul(self.cfg.rank_step_ticks);
+        let stagger = self
+            .rank_position()
+            .saturating_mul(self.cfg.rank_step_ticks);
         self.election_deadline = self.now.saturating_add(base).saturating_add(stagger);
     }
 
@@ -612,8 +628,15 @@ mod tests {
 
     fn node_with(me: u32, n: u32, cap: Capability, p: Persistent<u32>) -> Election<u32> {
         let members = (0..n).collect();
-        Election::new(me, cap, members, p, ElectionConfig::default(), 1000 + u64::from(me))
-            .unwrap()
+        Election::new(
+            me,
+            cap,
+            members,
+            p,
+            ElectionConfig::default(),
+            1000 + u64::from(me),
+        )
+        .unwrap()
     }
 
     /// Ranks below `cpu()`, so the voter's own rank never blocks the candidates these tests send.
@@ -743,7 +766,10 @@ mod tests {
             .unwrap();
         assert!(rv_at > 0);
         assert_eq!(
-            actions.iter().filter(|a| matches!(a, Action::Persist(_))).count(),
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Persist(_)))
+                .count(),
             1
         );
     }
@@ -810,7 +836,13 @@ mod tests {
         let a = e.handle(&1, request_vote(1, 1, cpu(), 4)).unwrap();
         assert_eq!(vote_reply(&a), (1, false));
         // It still moved to the newer term (Raft §5.1), without a vote.
-        assert_eq!(e.persistent(), Persistent { term: 1, voted_for: None });
+        assert_eq!(
+            e.persistent(),
+            Persistent {
+                term: 1,
+                voted_for: None
+            }
+        );
         let a = e.handle(&2, request_vote(1, 2, cpu(), 5)).unwrap();
         assert_eq!(vote_reply(&a), (1, true));
     }
@@ -848,6 +880,35 @@ mod tests {
         // ...unless the candidate holds a newer round than this node.
         let a = e.handle(&1, request_vote(2, 1, cpu(), 1)).unwrap();
         assert_eq!(vote_reply(&a), (2, true));
+    }
+
+    #[test]
+    fn better_candidate_breaks_a_split_vote_at_once() {
+        let mut e = node_with(0, 3, gpu(), Persistent::default());
+        tick_until_actions(&mut e);
+        assert_eq!(e.role(), Role::Candidate);
+        // A worse rival stood in the same term: refuse it and stand again in term 2.
+        let a = e.handle(&1, request_vote(1, 1, cpu(), 0)).unwrap();
+        assert_eq!(
+            a[0],
+            Action::Persist(Persistent {
+                term: 2,
+                voted_for: Some(0)
+            })
+        );
+        assert_eq!(vote_reply(&a), (1, false));
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::Broadcast(ElectionMessage::RequestVote { term: 2, .. })
+        )));
+        assert_eq!((e.term(), e.role()), (2, Role::Candidate));
+        // A better rival in the same term: refuse (vote taken), but do not race it.
+        let mut e = node(0, 3);
+        tick_until_actions(&mut e);
+        let a = e.handle(&2, request_vote(1, 2, gpu(), 0)).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(vote_reply(&a), (1, false));
+        assert_eq!((e.term(), e.role()), (1, Role::Candidate));
     }
 
     #[test]
@@ -927,7 +988,11 @@ mod tests {
             if a.iter().any(|x| {
                 matches!(
                     x,
-                    Action::Broadcast(ElectionMessage::Heartbeat { term: 1, leader: 0, .. })
+                    Action::Broadcast(ElectionMessage::Heartbeat {
+                        term: 1,
+                        leader: 0,
+                        ..
+                    })
                 )
             }) {
                 beats.push(t);
@@ -949,7 +1014,11 @@ mod tests {
                     x,
                     Action::Send {
                         to: 0,
-                        msg: ElectionMessage::HeartbeatAck { term: 1, from: 1, .. }
+                        msg: ElectionMessage::HeartbeatAck {
+                            term: 1,
+                            from: 1,
+                            ..
+                        }
                     }
                 )));
             }
@@ -987,10 +1056,7 @@ mod tests {
             e.handle(&1, vote(1, 2, true)),
             Err(ElectionError::SenderMismatch)
         );
-        assert_eq!(
-            e.handle(&0, heartbeat(1, 0)),
-            Err(ElectionError::FromSelf)
-        );
+        assert_eq!(e.handle(&0, heartbeat(1, 0)), Err(ElectionError::FromSelf));
         assert_eq!(e.handle(&1, heartbeat(0, 1)), Err(ElectionError::ZeroTerm));
         assert_eq!(e.observe(&9, gpu(), 0), Err(ElectionError::NotAMember));
         assert_eq!(e.observe(&0, gpu(), 0), Err(ElectionError::FromSelf));
@@ -1044,7 +1110,11 @@ mod tests {
             let a = e.handle(&1, vote(1, 1, true)).unwrap();
             assert!(a.is_empty());
         }
-        assert_eq!(e.role(), Role::Candidate, "2 distinct votes of 5 is no majority");
+        assert_eq!(
+            e.role(),
+            Role::Candidate,
+            "2 distinct votes of 5 is no majority"
+        );
         e.handle(&2, vote(1, 2, false)).unwrap();
         assert_eq!(e.role(), Role::Candidate);
         let a = e.handle(&3, vote(1, 3, true)).unwrap();
@@ -1054,9 +1124,10 @@ mod tests {
             term: 1,
             leader: Some(0)
         }));
-        assert!(a
-            .iter()
-            .any(|x| matches!(x, Action::Broadcast(ElectionMessage::Heartbeat { term: 1, .. }))));
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::Broadcast(ElectionMessage::Heartbeat { term: 1, .. })
+        )));
         // Late votes for a won election change nothing.
         assert!(e.handle(&4, vote(1, 4, true)).unwrap().is_empty());
     }

@@ -1,0 +1,250 @@
+//! Real nodes on loopback: `fedmmkt run` processes that find each other from one bootstrap
+//! address, elect a host, run FedMMKT rounds with DP and secure aggregation, survive a client
+//! SIGKILL + restart and a host SIGKILL, and keep two kinds of intruder out.
+//!
+//! Traffic stays on 127.0.0.1; mDNS is off.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use node::admin::{self, StatusReport};
+use node::config::NodeConfig;
+use serde_json::Value;
+
+const PSK: &str = "5f3c1a9e0b7d2468ace013579bdf02468ace013579bdf02468ace013579bdf01";
+const OTHER_PSK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
+}
+
+/// `fedmmkt init` with a PSK; returns the peer id.
+fn init(dir: &Path, psk: &Path) -> String {
+    let out = bin()
+        .args(["init", "--json", "--data-dir"])
+        .arg(dir)
+        .arg("--psk-file")
+        .arg(psk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["peer_id"].as_str().unwrap().to_string()
+}
+
+/// Tiny models, short timeouts, this federation's members and bootstrap peer.
+fn configure(dir: &Path, members: &[String], bootstrap: Option<&str>, rounds: u64) {
+    let path = dir.join("config.toml");
+    let mut cfg = NodeConfig::load(&path).unwrap();
+    cfg.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    cfg.network.members = members.to_vec();
+    cfg.network.bootstrap = bootstrap.map(|b| vec![b.to_string()]).unwrap_or_default();
+    cfg.model.tiny = true;
+    cfg.round.rounds = rounds;
+    cfg.round.stage_timeout_secs = 6;
+    cfg.round.round_interval_secs = 1;
+    cfg.privacy.planned_rounds = rounds as u32 + 2;
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+}
+
+/// A running node process; killed when dropped.
+struct Proc {
+    dir: PathBuf,
+    child: Child,
+    addr: String,
+}
+
+impl Proc {
+    /// Starts `fedmmkt run` and waits for its first listen address.
+    fn start(dir: &Path) -> Proc {
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let mut child = bin()
+            .args(["run", "--gpu", "off", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("node exited before listening").unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_string();
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc {
+            dir: dir.to_path_buf(),
+            child,
+            addr,
+        }
+    }
+
+    fn status(&self) -> Option<StatusReport> {
+        admin::query_status(&self.dir).ok().flatten()
+    }
+
+    fn audit(&self) -> Value {
+        admin::query(&self.dir, "audit").unwrap().unwrap()
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn round_of(p: &Proc) -> u64 {
+    p.status().map_or(0, |s| s.round)
+}
+
+#[test]
+fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let psk = tmp.path().join("psk.hex");
+    std::fs::write(&psk, PSK).unwrap();
+    let other_psk = tmp.path().join("other.hex");
+    std::fs::write(&other_psk, OTHER_PSK).unwrap();
+    let n = 5;
+    let rounds = 4;
+    let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let ids: Vec<String> = dirs.iter().map(|d| init(d, &psk)).collect();
+    // Two intruders: one without the key, one with the key but not on the member list.
+    let stranger = tmp.path().join("stranger");
+    let stranger_id = init(&stranger, &other_psk);
+    let insider = tmp.path().join("insider");
+    let insider_id = init(&insider, &psk);
+
+    configure(&dirs[0], &ids, None, rounds);
+    let mut procs = vec![Proc::start(&dirs[0])];
+    let boot = procs[0].addr.clone();
+    for d in &dirs[1..] {
+        configure(d, &ids, Some(&boot), rounds);
+        procs.push(Proc::start(d));
+    }
+    configure(&stranger, &ids, Some(&boot), rounds);
+    let stranger_proc = Proc::start(&stranger);
+    let mut insider_members = ids.clone();
+    insider_members.push(insider_id.clone());
+    configure(&insider, &insider_members, Some(&boot), rounds);
+    let insider_proc = Proc::start(&insider);
+
+    // Everyone finds everyone from the one bootstrap address, and one host is elected.
+    wait_for("full mesh and a host", Duration::from_secs(30), || {
+        procs.iter().all(|p| {
+            p.status()
+                .is_some_and(|s| s.peers.len() == n - 1 && s.host.is_some())
+        })
+    });
+    let statuses: Vec<StatusReport> = procs.iter().map(|p| p.status().unwrap()).collect();
+    let host = statuses[0].host.clone().unwrap();
+    assert!(statuses.iter().all(|s| s.host.as_deref() == Some(host.as_str())));
+    wait_for("round 1", Duration::from_secs(40), || {
+        procs.iter().all(|p| round_of(p) >= 1)
+    });
+
+    // A client is SIGKILLed during round 2 and restarted from its data directory.
+    let victim = (0..n).find(|&i| ids[i] != host).unwrap();
+    wait_for("the victim in round 2", Duration::from_secs(30), || {
+        procs[victim].status().is_some_and(|s| {
+            s.round == 1 && matches!(s.phase.as_deref(), Some("learn" | "judge" | "aggregate"))
+        })
+    });
+    procs[victim].sigkill();
+    procs[victim] = Proc::start(&dirs[victim]);
+    wait_for("round 2 after the client restart", Duration::from_secs(40), || {
+        procs.iter().all(|p| round_of(p) >= 2)
+    });
+
+    // The host is SIGKILLed during round 3: a new host resumes from the replicated checkpoint.
+    let h = ids.iter().position(|id| *id == host).unwrap();
+    wait_for("the host in round 3", Duration::from_secs(30), || {
+        procs[h]
+            .status()
+            .is_some_and(|s| s.round == 2 && s.phase.as_deref() != Some("complete"))
+    });
+    let killed_at = Instant::now();
+    procs[h].sigkill();
+    let alive: Vec<usize> = (0..n).filter(|&i| i != h).collect();
+    wait_for("a new host", Duration::from_secs(15), || {
+        alive.iter().all(|&i| {
+            procs[i]
+                .status()
+                .is_some_and(|s| s.host.as_ref().is_some_and(|x| *x != host))
+        })
+    });
+    let reelected = killed_at.elapsed();
+    wait_for("all rounds", Duration::from_secs(60), || {
+        alive.iter().all(|&i| round_of(&procs[i]) >= rounds)
+    });
+
+    // Every ledger verifies, stays within budget, and charged each attempt at most once.
+    for &i in &alive {
+        let audit = procs[i].audit();
+        assert_eq!(audit["chain"]["valid"], Value::Bool(true), "node {i}: {audit}");
+        let spent = audit["epsilon_spent"].as_f64().unwrap();
+        let budget = audit["budget"]["epsilon"].as_f64().unwrap();
+        assert!(spent <= budget + 1e-9, "node {i} spent {spent} > {budget}");
+        let mut attempts: Vec<(u64, String)> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["round"].as_u64().unwrap(),
+                    e["dataset_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let total = attempts.len();
+        attempts.sort();
+        attempts.dedup();
+        assert_eq!(attempts.len(), total, "node {i} answered an attempt twice");
+        if ids[i] != host {
+            assert!(total >= 1, "client {i} never released anything");
+        }
+    }
+    // The restarted client rejoined and took part again after its restart.
+    let s = procs[victim].status().unwrap();
+    assert!(s.running && s.round >= rounds && s.peers.len() >= n - 2, "{s:?}");
+
+    // Neither intruder got in.
+    for (name, p, id) in [
+        ("stranger", &stranger_proc, &stranger_id),
+        ("insider", &insider_proc, &insider_id),
+    ] {
+        let s = p.status().unwrap();
+        assert!(s.peers.is_empty(), "{name} connected to {:?}", s.peers);
+        assert_eq!(s.round, 0, "{name} completed a round");
+        for &i in &alive {
+            let peers = procs[i].status().unwrap().peers;
+            assert!(!peers.contains(id), "node {i} lists the {name}");
+        }
+    }
+    eprintln!(
+        "{rounds} rounds on {n} nodes with a client restart and a host kill in {:.1} s; new host after {:.2} s",
+        t0.elapsed().as_secs_f64(),
+        reelected.as_secs_f64()
+    );
+}
