@@ -667,7 +667,9 @@ mod tests {
         assert_eq!(s.election().unwrap(), (2, Some(b"peer-b".to_vec())));
         assert_eq!(s.last_completed_round().unwrap(), 3);
         assert_eq!(s.phase().unwrap(), Some(phase));
-        assert!(s.answered(2, 4).unwrap() && !s.answered(2, 3).unwrap() && !s.answered(3, 4).unwrap());
+        assert!(
+            s.answered(2, 4).unwrap() && !s.answered(2, 3).unwrap() && !s.answered(3, 4).unwrap()
+        );
         assert_eq!(
             s.hosts().unwrap(),
             vec![(1, "peer-a".to_string()), (2, "peer-b".to_string())]
@@ -700,7 +702,10 @@ mod tests {
         s.mark_answered(1, 7).unwrap();
         assert!(s.answered(1, 7).unwrap());
         assert!(!s.answered(1, 8).unwrap() && !s.answered(1, 6).unwrap());
-        assert!(!s.answered(2, 7).unwrap(), "a new term's attempt is a new round");
+        assert!(
+            !s.answered(2, 7).unwrap(),
+            "a new term's attempt is a new round"
+        );
     }
 
     #[test]

@@ -29,7 +29,11 @@ fn init(dir: &Path, psk: &Path) -> String {
         .arg(psk)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["peer_id"].as_str().unwrap().to_string()
 }
@@ -159,7 +163,9 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     });
     let statuses: Vec<StatusReport> = procs.iter().map(|p| p.status().unwrap()).collect();
     let host = statuses[0].host.clone().unwrap();
-    assert!(statuses.iter().all(|s| s.host.as_deref() == Some(host.as_str())));
+    assert!(statuses
+        .iter()
+        .all(|s| s.host.as_deref() == Some(host.as_str())));
     wait_for("round 1", Duration::from_secs(40), || {
         procs.iter().all(|p| round_of(p) >= 1)
     });
@@ -173,9 +179,11 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     });
     procs[victim].sigkill();
     procs[victim] = Proc::start(&dirs[victim]);
-    wait_for("round 2 after the client restart", Duration::from_secs(40), || {
-        procs.iter().all(|p| round_of(p) >= 2)
-    });
+    wait_for(
+        "round 2 after the client restart",
+        Duration::from_secs(40),
+        || procs.iter().all(|p| round_of(p) >= 2),
+    );
 
     // The host is SIGKILLed during round 3: a new host resumes from the replicated checkpoint.
     let h = ids.iter().position(|id| *id == host).unwrap();
@@ -202,7 +210,11 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     // Every ledger verifies, stays within budget, and charged each attempt at most once.
     for &i in &alive {
         let audit = procs[i].audit();
-        assert_eq!(audit["chain"]["valid"], Value::Bool(true), "node {i}: {audit}");
+        assert_eq!(
+            audit["chain"]["valid"],
+            Value::Bool(true),
+            "node {i}: {audit}"
+        );
         let spent = audit["epsilon_spent"].as_f64().unwrap();
         let budget = audit["budget"]["epsilon"].as_f64().unwrap();
         assert!(spent <= budget + 1e-9, "node {i} spent {spent} > {budget}");
@@ -227,7 +239,10 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     }
     // The restarted client rejoined and took part again after its restart.
     let s = procs[victim].status().unwrap();
-    assert!(s.running && s.round >= rounds && s.peers.len() >= n - 2, "{s:?}");
+    assert!(
+        s.running && s.round >= rounds && s.peers.len() >= n - 2,
+        "{s:?}"
+    );
 
     // Neither intruder got in.
     for (name, p, id) in [

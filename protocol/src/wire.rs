@@ -204,9 +204,16 @@ impl Phase {
     }
 }
 
-/// Small announcements over gossip: election broadcasts and round notices.
+/// Small announcements over gossip: liveness, election broadcasts and round notices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Announcement {
+    /// Every node, every second: what it offers as a host and the last round it holds.
+    Alive {
+        /// GPU and memory (the host election prefers the best).
+        capability: crate::election::Capability,
+        /// The last round whose checkpoint this node holds.
+        last_completed_round: u64,
+    },
     /// An election broadcast (heartbeats, vote requests).
     Election(ElectionMessage<PeerBytes>),
     /// The host's round progress.
@@ -335,7 +342,10 @@ mod tests {
         ));
         assert!(decode::<Request>(&bytes[..bytes.len() - 1], 1024).is_err());
         assert_eq!(req.kind(), Kind::Abstain);
-        assert_eq!(Kind::from_tag(Kind::Checkpoint as u8), Some(Kind::Checkpoint));
+        assert_eq!(
+            Kind::from_tag(Kind::Checkpoint as u8),
+            Some(Kind::Checkpoint)
+        );
         assert_eq!(Kind::from_tag(0), None);
     }
 }

@@ -131,8 +131,7 @@ mod tests {
     fn frames_round_trip_and_oversized_or_mislabelled_bodies_are_refused() {
         let proto = crate::net::RR_PROTOCOL;
         let mut buf = Vec::new();
-        block_on(WireCodec.write_request(&proto, &mut Cursor::new(&mut buf), packet(100)))
-            .unwrap();
+        block_on(WireCodec.write_request(&proto, &mut Cursor::new(&mut buf), packet(100))).unwrap();
         let got = block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf))).unwrap();
         assert_eq!(got, packet(100));
         // A length above the kind's limit is refused before the body is read.

@@ -127,7 +127,8 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
             let allow = if members.is_empty() {
                 None
             } else {
-                let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                let mut list =
+                    allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
                 for peer in &members {
                     list.allow_peer(*peer);
                 }

@@ -71,7 +71,6 @@ fn identity_matches(peer: &[u8], identity: &[u8; 32]) -> bool {
 }
 
 impl Node {
-
     /// A host's round offer.
     pub(super) fn on_offer(&mut self, peer: PeerId, offer: RoundOffer) -> Result<(), String> {
         if self.host.is_some() {
@@ -89,8 +88,14 @@ impl Node {
             ));
         }
         let (term, round) = (offer.term, offer.start.round);
-        let answered = self.store.answered(term, round).map_err(|e| e.to_string())?;
-        let last_completed = self.store.last_completed_round().map_err(|e| e.to_string())?;
+        let answered = self
+            .store
+            .answered(term, round)
+            .map_err(|e| e.to_string())?;
+        let last_completed = self
+            .store
+            .last_completed_round()
+            .map_err(|e| e.to_string())?;
         let view = ClientView {
             me: &self.me_bytes,
             leader: self.election.leader().map(|l| l.as_slice()),
@@ -138,8 +143,13 @@ impl Node {
     }
 
     /// A host's secure-aggregation message.
-    pub(super) fn client_secagg(&mut self, peer: PeerId, packet: SecAggPacket) -> Result<(), String> {
-        let msg = ServerMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
+    pub(super) fn client_secagg(
+        &mut self,
+        peer: PeerId,
+        packet: SecAggPacket,
+    ) -> Result<(), String> {
+        let msg =
+            ServerMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
         let needs_input = matches!(msg, ServerMessage::Shares(_));
         let delivery = self
             .client
@@ -196,6 +206,7 @@ impl Node {
             return Ok(());
         }
         self.last_metrics = Some(serde_json::json!({
+            "role": "client",
             "round": round,
             "term": term,
             "test_acc": test_acc,
@@ -281,17 +292,25 @@ impl Node {
         self.set_phase(term, round, Phase::Aggregate, "client")?;
         if let Err(e) = self.deliver(term, round, held) {
             tracing::warn!(round, "secure aggregation failed: {e}");
-            self.client.abandon(&self.store, "secure aggregation failed")?;
+            self.client
+                .abandon(&self.store, "secure aggregation failed")?;
         }
         Ok(())
     }
 
     /// The host's checkpoint of a completed round: verify, keep, and count the round.
-    pub(super) fn on_checkpoint(&mut self, peer: PeerId, t: CheckpointTransfer) -> Result<(), String> {
+    pub(super) fn on_checkpoint(
+        &mut self,
+        peer: PeerId,
+        t: CheckpointTransfer,
+    ) -> Result<(), String> {
         if self.host.is_some() {
             return Err("this node is the host".into());
         }
-        let last_completed = self.store.last_completed_round().map_err(|e| e.to_string())?;
+        let last_completed = self
+            .store
+            .last_completed_round()
+            .map_err(|e| e.to_string())?;
         let view = ClientView {
             me: &self.me_bytes,
             leader: self.election.leader().map(|l| l.as_slice()),
@@ -316,10 +335,19 @@ impl Node {
             .set_last_completed_round(t.round)
             .map_err(|e| e.to_string())?;
         self.election.set_last_completed_round(t.round);
-        tracing::info!(round = t.round, bytes = t.bytes.len(), "checkpoint replicated: round complete");
+        tracing::info!(
+            round = t.round,
+            bytes = t.bytes.len(),
+            "checkpoint replicated: round complete"
+        );
         self.set_phase(t.term, t.round, Phase::Complete, "client")
             .map_err(|e| format!("{e:#}"))?;
-        if self.client.machine.engaged().is_some_and(|(_, r, _)| r == t.round) {
+        if self
+            .client
+            .machine
+            .engaged()
+            .is_some_and(|(_, r, _)| r == t.round)
+        {
             self.client.machine.leave();
             self.client.secagg = None;
             self.client.attempt = None;

@@ -1,12 +1,11 @@
 //! The host's side of a round: sample, invite, run secure aggregation to the sum, improve
 //! the generator, replicate the checkpoint to a majority, and only then count the round.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use libp2p::PeerId;
-use privacy::secagg::{
-    ClientMessage, ClipBound, Quantizer, RoundParams, SecAggAggregator, Step,
-};
+use privacy::secagg::{ClientMessage, ClipBound, Quantizer, RoundParams, SecAggAggregator, Step};
 use protocol::round::{HostRound, HostStage};
 use protocol::wire::{
     CheckpointTransfer, Participant, Phase, Request, RoundOffer, SecAggPacket, SecAggSpec,
@@ -21,19 +20,62 @@ use super::{Node, Pending, TICK};
 /// uploads plus their share of Gaussian noise stay inside it except with negligible probability.
 const BOUND_IN_CLIPS: f32 = 16.0;
 
+/// Seconds and bytes of a round, per phase as the host sees it.
+#[derive(Debug, Clone)]
+struct PhaseClock {
+    phase: Phase,
+    since: Instant,
+    seconds: BTreeMap<&'static str, f64>,
+    bytes: BTreeMap<&'static str, u64>,
+}
+
+impl PhaseClock {
+    fn new(phase: Phase, already: f64) -> Self {
+        let mut seconds = BTreeMap::new();
+        seconds.insert(Phase::Generate.name(), already);
+        Self {
+            phase,
+            since: Instant::now(),
+            seconds,
+            bytes: BTreeMap::new(),
+        }
+    }
+
+    /// Closes the current phase and opens `next`.
+    fn enter(&mut self, next: Phase) {
+        *self.seconds.entry(self.phase.name()).or_default() += self.since.elapsed().as_secs_f64();
+        self.phase = next;
+        self.since = Instant::now();
+    }
+
+    /// Counts `n` bytes sent or received in `phase`.
+    fn count(&mut self, phase: Phase, n: usize) {
+        *self.bytes.entry(phase.name()).or_default() += n as u64;
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.bytes.values().sum()
+    }
+}
+
 /// A round attempt in progress.
 pub(super) struct ActiveRound {
     machine: HostRound,
     start: Box<RoundStart>,
     aggregator: SecAggAggregator,
     started: Instant,
-    bytes: u64,
-    included: usize,
+    clock: PhaseClock,
+    included: Vec<String>,
+    generated_in: f64,
+    /// (hash, kept samples, mean reward) once the generator was improved.
+    checkpoint: Option<([u8; 32], usize, f32)>,
 }
 
 /// The host role: present while this node holds the term's leadership.
 pub(super) struct HostSide {
     term: u64,
+    /// Seconds the last synthetic set took to sample.
+    generated_in: f64,
     ready: bool,
     busy: bool,
     next_start: Instant,
@@ -48,10 +90,15 @@ impl Node {
             None => None,
         };
         if let Some((round, _)) = &checkpoint {
-            tracing::info!(term, round, "resuming the generator from the checkpoint of round {round}");
+            tracing::info!(
+                term,
+                round,
+                "resuming the generator from the checkpoint of round {round}"
+            );
         }
         self.host = Some(HostSide {
             term,
+            generated_in: 0.0,
             ready: false,
             busy: true,
             next_start: Instant::now(),
@@ -130,7 +177,7 @@ impl Node {
             return Ok(());
         };
         if live < min {
-            if self.ticks % 50 == 0 {
+            if self.ticks.is_multiple_of(50) {
                 tracing::info!(live, min, "waiting for enough clients");
             }
             return Ok(());
@@ -162,6 +209,7 @@ impl Node {
             }
             Outcome::Generated { start, seconds } => {
                 tracing::info!(round = start.round, seconds, "synthetic set sampled");
+                host.generated_in = seconds;
                 self.open_round(start)
             }
             Outcome::Improved {
@@ -243,14 +291,20 @@ impl Node {
             members / 2,
         );
         let request = Request::Offer(Box::new(offer));
-        let size = protocol::wire::encode(&request).map(|b| b.len()).unwrap_or(0) as u64;
+        let size = protocol::wire::encode(&request)
+            .map(|b| b.len())
+            .unwrap_or(0) as u64;
+        let mut clock = PhaseClock::new(Phase::Learn, host.generated_in);
+        clock.count(Phase::Generate, size as usize * n as usize);
         host.round = Some(ActiveRound {
             machine,
             start,
             aggregator,
             started: Instant::now(),
-            bytes: size * u64::from(n),
-            included: 0,
+            clock,
+            included: Vec::new(),
+            generated_in: host.generated_in,
+            checkpoint: None,
         });
         for peer in clients.keys() {
             self.request(
@@ -279,12 +333,16 @@ impl Node {
                 .machine
                 .accept(&peer.to_bytes(), packet.term, packet.round)
                 .map_err(|e| e.to_string())?;
-            let msg = ClientMessage::decode(&packet.payload, packet.round)
-                .map_err(|e| e.to_string())?;
+            let msg =
+                ClientMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
             if msg.sender() != id {
-                return Err(format!("message claims sender {} but comes from {id}", msg.sender()));
+                return Err(format!(
+                    "message claims sender {} but comes from {id}",
+                    msg.sender()
+                ));
             }
-            active.bytes += packet.payload.len() as u64;
+            let phase = active.clock.phase;
+            active.clock.count(phase, packet.payload.len());
             active.aggregator.receive(msg).map_err(|e| e.to_string())?;
             active.machine.heard(id);
             active.machine.stage_complete()
@@ -296,7 +354,12 @@ impl Node {
     }
 
     /// A client sits the round out (budget spent) or refused the offer.
-    pub(super) fn host_abstain(&mut self, peer: PeerId, term: u64, round: u64) -> Result<(), String> {
+    pub(super) fn host_abstain(
+        &mut self,
+        peer: PeerId,
+        term: u64,
+        round: u64,
+    ) -> Result<(), String> {
         let ready = {
             let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
                 return Err("no round in progress".into());
@@ -342,11 +405,17 @@ impl Node {
             Ok(Step::Send(messages)) => {
                 let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
                 active.machine.advance(ids);
+                // The masked inputs are in once the unmask stage opens: learning is over.
+                let unmasking = active.machine.stage() == HostStage::Aggregate(3);
+                if unmasking {
+                    active.clock.enter(Phase::Aggregate);
+                }
+                let phase = active.clock.phase;
                 let participants = active.machine.participants().to_vec();
                 let mut out = Vec::new();
                 for (id, msg) in messages {
                     let payload = msg.encode(round);
-                    active.bytes += payload.len() as u64;
+                    active.clock.count(phase, payload.len());
                     if let Some(peer) = participants
                         .get(id as usize)
                         .and_then(|p| PeerId::from_bytes(p).ok())
@@ -366,14 +435,28 @@ impl Node {
                         Pending::Other,
                     );
                 }
-                self.set_phase(term, round, Phase::Aggregate, "host")?;
-                self.announce(term, round, Phase::Aggregate, n);
+                if unmasking {
+                    self.set_phase(term, round, Phase::Aggregate, "host")?;
+                    self.announce(term, round, Phase::Aggregate, n);
+                }
                 Ok(())
             }
             Ok(Step::Finished(output)) => {
                 active.machine.advance([]);
-                active.included = output.included.len();
-                tracing::info!(round, included = output.included.len(), "secure sum released");
+                active.clock.enter(Phase::Improve);
+                let participants = active.machine.participants();
+                active.included = output
+                    .included
+                    .iter()
+                    .filter_map(|&id| participants.get(id as usize))
+                    .filter_map(|p| PeerId::from_bytes(p).ok())
+                    .map(|p| p.to_string())
+                    .collect();
+                tracing::info!(
+                    round,
+                    included = output.included.len(),
+                    "secure sum released"
+                );
                 let start = active.start.clone();
                 host.busy = true;
                 self.set_phase(term, round, Phase::Improve, "host")?;
@@ -416,16 +499,9 @@ impl Node {
         }
         let term = active.machine.term();
         active.machine.replicating(stage);
-        active.bytes += (checkpoint.len() * targets.len()) as u64;
-        let metrics = serde_json::json!({
-            "round": round,
-            "term": term,
-            "participants": active.included,
-            "kept": kept,
-            "mean_reward": mean_reward,
-            "bytes": active.bytes,
-        });
-        self.last_metrics = Some(metrics);
+        active.clock.enter(Phase::Replicate);
+        active.clock.count(Phase::Replicate, checkpoint.len() * targets.len());
+        active.checkpoint = Some((hash, kept, mean_reward));
         let done = active.machine.stage() == HostStage::Complete;
         self.set_phase(term, round, Phase::Replicate, "host")?;
         for peer in targets {
@@ -447,7 +523,12 @@ impl Node {
     }
 
     /// A member holds the checkpoint.
-    pub(super) fn host_replica(&mut self, peer: PeerId, term: u64, round: u64) -> anyhow::Result<()> {
+    pub(super) fn host_replica(
+        &mut self,
+        peer: PeerId,
+        term: u64,
+        round: u64,
+    ) -> anyhow::Result<()> {
         let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
             return Ok(());
         };
@@ -467,23 +548,35 @@ impl Node {
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
-        let Some(active) = host.round.take() else {
+        let Some(mut active) = host.round.take() else {
             return Ok(());
         };
         host.next_start = Instant::now() + interval;
         let (term, round) = (active.machine.term(), active.machine.round());
-        let seconds = active.started.elapsed().as_secs_f64();
+        active.clock.enter(Phase::Complete);
+        let seconds = active.started.elapsed().as_secs_f64() + active.generated_in;
+        let bytes = active.clock.total_bytes();
         self.store.set_last_completed_round(round)?;
         self.election.set_last_completed_round(round);
-        if let Some(m) = self.last_metrics.as_mut() {
-            m["seconds"] = serde_json::json!(seconds);
-        }
-        if let Some(m) = &self.last_metrics {
-            self.store.set_metrics(m)?;
-        }
-        tracing::info!(term, round, seconds, bytes = active.bytes, "round complete");
+        let (hash, kept, mean_reward) = active.checkpoint.unwrap_or(([0; 32], 0, 0.0));
+        let metrics = serde_json::json!({
+            "role": "host",
+            "round": round,
+            "term": term,
+            "participants": active.included,
+            "kept": kept,
+            "mean_reward": mean_reward,
+            "seconds": seconds,
+            "bytes": bytes,
+            "phase_seconds": active.clock.seconds,
+            "phase_bytes": active.clock.bytes,
+            "checkpoint": crate::store::to_hex(&hash),
+        });
+        self.store.set_metrics(&metrics)?;
+        self.last_metrics = Some(metrics);
+        tracing::info!(term, round, seconds, bytes, "round complete");
         self.set_phase(term, round, Phase::Complete, "host")?;
-        self.announce(term, round, Phase::Complete, active.included as u32);
+        self.announce(term, round, Phase::Complete, active.included.len() as u32);
         Ok(())
     }
 }

@@ -208,7 +208,9 @@ pub async fn run(
     };
     let mut swarm = net::build_swarm(key, &net_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for addr in &listen {
-        let is_quic = addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
+        let is_quic = addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
         if is_quic && !quic {
             tracing::warn!(
                 %addr,
@@ -277,11 +279,12 @@ pub async fn run(
         election_members,
         Persistent { term, voted_for },
         ElectionConfig::default(),
-        cfg.round.seed ^ u64::from_le_bytes(
-            store::sha256(&me.to_bytes())[..8]
-                .try_into()
-                .unwrap_or([0; 8]),
-        ),
+        cfg.round.seed
+            ^ u64::from_le_bytes(
+                store::sha256(&me.to_bytes())[..8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            ),
     )?;
     election.set_last_completed_round(last_completed);
 
@@ -381,11 +384,16 @@ impl Node {
         let actions = self.election.tick();
         self.apply(actions)?;
         self.host_tick()?;
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             self.publish_admin();
+            let alive = Announcement::Alive {
+                capability: self.capability,
+                last_completed_round: self.election.last_completed_round(),
+            };
+            self.publish(&alive);
         }
         // Bootstrap peers that were not up yet (or went away) are dialled again every 5 s.
-        if self.ticks % 50 == 0 {
+        if self.ticks.is_multiple_of(50) {
             self.redial_bootstrap();
         }
         // Kademlia walks the network for peers beyond the bootstrap ones every 30 s.
@@ -472,13 +480,17 @@ impl Node {
 
     /// Announces the round's progress (best effort).
     fn announce(&mut self, term: u64, round: u64, phase: Phase, participants: u32) {
-        let ann = Announcement::Round {
+        self.publish(&Announcement::Round {
             term,
             round,
             phase,
             participants,
-        };
-        if let Ok(bytes) = protocol::wire::encode(&ann) {
+        });
+    }
+
+    /// Publishes an announcement (best effort: gossip may have no subscribed peer yet).
+    fn publish(&mut self, ann: &Announcement) {
+        if let Ok(bytes) = protocol::wire::encode(ann) {
             let _ = self
                 .swarm
                 .behaviour_mut()
@@ -572,15 +584,13 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    if let Some(p) = self.peers.get_mut(&peer_id) {
-                        p.connected = false;
-                    }
-                    tracing::info!(peer = %peer_id, "disconnected");
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connected = false;
                 }
+                tracing::info!(peer = %peer_id, "disconnected");
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -609,7 +619,10 @@ impl Node {
                     return Ok(());
                 }
                 let identity = ed25519_bytes(&info.public_key);
-                let first = self.peers.get(&peer_id).is_none_or(|p| p.identity.is_none());
+                let first = self
+                    .peers
+                    .get(&peer_id)
+                    .is_none_or(|p| p.identity.is_none());
                 for addr in &info.listen_addrs {
                     self.swarm
                         .behaviour_mut()
@@ -630,14 +643,17 @@ impl Node {
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
-                if peer != self.me && !self.swarm.is_connected(&peer) && self.is_member(&peer) {
-                    let _ = self.swarm.dial(peer);
-                }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if peer != self.me && !self.swarm.is_connected(&peer) && self.is_member(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
@@ -656,6 +672,10 @@ impl Node {
                     protocol::wire::MAX_ANNOUNCEMENT_BYTES,
                 ) {
                     Ok(Announcement::Election(msg)) => self.on_election(source, msg)?,
+                    Ok(Announcement::Alive {
+                        capability,
+                        last_completed_round,
+                    }) => self.on_alive(source, capability, last_completed_round)?,
                     Ok(Announcement::Round { .. }) => {}
                     Err(e) => tracing::warn!(peer = %source, "bad announcement: {e}"),
                 }
@@ -707,6 +727,38 @@ impl Node {
         Ok(())
     }
 
+    /// Records a member's capability and progress (persisted when they change).
+    fn note_peer(&mut self, from: PeerId, cap: Capability, round: u64) -> anyhow::Result<()> {
+        let p = self.peer_mut(from);
+        let changed =
+            p.gpu != cap.gpu || p.memory_mb != cap.memory_mb || p.last_completed_round != round;
+        p.gpu = cap.gpu;
+        p.memory_mb = cap.memory_mb;
+        p.last_completed_round = round;
+        p.last_seen = Some(Instant::now());
+        if changed {
+            self.remember(from)?;
+        }
+        Ok(())
+    }
+
+    /// A member's liveness announcement: what the election ranks it by.
+    fn on_alive(
+        &mut self,
+        from: PeerId,
+        capability: Capability,
+        last_completed_round: u64,
+    ) -> anyhow::Result<()> {
+        self.note_peer(from, capability, last_completed_round)?;
+        if let Err(e) = self
+            .election
+            .observe(&from.to_bytes(), capability, last_completed_round)
+        {
+            tracing::debug!(peer = %from, "liveness announcement ignored: {e}");
+        }
+        Ok(())
+    }
+
     fn on_election(&mut self, from: PeerId, msg: ElectionMessage<Vec<u8>>) -> anyhow::Result<()> {
         let (cap, round) = match &msg {
             ElectionMessage::RequestVote {
@@ -727,17 +779,7 @@ impl Node {
             ElectionMessage::Vote { .. } => (None, 0),
         };
         if let Some(cap) = cap {
-            let p = self.peer_mut(from);
-            let changed = p.gpu != cap.gpu
-                || p.memory_mb != cap.memory_mb
-                || p.last_completed_round != round;
-            p.gpu = cap.gpu;
-            p.memory_mb = cap.memory_mb;
-            p.last_completed_round = round;
-            p.last_seen = Some(Instant::now());
-            if changed {
-                self.remember(from)?;
-            }
+            self.note_peer(from, cap, round)?;
         }
         match self.election.handle(&from.to_bytes(), msg) {
             Ok(actions) => self.apply(actions),

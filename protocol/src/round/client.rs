@@ -127,6 +127,10 @@ impl ClientRound {
     ) -> Result<SecAggDelivery, RoundError> {
         let e = self.check(from, term, round)?;
         if needs_input && !e.input_ready {
+            if e.held.contains(&payload) {
+                // A retransmission of a message already held: deliver it once.
+                return Ok(SecAggDelivery::Held);
+            }
             if e.held.len() >= MAX_HELD {
                 return Err(RoundError::Unexpected("flood of held messages"));
             }
@@ -176,10 +180,9 @@ impl ClientRound {
     }
 
     fn check(&mut self, from: &[u8], term: u64, round: u64) -> Result<&mut Engaged, RoundError> {
-        let e = self
-            .engaged
-            .as_mut()
-            .ok_or(RoundError::Unexpected("secure-aggregation message outside a round"))?;
+        let e = self.engaged.as_mut().ok_or(RoundError::Unexpected(
+            "secure-aggregation message outside a round",
+        ))?;
         if e.host.as_slice() != from {
             return Err(RoundError::WrongSender("the host of this round"));
         }

@@ -34,6 +34,8 @@ pub struct HostRound {
     expected: BTreeSet<u32>,
     /// Participants heard from in the current stage.
     heard: BTreeSet<u32>,
+    /// Participants that sat the round out: no later stage waits for them either.
+    abstained: BTreeSet<u32>,
     ticks_left: u64,
     stage_ticks: Vec<u64>,
     /// Members (besides the host) that hold the checkpoint, and how many make a majority.
@@ -60,6 +62,7 @@ impl HostRound {
             stage: HostStage::Aggregate(0),
             expected,
             heard: BTreeSet::new(),
+            abstained: BTreeSet::new(),
             ticks_left: stage_ticks[0],
             stage_ticks: stage_ticks.to_vec(),
             replicas: BTreeSet::new(),
@@ -104,10 +107,11 @@ impl HostRound {
         }
     }
 
-    /// A participant sits the round out: the current stage no longer waits for it.
+    /// A participant sits the round out: neither the current stage nor any later one waits for it.
     pub fn abstain(&mut self, from: &[u8], term: u64, round: u64) -> Result<u32, RoundError> {
         self.check(term, round)?;
         let id = self.id_of(from)?;
+        self.abstained.insert(id);
         self.expected.remove(&id);
         self.heard.remove(&id);
         Ok(id)
@@ -128,14 +132,18 @@ impl HostRound {
     }
 
     /// Closes the current aggregation stage; `addressed` are the participants the next stage
-    /// waits for (those the aggregator sent a message to). After the last stage: Improve.
+    /// waits for (those the aggregator sent a message to, less any that abstained). After the
+    /// last stage: Improve.
     pub fn advance(&mut self, addressed: impl IntoIterator<Item = u32>) {
         if let HostStage::Aggregate(s) = self.stage {
             let next = s + 1;
             self.heard.clear();
             if next < SECAGG_STAGES {
                 self.stage = HostStage::Aggregate(next);
-                self.expected = addressed.into_iter().collect();
+                self.expected = addressed
+                    .into_iter()
+                    .filter(|id| !self.abstained.contains(id))
+                    .collect();
                 self.ticks_left = self.stage_ticks[next as usize];
             } else {
                 self.stage = HostStage::Improve;
@@ -215,9 +223,18 @@ mod tests {
     #[test]
     fn stages_close_when_all_heard_or_at_the_deadline() {
         let mut r = round();
-        assert_eq!(r.accept(&[9], 4, 7), Err(RoundError::WrongSender("a participant of this round")));
-        assert!(matches!(r.accept(&[0], 3, 7), Err(RoundError::WrongTerm { .. })));
-        assert!(matches!(r.accept(&[0], 4, 6), Err(RoundError::WrongRound { .. })));
+        assert_eq!(
+            r.accept(&[9], 4, 7),
+            Err(RoundError::WrongSender("a participant of this round"))
+        );
+        assert!(matches!(
+            r.accept(&[0], 3, 7),
+            Err(RoundError::WrongTerm { .. })
+        ));
+        assert!(matches!(
+            r.accept(&[0], 4, 6),
+            Err(RoundError::WrongRound { .. })
+        ));
         for p in 0..3u8 {
             let id = r.accept(&[p], 4, 7).unwrap();
             assert!(!r.stage_complete());
@@ -251,7 +268,11 @@ mod tests {
         assert_eq!(r.replica(&[1], 4, 7), Ok(false), "not replicating yet");
         r.replicating(5);
         assert_eq!(r.replica(&[1], 4, 7), Ok(false));
-        assert_eq!(r.replica(&[1], 4, 7), Ok(false), "a duplicate ack is one replica");
+        assert_eq!(
+            r.replica(&[1], 4, 7),
+            Ok(false),
+            "a duplicate ack is one replica"
+        );
         assert_eq!(r.replica(&[2], 4, 7), Ok(true));
         assert_eq!(r.stage(), HostStage::Complete);
         assert_eq!(r.replica(&[0], 4, 7), Err(RoundError::AlreadyDone(7)));

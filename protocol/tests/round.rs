@@ -1,0 +1,1841 @@
+//! Round bookkeeping (`HostRound`, `ClientRound`) unit by unit and driven over the seeded
+//! simulated network (loss, duplication, reordering, forged and stale messages), plus the wire
+//! rules of round offers and requests. The randomized tests print what they measured
+//! (`cargo test -p protocol --test round -- --nocapture`).
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use protocol::election::{Capability, ElectionMessage};
+use protocol::messages::{AbstainReason, RoundStart, TeacherTargets};
+use protocol::round::client::ClientView;
+use protocol::round::host::SECAGG_STAGES;
+use protocol::round::{
+    ClientRound, HostRound, HostStage, OfferDecision, RoundError, SecAggDelivery,
+};
+use protocol::simnet::{SimNet, SimNetConfig, SimNetStats};
+use protocol::wire::{
+    self, Announcement, CheckpointTransfer, Kind, Participant, Phase, Request, Response,
+    RoundOffer, SecAggPacket, SecAggSpec, MAX_ANNOUNCEMENT_BYTES, MAX_PARTICIPANTS,
+    MAX_PEER_ID_BYTES, MAX_RESPONSE_BYTES,
+};
+use protocol::ProtocolError;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TERM: u64 = 5;
+const ROUND: u64 = 9;
+/// Synthetic set of [`start`]: 3 samples of 2 classes → upload length 3·2 + 2.
+const DIM: u32 = 8;
+
+/// PeerId bytes of simulated node `i` (node 0 is the host, 1..=n the clients).
+fn peer(i: u32) -> Vec<u8> {
+    vec![0x00, 0x24, 0x08, i as u8, (i >> 8) as u8]
+}
+
+fn start(round: u64) -> RoundStart {
+    RoundStart {
+        round,
+        side: 2,
+        classes: 2,
+        emb_dim: 2,
+        images: vec![7; 3 * 2 * 2],
+        prompt_class: vec![0, 1, 0],
+        prompt_template: vec![0, 1, 2],
+        text_emb: vec![0.5; 3 * 2],
+        teacher: None,
+    }
+}
+
+fn offer_for(term: u64, round: u64, members: &[Vec<u8>]) -> RoundOffer {
+    RoundOffer {
+        term,
+        start: start(round),
+        participants: members
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Participant {
+                peer: p.clone(),
+                identity: [i as u8; 32],
+            })
+            .collect(),
+        secagg: SecAggSpec {
+            graph_seed: [(term ^ round) as u8; 32],
+            neighbors: 2,
+            threshold: 2,
+            dim: DIM,
+            bound: 1.0,
+            max_clients: 8,
+        },
+    }
+}
+
+/// Clients 1..=n as participants, in id order.
+fn members(n: u32) -> Vec<Vec<u8>> {
+    (1..=n).map(peer).collect()
+}
+
+fn host_round(n: u32, ticks: [u64; SECAGG_STAGES as usize], replicas: usize) -> HostRound {
+    HostRound::new(TERM, ROUND, members(n), ticks, replicas)
+}
+
+/// Closes every aggregation stage with all of `n` addressed: the host is in Improve.
+fn to_improve(r: &mut HostRound, n: u32) {
+    for _ in 0..SECAGG_STAGES {
+        r.advance(0..n);
+    }
+    assert_eq!(r.stage(), HostStage::Improve);
+}
+
+fn view<'a>(me: &'a [u8], leader: &'a [u8], term: u64, last: u64) -> ClientView<'a> {
+    ClientView {
+        me,
+        leader: Some(leader),
+        term,
+        last_completed: last,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HostRound, transition by transition
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn host_accept_checks_term_then_round_then_sender_then_stage() {
+    let r = host_round(3, [5; 4], 2);
+    assert_eq!(r.stage(), HostStage::Aggregate(0));
+    assert_eq!((r.term(), r.round()), (TERM, ROUND));
+    assert_eq!(r.participants(), members(3).as_slice());
+    assert_eq!(
+        r.accept(&peer(9), TERM, ROUND),
+        Err(RoundError::WrongSender("a participant of this round"))
+    );
+    assert_eq!(
+        r.accept(&peer(1), TERM - 1, ROUND),
+        Err(RoundError::WrongTerm {
+            got: TERM - 1,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        r.accept(&peer(1), TERM, ROUND + 1),
+        Err(RoundError::WrongRound {
+            got: ROUND + 1,
+            expected: ROUND
+        })
+    );
+    // Term is judged before round, round before sender.
+    assert_eq!(
+        r.accept(&peer(9), TERM + 2, ROUND - 1),
+        Err(RoundError::WrongTerm {
+            got: TERM + 2,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        r.accept(&peer(9), TERM, ROUND - 1),
+        Err(RoundError::WrongRound {
+            got: ROUND - 1,
+            expected: ROUND
+        })
+    );
+    // A prefix or extension of a participant's id is not that participant.
+    assert!(r.accept(&peer(1)[..4], TERM, ROUND).is_err());
+    assert!(r.accept(&[peer(1), vec![0]].concat(), TERM, ROUND).is_err());
+    for k in 1..=3 {
+        assert_eq!(r.accept(&peer(k), TERM, ROUND), Ok(k - 1), "ids follow offer order");
+    }
+
+    let mut r = host_round(3, [1; 4], 2);
+    to_improve(&mut r, 3);
+    assert_eq!(
+        r.accept(&peer(1), TERM, ROUND),
+        Err(RoundError::Unexpected("secure-aggregation message")),
+        "no secure-aggregation message once the sum is out"
+    );
+}
+
+#[test]
+fn host_stage_completes_only_when_every_distinct_expected_participant_was_heard() {
+    let mut r = host_round(4, [9; 4], 2);
+    // Client 0 retransmits five times, client 1 twice: still two of four.
+    for _ in 0..5 {
+        r.heard(0);
+    }
+    r.heard(1);
+    r.heard(1);
+    r.heard(4); // no such participant
+    r.heard(u32::MAX);
+    assert!(!r.stage_complete(), "duplicates must not count as other participants");
+    r.heard(2);
+    assert!(!r.stage_complete());
+    r.heard(3);
+    assert!(r.stage_complete());
+
+    r.advance([1, 3]);
+    assert_eq!(r.stage(), HostStage::Aggregate(1));
+    assert!(!r.stage_complete(), "heard sets start empty in every stage");
+    r.heard(0);
+    r.heard(2);
+    assert!(!r.stage_complete(), "participants not addressed in this stage are ignored");
+    r.heard(3);
+    r.heard(3);
+    assert!(!r.stage_complete());
+    r.heard(1);
+    assert!(r.stage_complete());
+
+    // A stage addressed to nobody has nothing to wait for (the caller decides what that means).
+    r.advance([]);
+    assert_eq!(r.stage(), HostStage::Aggregate(2));
+    assert!(r.stage_complete());
+}
+
+#[test]
+fn host_deadlines_fire_after_exactly_the_stage_ticks_and_reset_per_stage() {
+    let ticks = [3, 2, 6, 1];
+    let mut r = host_round(3, ticks, 2);
+    for (s, &t) in ticks.iter().enumerate() {
+        assert_eq!(r.stage(), HostStage::Aggregate(s as u8));
+        for i in 1..t {
+            assert!(!r.tick(), "stage {s}: deadline fired after {i} of {t} ticks");
+        }
+        assert!(r.tick(), "stage {s}: deadline after {t} ticks");
+        assert!(r.tick(), "a passed deadline stays passed until the stage closes");
+        r.heard(0);
+        r.advance([0, 2]);
+    }
+    assert_eq!(r.stage(), HostStage::Improve);
+    for _ in 0..50 {
+        assert!(!r.tick(), "Improve has no deadline");
+    }
+    assert!(!r.stage_complete());
+    assert_eq!(r.stage(), HostStage::Improve);
+    // Closing Improve is `replicating`; `advance` there changes nothing.
+    r.advance([0, 1, 2]);
+    assert_eq!(r.stage(), HostStage::Improve);
+}
+
+#[test]
+fn host_advances_with_the_subset_heard_when_the_deadline_passes() {
+    let mut r = host_round(5, [2, 2, 2, 2], 3);
+    r.heard(0);
+    r.heard(3);
+    r.heard(3);
+    assert!(!r.tick());
+    assert!(r.tick());
+    assert!(!r.stage_complete());
+    r.advance([0, 3]);
+    assert_eq!(r.stage(), HostStage::Aggregate(1));
+    // The next stage waits for exactly those two, not for the three that stayed silent.
+    r.heard(1);
+    r.heard(2);
+    r.heard(4);
+    assert!(!r.stage_complete());
+    r.heard(0);
+    assert!(!r.stage_complete());
+    r.heard(3);
+    assert!(r.stage_complete());
+}
+
+#[test]
+fn host_abstention_releases_the_current_stage_and_every_later_one() {
+    let mut r = host_round(3, [5; 4], 2);
+    assert_eq!(
+        r.abstain(&peer(7), TERM, ROUND),
+        Err(RoundError::WrongSender("a participant of this round"))
+    );
+    assert_eq!(
+        r.abstain(&peer(1), TERM + 1, ROUND),
+        Err(RoundError::WrongTerm {
+            got: TERM + 1,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        r.abstain(&peer(1), TERM, ROUND - 1),
+        Err(RoundError::WrongRound {
+            got: ROUND - 1,
+            expected: ROUND
+        })
+    );
+    for id in 0..3 {
+        r.heard(id);
+    }
+    r.advance([0, 1, 2]);
+    // Client 1 answered stage 1, then its judge step found the budget spent.
+    r.heard(1);
+    assert_eq!(r.abstain(&peer(2), TERM, ROUND), Ok(1));
+    assert_eq!(r.abstain(&peer(2), TERM, ROUND), Ok(1), "a repeated abstention is fine");
+    r.heard(0);
+    assert!(!r.stage_complete());
+    r.heard(2);
+    assert!(r.stage_complete(), "the abstainer is not waited for");
+    // The aggregator received client 1's stage-1 message, so it addresses it again.
+    r.advance([0, 1, 2]);
+    r.heard(0);
+    r.heard(2);
+    assert!(
+        r.stage_complete(),
+        "an abstainer sits out the rest of the round: stage 2 must not wait for it"
+    );
+    r.heard(1);
+    assert!(r.stage_complete());
+    // Abstentions are taken in Improve too (nothing waits there) but not once done.
+    r.advance([0, 2]);
+    r.advance([]);
+    assert_eq!(r.abstain(&peer(3), TERM, ROUND), Ok(2));
+    r.replicating(3);
+    assert_eq!(r.replica(&peer(1), TERM, ROUND), Ok(false));
+    assert_eq!(r.replica(&peer(2), TERM, ROUND), Ok(true));
+    assert_eq!(
+        r.abstain(&peer(3), TERM, ROUND),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
+}
+
+#[test]
+fn replication_completes_exactly_once_on_distinct_acks_of_this_attempt() {
+    let mut r = host_round(4, [1; 4], 3);
+    to_improve(&mut r, 4);
+    // An ack before the checkpoint went out is not counted later.
+    assert_eq!(r.replica(&peer(3), TERM, ROUND), Ok(false));
+    assert_eq!(r.stage(), HostStage::Improve);
+    r.replicating(4);
+    assert_eq!(r.stage(), HostStage::Replicate);
+    // Acks of another attempt are refused and not counted.
+    assert_eq!(
+        r.replica(&peer(4), TERM - 1, ROUND),
+        Err(RoundError::WrongTerm {
+            got: TERM - 1,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        r.replica(&peer(4), TERM, ROUND - 1),
+        Err(RoundError::WrongRound {
+            got: ROUND - 1,
+            expected: ROUND
+        })
+    );
+    let mut completions = 0;
+    for (i, who) in [1, 1, 2, 1, 2, 2, 1].into_iter().enumerate() {
+        assert_eq!(
+            r.replica(&peer(who), TERM, ROUND),
+            Ok(false),
+            "ack #{i}: only two distinct members so far"
+        );
+    }
+    assert_eq!(r.stage(), HostStage::Replicate);
+    if r.replica(&peer(3), TERM, ROUND) == Ok(true) {
+        completions += 1;
+    }
+    assert_eq!(r.stage(), HostStage::Complete);
+    for who in [1, 2, 3, 4] {
+        match r.replica(&peer(who), TERM, ROUND) {
+            Ok(true) => completions += 1,
+            other => assert_eq!(other, Err(RoundError::AlreadyDone(ROUND))),
+        }
+    }
+    assert_eq!(completions, 1, "the round completes exactly once");
+    // Nothing moves a completed round.
+    assert!(!r.tick());
+    r.replicating(2);
+    r.advance([0]);
+    r.heard(0);
+    assert!(!r.stage_complete());
+    assert_eq!(r.stage(), HostStage::Complete);
+    assert_eq!(
+        r.accept(&peer(1), TERM, ROUND),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
+}
+
+#[test]
+fn replication_deadline_and_a_federation_that_needs_no_replica() {
+    let mut r = host_round(3, [1; 4], 2);
+    r.replicating(9);
+    assert_eq!(r.stage(), HostStage::Aggregate(0), "replicating only closes Improve");
+    to_improve(&mut r, 3);
+    r.replicating(3);
+    assert_eq!(r.replica(&peer(1), TERM, ROUND), Ok(false));
+    assert!(!r.tick() && !r.tick());
+    assert!(r.tick(), "replication deadline after 3 ticks");
+    assert_eq!(r.stage(), HostStage::Replicate, "the caller abandons, not the machine");
+
+    let mut r = host_round(3, [1; 4], 2);
+    to_improve(&mut r, 3);
+    r.replicating(0);
+    assert!(r.tick(), "a zero replication deadline still lasts one tick");
+
+    let mut r = host_round(3, [1; 4], 0);
+    to_improve(&mut r, 3);
+    r.replicating(5);
+    assert_eq!(r.stage(), HostStage::Complete, "no replica needed: complete at once");
+    assert_eq!(
+        r.replica(&peer(1), TERM, ROUND),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
+    assert!(!r.tick());
+}
+
+#[test]
+fn an_abandoned_round_rejects_everything_after() {
+    for when in 0..6 {
+        let mut r = host_round(3, [2; 4], 2);
+        // Abandon in Aggregate(0..=3), Improve or Replicate.
+        for _ in 0..when.min(4) {
+            r.advance([0, 1, 2]);
+        }
+        if when == 5 {
+            r.replicating(4);
+            assert_eq!(r.replica(&peer(1), TERM, ROUND), Ok(false));
+        }
+        r.abandon();
+        assert_eq!(r.stage(), HostStage::Abandoned);
+        let done = Err(RoundError::AlreadyDone(ROUND));
+        assert_eq!(r.accept(&peer(1), TERM, ROUND), done);
+        assert_eq!(r.abstain(&peer(1), TERM, ROUND), done);
+        assert_eq!(r.replica(&peer(2), TERM, ROUND), done.map(|_: u32| false));
+        assert_eq!(r.replica(&peer(3), TERM, ROUND), done.map(|_: u32| false));
+        // Another attempt's messages still say why they are refused.
+        assert!(matches!(
+            r.accept(&peer(1), TERM + 1, ROUND),
+            Err(RoundError::WrongTerm { .. })
+        ));
+        for id in 0..3 {
+            r.heard(id);
+        }
+        assert!(!r.stage_complete());
+        for _ in 0..10 {
+            assert!(!r.tick(), "no deadline fires in an abandoned round");
+        }
+        r.advance([0, 1, 2]);
+        r.replicating(1);
+        assert_eq!(r.stage(), HostStage::Abandoned, "abandoned at step {when}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ClientRound, transition by transition
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn client_offer_rules() {
+    let (host, me) = (peer(0), peer(2));
+    let o = offer_for(TERM, ROUND, &members(3));
+    let mut c = ClientRound::new();
+    let v = view(&me, &host, TERM, ROUND - 1);
+
+    assert_eq!(
+        c.offer(&peer(3), &o, v, false),
+        Err(RoundError::WrongSender("the current host")),
+        "an offer from a member that is not the leader"
+    );
+    let no_leader = ClientView { leader: None, ..v };
+    assert_eq!(
+        c.offer(&host, &o, no_leader, false),
+        Err(RoundError::WrongSender("the current host"))
+    );
+    assert_eq!(
+        c.offer(&host, &o, view(&me, &host, TERM + 1, ROUND - 1), false),
+        Err(RoundError::WrongTerm {
+            got: TERM,
+            current: TERM + 1
+        })
+    );
+    for last in [ROUND, ROUND + 4] {
+        assert_eq!(
+            c.offer(&host, &o, view(&me, &host, TERM, last), false),
+            Err(RoundError::AlreadyDone(ROUND)),
+            "round {ROUND} with last completed {last}"
+        );
+    }
+    assert_eq!(
+        c.offer(&host, &o, v, true),
+        Err(RoundError::AlreadyDone(ROUND)),
+        "this node already uploaded to or abstained from this attempt"
+    );
+    let not_me = offer_for(TERM, ROUND, &[peer(1), peer(3), peer(4)]);
+    assert_eq!(
+        c.offer(&host, &not_me, v, false),
+        Err(RoundError::WrongSender("a host that invited this node"))
+    );
+    assert_eq!(c.engaged(), None, "no refused offer engages the client");
+
+    assert_eq!(c.offer(&host, &o, v, false), Ok(OfferDecision::Join { id: 1 }));
+    assert_eq!(c.engaged(), Some((TERM, ROUND, 1)));
+    // Retransmissions are acknowledged without a second Join, before or after answering.
+    assert_eq!(c.offer(&host, &o, v, false), Ok(OfferDecision::Duplicate));
+    assert_eq!(c.offer(&host, &o, v, true), Ok(OfferDecision::Duplicate));
+    assert_eq!(c.engaged(), Some((TERM, ROUND, 1)));
+
+    // A new term re-runs the same round number: the new attempt replaces the old one.
+    let newer = offer_for(TERM + 1, ROUND, &[peer(2), peer(1), peer(3)]);
+    let v2 = view(&me, &host, TERM + 1, ROUND - 1);
+    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Join { id: 0 }));
+    assert_eq!(c.engaged(), Some((TERM + 1, ROUND, 0)));
+    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Duplicate));
+    assert_eq!(
+        c.offer(&host, &o, v2, false),
+        Err(RoundError::WrongTerm {
+            got: TERM,
+            current: TERM + 1
+        }),
+        "the older attempt's offer, delayed, is refused"
+    );
+    assert_eq!(c.engaged(), Some((TERM + 1, ROUND, 0)));
+
+    // After the round completed, the next round of the same term is joined.
+    let next = offer_for(TERM + 1, ROUND + 1, &members(3));
+    let v3 = view(&me, &host, TERM + 1, ROUND);
+    assert_eq!(
+        c.offer(&host, &newer, v3, false),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
+    assert_eq!(c.offer(&host, &next, v3, false), Ok(OfferDecision::Join { id: 1 }));
+    assert_eq!(c.engaged(), Some((TERM + 1, ROUND + 1, 1)));
+}
+
+#[test]
+fn client_restarted_after_answering_refuses_the_same_attempt() {
+    let (host, me) = (peer(0), peer(1));
+    let o = offer_for(TERM, ROUND, &members(3));
+    let v = view(&me, &host, TERM, ROUND - 1);
+    // A fresh machine (after a restart) knows only the durable "answered" mark.
+    let mut c = ClientRound::new();
+    assert_eq!(c.offer(&host, &o, v, true), Err(RoundError::AlreadyDone(ROUND)));
+    assert_eq!(c.engaged(), None);
+    // The same round offered again in a new term is a new attempt: answered is per term.
+    let newer = offer_for(TERM + 1, ROUND, &members(3));
+    let v2 = view(&me, &host, TERM + 1, ROUND - 1);
+    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Join { id: 0 }));
+}
+
+#[test]
+fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
+    let (host, me) = (peer(0), peer(3));
+    let mut c = ClientRound::new();
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"keys".to_vec(), false),
+        Err(RoundError::Unexpected("secure-aggregation message outside a round"))
+    );
+    let o = offer_for(TERM, ROUND, &members(3));
+    assert_eq!(
+        c.offer(&host, &o, view(&me, &host, TERM, 0), false),
+        Ok(OfferDecision::Join { id: 2 })
+    );
+    assert_eq!(
+        c.secagg(&peer(1), TERM, ROUND, b"keys".to_vec(), false),
+        Err(RoundError::WrongSender("the host of this round"))
+    );
+    assert_eq!(
+        c.secagg(&host, TERM + 1, ROUND, b"keys".to_vec(), false),
+        Err(RoundError::WrongTerm {
+            got: TERM + 1,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND - 1, b"keys".to_vec(), false),
+        Err(RoundError::WrongRound {
+            got: ROUND - 1,
+            expected: ROUND
+        })
+    );
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"keys".to_vec(), false),
+        Ok(SecAggDelivery::Now(vec![b"keys".to_vec()]))
+    );
+    // The message that needs the upload waits; a retransmission of it is held once.
+    for _ in 0..3 {
+        assert_eq!(
+            c.secagg(&host, TERM, ROUND, b"shares".to_vec(), true),
+            Ok(SecAggDelivery::Held)
+        );
+    }
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"shares-2".to_vec(), true),
+        Ok(SecAggDelivery::Held)
+    );
+    // Messages that need no input are not blocked behind held ones.
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"other".to_vec(), false),
+        Ok(SecAggDelivery::Now(vec![b"other".to_vec()]))
+    );
+    // Readiness of another attempt releases nothing.
+    assert!(c.input_ready(TERM + 1, ROUND).is_empty());
+    assert!(c.input_ready(TERM, ROUND + 1).is_empty());
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"shares".to_vec(), true),
+        Ok(SecAggDelivery::Held),
+        "still not ready"
+    );
+    assert_eq!(
+        c.input_ready(TERM, ROUND),
+        vec![b"shares".to_vec(), b"shares-2".to_vec()],
+        "each held message once, in arrival order"
+    );
+    assert!(c.input_ready(TERM, ROUND).is_empty(), "never delivered twice");
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"shares".to_vec(), true),
+        Ok(SecAggDelivery::Now(vec![b"shares".to_vec()])),
+        "once ready, nothing is held"
+    );
+
+    c.leave();
+    assert_eq!(c.engaged(), None);
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"unmask".to_vec(), false),
+        Err(RoundError::Unexpected("secure-aggregation message outside a round"))
+    );
+    assert!(c.input_ready(TERM, ROUND).is_empty());
+}
+
+#[test]
+fn client_held_buffer_is_bounded_against_a_flood() {
+    let (host, me) = (peer(0), peer(1));
+    let mut c = ClientRound::new();
+    let o = offer_for(TERM, ROUND, &members(3));
+    c.offer(&host, &o, view(&me, &host, TERM, 0), false).unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..10_000u32 {
+        let payload = i.to_le_bytes().to_vec();
+        match c.secagg(&host, TERM, ROUND, payload.clone(), true) {
+            Ok(SecAggDelivery::Held) => {
+                assert_eq!(refused, 0, "held after a refusal");
+                held.push(payload);
+            }
+            Err(e) => {
+                assert_eq!(e, RoundError::Unexpected("flood of held messages"));
+                refused += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (1..=16).contains(&held.len()),
+        "held {} messages: the buffer must be small",
+        held.len()
+    );
+    assert_eq!(refused, 10_000 - held.len());
+    // Retransmissions of what is held are not part of the flood.
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, held[0].clone(), true),
+        Ok(SecAggDelivery::Held)
+    );
+    assert_eq!(c.input_ready(TERM, ROUND), held, "the first ones, in order");
+}
+
+#[test]
+fn client_new_attempt_drops_what_the_old_one_held() {
+    let (host, me) = (peer(0), peer(1));
+    let mut c = ClientRound::new();
+    let o = offer_for(TERM, ROUND, &members(3));
+    c.offer(&host, &o, view(&me, &host, TERM, 0), false).unwrap();
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"old".to_vec(), true),
+        Ok(SecAggDelivery::Held)
+    );
+    let newer = offer_for(TERM + 1, ROUND, &members(3));
+    assert_eq!(
+        c.offer(&host, &newer, view(&me, &host, TERM + 1, 0), false),
+        Ok(OfferDecision::Join { id: 0 })
+    );
+    assert_eq!(
+        c.secagg(&host, TERM, ROUND, b"old".to_vec(), true),
+        Err(RoundError::WrongTerm {
+            got: TERM,
+            current: TERM + 1
+        })
+    );
+    assert!(c.input_ready(TERM, ROUND).is_empty());
+    assert!(c.input_ready(TERM + 1, ROUND).is_empty(), "old held message not carried over");
+}
+
+#[test]
+fn client_checkpoint_rules() {
+    let (host, me) = (peer(0), peer(1));
+    let c = ClientRound::new();
+    let v = view(&me, &host, TERM, ROUND - 1);
+    assert_eq!(
+        c.checkpoint(&peer(2), TERM, ROUND, v),
+        Err(RoundError::WrongSender("the current host"))
+    );
+    assert_eq!(
+        c.checkpoint(&host, TERM, ROUND, ClientView { leader: None, ..v }),
+        Err(RoundError::WrongSender("the current host"))
+    );
+    assert_eq!(
+        c.checkpoint(&host, TERM - 1, ROUND, v),
+        Err(RoundError::WrongTerm {
+            got: TERM - 1,
+            current: TERM
+        })
+    );
+    assert_eq!(
+        c.checkpoint(&host, TERM + 1, ROUND, v),
+        Err(RoundError::WrongTerm {
+            got: TERM + 1,
+            current: TERM
+        })
+    );
+    for round in [ROUND - 1, ROUND - 5] {
+        assert_eq!(
+            c.checkpoint(&host, TERM, round, v),
+            Err(RoundError::AlreadyDone(round))
+        );
+    }
+    assert_eq!(c.checkpoint(&host, TERM, ROUND, v), Ok(()));
+    assert_eq!(
+        c.checkpoint(&host, TERM, ROUND + 3, v),
+        Ok(()),
+        "a member that missed rounds catches up"
+    );
+    // Whether or not it took part in the round.
+    let mut engaged = ClientRound::new();
+    engaged
+        .offer(&host, &offer_for(TERM, ROUND, &members(3)), v, false)
+        .unwrap();
+    assert_eq!(engaged.checkpoint(&host, TERM, ROUND, v), Ok(()));
+    assert_eq!(
+        engaged.checkpoint(&host, TERM, ROUND, view(&me, &host, TERM, ROUND)),
+        Err(RoundError::AlreadyDone(ROUND)),
+        "a retransmitted checkpoint after it was stored"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One round over the simulated network
+// ---------------------------------------------------------------------------------------------
+
+/// Stage deadlines in ticks (stage 2 also covers the clients' training).
+const STAGE_TICKS: [u64; SECAGG_STAGES as usize] = [10, 10, 30, 10];
+const REPLICATE_TICKS: u64 = 10;
+/// Fewest messages a stage may close with before the (modelled) aggregator gives up.
+const MIN_SUM: usize = 2;
+/// Training takes this many ticks after joining.
+const TRAIN_TICKS: std::ops::RangeInclusive<u64> = 1..=12;
+/// Worst-case ticks from the offer to a terminal stage.
+const BOUND: u64 = STAGE_TICKS[0] + STAGE_TICKS[1] + STAGE_TICKS[2] + STAGE_TICKS[3]
+    + REPLICATE_TICKS;
+
+/// What travels on the simulated wire: abstract tokens instead of secure-aggregation messages.
+#[derive(Debug, Clone)]
+enum Msg {
+    Offer(Box<RoundOffer>),
+    /// Host → client: the host's message opening stage `stage` (1..=3; stage 2 needs input).
+    Server { term: u64, round: u64, stage: u8 },
+    /// Client → host: the client's message of stage `stage`.
+    Client { term: u64, round: u64, stage: u8 },
+    Abstain { term: u64, round: u64 },
+    Checkpoint { term: u64, round: u64 },
+    Ack { term: u64, round: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Complete,
+    TooFew,
+    ReplicationDeadline,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    runs: u64,
+    complete_all: u64,
+    complete_subset: u64,
+    too_few: u64,
+    replication_deadline: u64,
+    deadline_advances: u64,
+    max_end_tick: u64,
+    duplicate_offers: u64,
+    refused_answered: u64,
+    dup_tokens: u64,
+    stale_tokens: u64,
+    held: u64,
+    held_dups: u64,
+    released: u64,
+    abstentions: u64,
+    abstainer_readdressed: u64,
+    wrong_term: u64,
+    wrong_round: u64,
+    wrong_sender: u64,
+    already_done: u64,
+    unexpected: u64,
+    net: SimNetStats,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $(self.$f += o.$f;)* };
+        }
+        sum!(
+            runs,
+            complete_all,
+            complete_subset,
+            too_few,
+            replication_deadline,
+            deadline_advances,
+            duplicate_offers,
+            refused_answered,
+            dup_tokens,
+            stale_tokens,
+            held,
+            held_dups,
+            released,
+            abstentions,
+            abstainer_readdressed,
+            wrong_term,
+            wrong_round,
+            wrong_sender,
+            already_done,
+            unexpected
+        );
+        self.max_end_tick = self.max_end_tick.max(o.max_end_tick);
+        self.net.sent += o.net.sent;
+        self.net.delivered += o.net.delivered;
+        self.net.lost += o.net.lost;
+        self.net.duplicated += o.net.duplicated;
+    }
+
+    fn reject<T>(&mut self, r: &Result<T, RoundError>) {
+        match r {
+            Err(RoundError::WrongTerm { .. }) => self.wrong_term += 1,
+            Err(RoundError::WrongRound { .. }) => self.wrong_round += 1,
+            Err(RoundError::WrongSender(_)) => self.wrong_sender += 1,
+            Err(RoundError::AlreadyDone(_)) => self.already_done += 1,
+            Err(RoundError::Unexpected(_)) => self.unexpected += 1,
+            Ok(_) => {}
+        }
+    }
+}
+
+struct SimClient {
+    machine: ClientRound,
+    /// Driver's own view of the machine: engaged in (TERM, ROUND)?
+    engaged: bool,
+    last_completed: u64,
+    answered: bool,
+    abstains: bool,
+    input_at: Option<u64>,
+    ready: bool,
+    holding: bool,
+}
+
+/// One host (node 0), clients 1..=n, and an outsider n+1 forging messages. The driver keeps
+/// its own model of what each machine must answer and checks every call against it.
+struct Sim {
+    n: u32,
+    rng: ChaCha8Rng,
+    net: SimNet<u32, Msg>,
+    now: u64,
+    host: HostRound,
+    replicas_needed: usize,
+    /// The driver's model of the host's stage.
+    stage: HostStage,
+    stage_used: u64,
+    /// Per stage: participants addressed (stage 0: all) / heard (distinct) / that really sent.
+    addressed: Vec<BTreeSet<u32>>,
+    heard: Vec<BTreeSet<u32>>,
+    sent: Vec<BTreeSet<u32>>,
+    abstained: BTreeSet<u32>,
+    acked: BTreeSet<u32>,
+    completions: u32,
+    outcome: Option<(Outcome, u64)>,
+    clients: Vec<SimClient>,
+    c: Counts,
+}
+
+fn rank(s: HostStage) -> u8 {
+    match s {
+        HostStage::Aggregate(k) => k,
+        HostStage::Improve => 4,
+        HostStage::Replicate => 5,
+        HostStage::Complete => 6,
+        HostStage::Abandoned => 7,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, n: u32, cfg: SimNetConfig, abstain: f64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_a11);
+        let replicas_needed = (n as usize + 1) / 2;
+        let clients = (0..n)
+            .map(|_| SimClient {
+                machine: ClientRound::new(),
+                engaged: false,
+                last_completed: ROUND - 1,
+                answered: false,
+                abstains: rng.random_bool(abstain),
+                input_at: None,
+                ready: false,
+                holding: false,
+            })
+            .collect();
+        let mut addressed = vec![BTreeSet::new(); SECAGG_STAGES as usize];
+        addressed[0] = (0..n).collect();
+        Self {
+            n,
+            rng,
+            net: SimNet::new(seed, cfg).unwrap(),
+            now: 0,
+            host: HostRound::new(TERM, ROUND, members(n), STAGE_TICKS, replicas_needed),
+            replicas_needed,
+            stage: HostStage::Aggregate(0),
+            stage_used: 0,
+            addressed,
+            heard: vec![BTreeSet::new(); SECAGG_STAGES as usize],
+            sent: vec![BTreeSet::new(); SECAGG_STAGES as usize],
+            abstained: BTreeSet::new(),
+            acked: BTreeSet::new(),
+            completions: 0,
+            outcome: None,
+            clients,
+            c: Counts {
+                runs: 1,
+                ..Counts::default()
+            },
+        }
+    }
+
+    fn outsider(&self) -> u32 {
+        self.n + 1
+    }
+
+    fn terminal(&self) -> bool {
+        matches!(self.stage, HostStage::Complete | HostStage::Abandoned)
+    }
+
+    fn participants_left(&self) -> BTreeSet<u32> {
+        (0..self.n).filter(|i| !self.clients[*i as usize].abstains).collect()
+    }
+
+    // --- host side --------------------------------------------------------------------------
+
+    fn check(&self, term: u64, round: u64) -> Result<(), RoundError> {
+        if term != TERM {
+            return Err(RoundError::WrongTerm {
+                got: term,
+                current: TERM,
+            });
+        }
+        if round != ROUND {
+            return Err(RoundError::WrongRound {
+                got: round,
+                expected: ROUND,
+            });
+        }
+        if self.terminal() {
+            return Err(RoundError::AlreadyDone(round));
+        }
+        Ok(())
+    }
+
+    fn id_of(&self, node: u32) -> Result<u32, RoundError> {
+        if (1..=self.n).contains(&node) {
+            Ok(node - 1)
+        } else {
+            Err(RoundError::WrongSender("a participant of this round"))
+        }
+    }
+
+    fn set_stage(&mut self, s: HostStage) {
+        assert!(
+            s == HostStage::Abandoned || rank(s) == rank(self.stage) + 1,
+            "stage {:?} after {:?}",
+            s,
+            self.stage
+        );
+        self.stage = s;
+        self.stage_used = 0;
+        assert_eq!(self.host.stage(), s, "host stage at tick {}", self.now);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if outcome != Outcome::Complete {
+            self.host.abandon();
+            self.set_stage(HostStage::Abandoned);
+        }
+        assert!(self.outcome.is_none());
+        self.outcome = Some((outcome, self.now));
+    }
+
+    fn host_token(&mut self, from: u32, term: u64, round: u64, stage: u8) {
+        let got = self.host.accept(&peer(from), term, round);
+        let want = self.check(term, round).and_then(|()| match self.stage {
+            HostStage::Aggregate(_) => self.id_of(from),
+            _ => Err(RoundError::Unexpected("secure-aggregation message")),
+        });
+        assert_eq!(got, want, "accept from {from} (t{term} r{round} s{stage})");
+        self.c.reject(&got);
+        let Ok(id) = got else { return };
+        let HostStage::Aggregate(cur) = self.stage else {
+            unreachable!()
+        };
+        assert!(stage <= cur, "a stage-{stage} message during stage {cur}");
+        assert!(
+            self.sent[stage as usize].contains(&id),
+            "accepted a stage-{stage} message participant {id} never sent"
+        );
+        if stage < cur {
+            // The aggregator refuses a late message of a closed stage; the machine never sees it.
+            self.c.stale_tokens += 1;
+            return;
+        }
+        if !self.heard[cur as usize].insert(id) {
+            self.c.dup_tokens += 1;
+        }
+        self.host.heard(id);
+        self.maybe_close();
+    }
+
+    fn host_abstain(&mut self, from: u32, term: u64, round: u64) {
+        let got = self.host.abstain(&peer(from), term, round);
+        let want = self.check(term, round).and_then(|()| self.id_of(from));
+        assert_eq!(got, want, "abstain from {from}");
+        self.c.reject(&got);
+        if let Ok(id) = got {
+            self.abstained.insert(id);
+            self.maybe_close();
+        }
+    }
+
+    fn host_ack(&mut self, from: u32, term: u64, round: u64) {
+        let got = self.host.replica(&peer(from), term, round);
+        let want = self.check(term, round).map(|()| {
+            self.stage == HostStage::Replicate && {
+                self.acked.insert(from);
+                self.acked.len() >= self.replicas_needed
+            }
+        });
+        assert_eq!(got, want, "ack from {from} (acked {:?})", self.acked);
+        self.c.reject(&got);
+        if got == Ok(true) {
+            assert_eq!(self.acked.len(), self.replicas_needed, "completes at the first majority");
+            self.completions += 1;
+            assert_eq!(self.completions, 1, "Complete twice");
+            self.set_stage(HostStage::Complete);
+            self.end(Outcome::Complete);
+        }
+    }
+
+    fn waiting(&self, s: u8) -> BTreeSet<u32> {
+        &self.addressed[s as usize] - &self.abstained
+    }
+
+    fn maybe_close(&mut self) {
+        let HostStage::Aggregate(s) = self.stage else {
+            assert!(!self.host.stage_complete());
+            return;
+        };
+        let done = self.waiting(s).is_subset(&self.heard[s as usize]);
+        assert_eq!(
+            self.host.stage_complete(),
+            done,
+            "stage {s}: waiting for {:?}, heard {:?}",
+            self.waiting(s),
+            self.heard[s as usize]
+        );
+        if done {
+            self.close(s);
+        }
+    }
+
+    fn close(&mut self, s: u8) {
+        let heard = self.heard[s as usize].clone();
+        assert!(heard.is_subset(&self.sent[s as usize]));
+        let next = s + 1;
+        if next < SECAGG_STAGES {
+            if heard.len() < MIN_SUM {
+                return self.end(Outcome::TooFew);
+            }
+            // The aggregator addresses every client it heard from, abstainers included.
+            self.c.abstainer_readdressed += heard.intersection(&self.abstained).count() as u64;
+            self.host.advance(heard.iter().copied());
+            self.set_stage(HostStage::Aggregate(next));
+            self.addressed[next as usize] = heard.clone();
+            for id in heard {
+                let msg = Msg::Server {
+                    term: TERM,
+                    round: ROUND,
+                    stage: next,
+                };
+                self.net.send(&0, &(id + 1), msg, self.now);
+            }
+            // Everyone it waits for may have abstained already.
+            self.maybe_close();
+        } else {
+            self.host.advance([]);
+            self.set_stage(HostStage::Improve);
+            if heard.len() < MIN_SUM {
+                return self.end(Outcome::TooFew);
+            }
+            self.host.replicating(REPLICATE_TICKS);
+            self.set_stage(HostStage::Replicate);
+            for c in 1..=self.n {
+                let msg = Msg::Checkpoint {
+                    term: TERM,
+                    round: ROUND,
+                };
+                self.net.send(&0, &c, msg, self.now);
+            }
+        }
+    }
+
+    fn host_tick(&mut self) {
+        let limit = match self.stage {
+            HostStage::Aggregate(s) => Some(STAGE_TICKS[s as usize]),
+            HostStage::Replicate => Some(REPLICATE_TICKS),
+            _ => None,
+        };
+        if limit.is_some() {
+            self.stage_used += 1;
+        }
+        let due = limit.is_some_and(|l| self.stage_used >= l);
+        assert_eq!(self.host.tick(), due, "tick {} in {:?}", self.now, self.stage);
+        if due {
+            match self.stage {
+                HostStage::Aggregate(s) => {
+                    self.c.deadline_advances += 1;
+                    self.close(s);
+                }
+                HostStage::Replicate => self.end(Outcome::ReplicationDeadline),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    // --- client side ------------------------------------------------------------------------
+
+    fn client_offer(&mut self, node: u32, from: u32, offer: &RoundOffer) {
+        let (me, host) = (peer(node), peer(0));
+        let cl = &mut self.clients[node as usize - 1];
+        let v = view(&me, &host, TERM, cl.last_completed);
+        let got = cl.machine.offer(&peer(from), offer, v, cl.answered);
+        let r = offer.start.round;
+        let want = if from != 0 {
+            Err(RoundError::WrongSender("the current host"))
+        } else if offer.term != TERM {
+            Err(RoundError::WrongTerm {
+                got: offer.term,
+                current: TERM,
+            })
+        } else if r <= cl.last_completed {
+            Err(RoundError::AlreadyDone(r))
+        } else if cl.engaged {
+            Ok(OfferDecision::Duplicate)
+        } else if cl.answered {
+            Err(RoundError::AlreadyDone(r))
+        } else {
+            Ok(OfferDecision::Join { id: node - 1 })
+        };
+        assert_eq!(got, want, "offer at client {node} from {from}");
+        if from == 0 && offer.term == TERM && r > cl.last_completed && !cl.engaged && cl.answered
+        {
+            self.c.refused_answered += 1;
+        }
+        self.c.reject(&got);
+        match got {
+            Ok(OfferDecision::Join { .. }) => {
+                cl.engaged = true;
+                cl.input_at = Some(self.now + self.rng.random_range(TRAIN_TICKS));
+                self.sent[0].insert(node - 1);
+                let msg = Msg::Client {
+                    term: TERM,
+                    round: ROUND,
+                    stage: 0,
+                };
+                self.net.send(&node, &0, msg, self.now);
+            }
+            Ok(OfferDecision::Duplicate) => self.c.duplicate_offers += 1,
+            Err(_) => {}
+        }
+        self.check_engaged(node);
+    }
+
+    fn client_server(&mut self, node: u32, from: u32, term: u64, round: u64, stage: u8) {
+        let cl = &mut self.clients[node as usize - 1];
+        let needs_input = stage == 2;
+        let got = cl
+            .machine
+            .secagg(&peer(from), term, round, vec![stage], needs_input);
+        let want = if !cl.engaged {
+            Err(RoundError::Unexpected(
+                "secure-aggregation message outside a round",
+            ))
+        } else if from != 0 {
+            Err(RoundError::WrongSender("the host of this round"))
+        } else if term != TERM {
+            Err(RoundError::WrongTerm {
+                got: term,
+                current: TERM,
+            })
+        } else if round != ROUND {
+            Err(RoundError::WrongRound {
+                got: round,
+                expected: ROUND,
+            })
+        } else if needs_input && !cl.ready {
+            Ok(SecAggDelivery::Held)
+        } else {
+            Ok(SecAggDelivery::Now(vec![vec![stage]]))
+        };
+        assert_eq!(got, want, "host message at client {node} from {from}");
+        self.c.reject(&got);
+        match got {
+            Ok(SecAggDelivery::Held) => {
+                if cl.holding {
+                    self.c.held_dups += 1;
+                } else {
+                    self.c.held += 1;
+                }
+                cl.holding = true;
+            }
+            Ok(SecAggDelivery::Now(payloads)) => {
+                for p in payloads {
+                    self.reply(node, p[0]);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn reply(&mut self, node: u32, stage: u8) {
+        self.sent[stage as usize].insert(node - 1);
+        let msg = Msg::Client {
+            term: TERM,
+            round: ROUND,
+            stage,
+        };
+        self.net.send(&node, &0, msg, self.now);
+    }
+
+    fn client_input(&mut self, node: u32) {
+        let cl = &mut self.clients[node as usize - 1];
+        if cl.input_at != Some(self.now) {
+            return;
+        }
+        cl.answered = true;
+        if !cl.engaged {
+            // Left already (the round completed without it): nothing to release.
+            assert!(cl.machine.input_ready(TERM, ROUND).is_empty());
+            return;
+        }
+        if cl.abstains {
+            cl.machine.leave();
+            cl.engaged = false;
+            self.c.abstentions += 1;
+            let msg = Msg::Abstain {
+                term: TERM,
+                round: ROUND,
+            };
+            self.net.send(&node, &0, msg, self.now);
+        } else {
+            cl.ready = true;
+            let released = cl.machine.input_ready(TERM, ROUND);
+            let want: Vec<Vec<u8>> = if cl.holding { vec![vec![2]] } else { vec![] };
+            assert_eq!(released, want, "client {node}: held messages, once each");
+            assert!(cl.machine.input_ready(TERM, ROUND).is_empty());
+            cl.holding = false;
+            for p in released {
+                self.c.released += 1;
+                self.reply(node, p[0]);
+            }
+        }
+        self.check_engaged(node);
+    }
+
+    fn client_checkpoint(&mut self, node: u32, from: u32, term: u64, round: u64) {
+        let (me, host) = (peer(node), peer(0));
+        let cl = &mut self.clients[node as usize - 1];
+        let v = view(&me, &host, TERM, cl.last_completed);
+        let got = cl.machine.checkpoint(&peer(from), term, round, v);
+        let want = if from != 0 {
+            Err(RoundError::WrongSender("the current host"))
+        } else if term != TERM {
+            Err(RoundError::WrongTerm {
+                got: term,
+                current: TERM,
+            })
+        } else if round <= cl.last_completed {
+            Err(RoundError::AlreadyDone(round))
+        } else {
+            Ok(())
+        };
+        assert_eq!(got, want, "checkpoint at client {node} from {from}");
+        self.c.reject(&got);
+        if got.is_ok() {
+            cl.last_completed = round;
+            if cl.engaged {
+                cl.machine.leave();
+                cl.engaged = false;
+            }
+            self.net.send(&node, &0, Msg::Ack { term, round }, self.now);
+        }
+        self.check_engaged(node);
+    }
+
+    fn check_engaged(&self, node: u32) {
+        let cl = &self.clients[node as usize - 1];
+        assert_eq!(
+            cl.machine.engaged(),
+            cl.engaged.then_some((TERM, ROUND, node - 1)),
+            "client {node}"
+        );
+    }
+
+    // --- the run ----------------------------------------------------------------------------
+
+    /// A forged or stale message, sent through the faulty network like any other.
+    fn inject(&mut self) {
+        let client = self.rng.random_range(1..=self.n);
+        let out = self.outsider();
+        let stage = self.rng.random_range(0..SECAGG_STAGES);
+        let (from, to, msg) = match self.rng.random_range(0..12) {
+            0 => (out, 0, Msg::Client { term: TERM, round: ROUND, stage }),
+            1 => (client, 0, Msg::Client { term: TERM - 1, round: ROUND, stage }),
+            2 => (client, 0, Msg::Client { term: TERM + 1, round: ROUND, stage }),
+            3 => (client, 0, Msg::Client { term: TERM, round: ROUND - 1, stage }),
+            4 => (client, 0, Msg::Ack { term: TERM - 1, round: ROUND }),
+            5 => (client, 0, Msg::Ack { term: TERM, round: ROUND + 1 }),
+            6 => (client, 0, Msg::Abstain { term: TERM, round: ROUND - 1 }),
+            7 => (out, client, Msg::Server { term: TERM, round: ROUND, stage }),
+            8 => (0, client, Msg::Server { term: TERM - 1, round: ROUND, stage }),
+            9 => {
+                let o = offer_for(TERM, ROUND, &members(self.n));
+                (out, client, Msg::Offer(Box::new(o)))
+            }
+            10 => {
+                let o = offer_for(TERM - 1, ROUND, &members(self.n));
+                (0, client, Msg::Offer(Box::new(o)))
+            }
+            _ => (out, client, Msg::Checkpoint { term: TERM, round: ROUND }),
+        };
+        self.net.send(&from, &to, msg, self.now);
+    }
+
+    fn dispatch(&mut self, from: u32, to: u32, msg: Msg) {
+        match (to, msg) {
+            (0, Msg::Client { term, round, stage }) => self.host_token(from, term, round, stage),
+            (0, Msg::Abstain { term, round }) => self.host_abstain(from, term, round),
+            (0, Msg::Ack { term, round }) => self.host_ack(from, term, round),
+            (c, Msg::Offer(o)) => self.client_offer(c, from, &o),
+            (c, Msg::Server { term, round, stage }) => {
+                self.client_server(c, from, term, round, stage)
+            }
+            (c, Msg::Checkpoint { term, round }) => self.client_checkpoint(c, from, term, round),
+            (to, msg) => panic!("{msg:?} to {to}"),
+        }
+    }
+
+    fn run(mut self) -> Self {
+        let offer = offer_for(TERM, ROUND, &members(self.n));
+        for c in 1..=self.n {
+            self.net.send(&0, &c, Msg::Offer(Box::new(offer.clone())), 0);
+        }
+        // Past the bound, keep running so late copies meet the terminal machines.
+        let drain = self.net.config().delay_max + 2;
+        for now in 0..=BOUND + drain {
+            self.now = now;
+            for (from, to, msg) in self.net.deliver_due(now) {
+                self.dispatch(from, to, msg);
+            }
+            for c in 1..=self.n {
+                self.client_input(c);
+            }
+            self.host_tick();
+            if now <= BOUND && self.rng.random_bool(0.2) {
+                self.inject();
+            }
+        }
+        let (_, at) = self.outcome.expect("the round ended");
+        assert!(at <= BOUND, "ended at tick {at}, past the sum of the deadlines {BOUND}");
+        self.c.max_end_tick = at;
+        self.c.net = self.net.stats();
+        self
+    }
+
+    /// Checks the end state and tallies it.
+    fn judge(&mut self, lossless: bool) {
+        let (outcome, _) = self.outcome.unwrap();
+        let left = self.participants_left();
+        let included = self.heard[2].clone();
+        assert!(included.is_disjoint(&self.abstained));
+        match outcome {
+            Outcome::Complete => {
+                assert_eq!(self.completions, 1);
+                assert!(included.len() >= MIN_SUM && included.is_subset(&left));
+                if included == left {
+                    self.c.complete_all += 1;
+                } else {
+                    self.c.complete_subset += 1;
+                }
+            }
+            Outcome::TooFew => self.c.too_few += 1,
+            Outcome::ReplicationDeadline => self.c.replication_deadline += 1,
+        }
+        if outcome != Outcome::Complete {
+            assert_eq!(self.completions, 0);
+        }
+        if lossless {
+            if left.len() >= MIN_SUM {
+                assert_eq!(outcome, Outcome::Complete, "no loss: the round completes");
+                assert_eq!(included, left, "no loss: every participant that did not abstain");
+                assert_eq!(self.heard[3], left);
+            } else {
+                assert_eq!(outcome, Outcome::TooFew);
+            }
+            assert_eq!(self.c.deadline_advances, 0, "no loss: no stage waits for a deadline");
+        } else if !(outcome == Outcome::Complete && included == left) && left.len() >= MIN_SUM {
+            assert!(
+                self.c.deadline_advances > 0 || outcome == Outcome::ReplicationDeadline,
+                "a round short of participants must have waited out a deadline"
+            );
+        }
+    }
+}
+
+fn simulate(seeds: std::ops::Range<u64>, loss: f64, abstain: f64) -> Counts {
+    let mut total = Counts::default();
+    for seed in seeds {
+        let n = 3 + (seed % 3) as u32;
+        let cfg = SimNetConfig {
+            delay_min: 0,
+            delay_max: 3,
+            loss,
+            duplicate: 0.2,
+        };
+        let mut sim = Sim::new(seed, n, cfg, abstain).run();
+        sim.judge(loss == 0.0);
+        total.add(&sim.c);
+    }
+    total
+}
+
+#[test]
+fn simulated_rounds_without_loss_complete_with_every_participant() {
+    let c = simulate(0..200, 0.0, 0.0);
+    println!("no loss, no abstention: {c:?}");
+    assert_eq!(c.complete_all, 200);
+    assert!(c.net.duplicated > 0 && c.dup_tokens > 0 && c.duplicate_offers > 0);
+    assert!(c.held > 0 && c.held_dups > 0 && c.released == c.held);
+    assert!(c.wrong_term > 0 && c.wrong_round > 0 && c.wrong_sender > 0);
+    assert!(c.already_done > 0 && c.unexpected > 0 && c.stale_tokens > 0);
+
+    let c = simulate(1000..1200, 0.0, 0.3);
+    println!("no loss, 30% abstain: {c:?}");
+    assert_eq!(c.complete_all + c.too_few, 200);
+    assert!(c.complete_all > 150 && c.abstentions > 0);
+    assert!(
+        c.abstainer_readdressed > 0,
+        "exercised: an abstainer addressed again in a later stage"
+    );
+    assert!(c.refused_answered > 0, "exercised: a retransmitted offer after abstaining");
+}
+
+#[test]
+fn simulated_rounds_with_loss_end_by_their_deadlines() {
+    let mut all = Counts::default();
+    for (i, loss) in [0.1, 0.2, 0.3].into_iter().enumerate() {
+        let base = 10_000 * (i as u64 + 1);
+        let c = simulate(base..base + 200, loss, 0.1);
+        println!("loss {loss}: {c:?}");
+        assert_eq!(
+            c.complete_all + c.complete_subset + c.too_few + c.replication_deadline,
+            200
+        );
+        assert!(c.deadline_advances > 0 && c.net.lost > 0);
+        all.add(&c);
+    }
+    assert!(all.complete_subset > 0, "some rounds complete with a subset");
+    assert!(all.too_few > 0 && all.replication_deadline > 0);
+    assert!(all.complete_all > 0);
+    assert!(all.max_end_tick <= BOUND);
+}
+
+/// The host's "needs input" message (and its retransmissions) racing the client's training:
+/// whatever arrives first, the client hands each distinct message to secure aggregation exactly
+/// once, in arrival order, and messages that need no input are never blocked behind them.
+#[test]
+fn reordered_input_message_is_held_and_delivered_exactly_once() {
+    let (host, me) = (0u32, 1u32);
+    let (mut held_runs, mut early_runs, mut reordered, mut dups) = (0, 0, 0, 0);
+    for seed in 0..200u64 {
+        let cfg = SimNetConfig {
+            delay_min: 0,
+            delay_max: 8,
+            loss: 0.0,
+            duplicate: 0.5,
+        };
+        let mut net: SimNet<u32, (bool, Vec<u8>)> = SimNet::new(seed, cfg).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut c = ClientRound::new();
+        let o = offer_for(TERM, ROUND, &members(3));
+        let v = view(&[0, 0x24, 0x08, 1, 0], &[0, 0x24, 0x08, 0, 0], TERM, 0);
+        assert_eq!(c.offer(&peer(host), &o, v, false), Ok(OfferDecision::Join { id: 0 }));
+        // Two input messages (an original and a differently encoded resend) and two others.
+        let sends = [
+            (true, b"shares".to_vec()),
+            (false, b"keys".to_vec()),
+            (true, b"shares-resend".to_vec()),
+            (false, b"ping".to_vec()),
+        ];
+        for (i, m) in sends.iter().enumerate() {
+            net.send(&host, &me, m.clone(), i as u64);
+        }
+        let ready_at = rng.random_range(0..=12u64);
+        let mut arrival: Vec<Vec<u8>> = Vec::new();
+        let mut delivered: Vec<Vec<u8>> = Vec::new();
+        let mut copies_before = 0;
+        for now in 0..=20 {
+            for (from, _, (needs, payload)) in net.deliver_due(now) {
+                if needs && now < ready_at {
+                    copies_before += 1;
+                    if !arrival.contains(&payload) {
+                        arrival.push(payload.clone());
+                    }
+                }
+                match c.secagg(&peer(from), TERM, ROUND, payload.clone(), needs).unwrap() {
+                    SecAggDelivery::Held => assert!(needs && now < ready_at),
+                    SecAggDelivery::Now(p) => {
+                        assert!(!needs || now >= ready_at, "input message delivered early");
+                        assert_eq!(p, vec![payload]);
+                        if needs {
+                            delivered.extend(p);
+                        }
+                    }
+                }
+            }
+            if now == ready_at {
+                let released = c.input_ready(TERM, ROUND);
+                assert_eq!(released, arrival, "seed {seed}: once each, in arrival order");
+                if !released.is_empty() {
+                    held_runs += 1;
+                }
+                if released != [b"shares".to_vec(), b"shares-resend".to_vec()] {
+                    reordered += (released.len() == 2) as u32;
+                }
+                if copies_before > released.len() {
+                    dups += 1;
+                }
+                delivered.extend(released);
+            }
+        }
+        assert!(c.input_ready(TERM, ROUND).is_empty());
+        // Every distinct input message reached secure aggregation; one that arrived before the
+        // input was ready reached it exactly once (later copies are retransmissions after it).
+        for m in [b"shares".to_vec(), b"shares-resend".to_vec()] {
+            assert!(delivered.contains(&m), "seed {seed}: {m:?} never delivered");
+        }
+        for m in &arrival {
+            let before_ready = delivered.iter().position(|d| d == m).unwrap();
+            assert_eq!(
+                delivered[..before_ready].iter().filter(|d| *d == m).count(),
+                0
+            );
+        }
+        if ready_at == 0 {
+            early_runs += 1;
+        }
+    }
+    println!(
+        "held in {held_runs}/200 runs, both held and reordered in {reordered}, \
+         duplicates collapsed in {dups}, ready at tick 0 in {early_runs}"
+    );
+    assert!(held_runs > 100 && reordered > 10 && dups > 10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire rules
+// ---------------------------------------------------------------------------------------------
+
+fn invalid_reason(r: Result<(), ProtocolError>) -> String {
+    match r {
+        Err(ProtocolError::Invalid {
+            kind: "round offer",
+            reason,
+        }) => reason,
+        other => panic!("expected an invalid round offer, got {other:?}"),
+    }
+}
+
+#[test]
+fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
+    let good = offer_for(TERM, ROUND, &members(3));
+    assert_eq!(good.validate(), Ok(()));
+    let mut with_teacher = good.clone();
+    with_teacher.start.teacher = Some(TeacherTargets {
+        round: ROUND - 1,
+        kept: vec![0, 4],
+        probs: vec![0.25, 0.75, 1.0, 0.0],
+    });
+    assert_eq!(with_teacher.validate(), Ok(()));
+
+    // Participant count.
+    for n in [0, 1, 2] {
+        let o = offer_for(TERM, ROUND, &members(n));
+        assert!(invalid_reason(o.validate()).contains("participants"), "{n} participants");
+    }
+    let many: Vec<Vec<u8>> = (1..=MAX_PARTICIPANTS as u32 + 1).map(peer).collect();
+    let mut o = offer_for(TERM, ROUND, &many);
+    o.secagg.max_clients = 4096;
+    assert!(invalid_reason(o.validate()).contains("participants"));
+    o.participants.pop();
+    assert_eq!(o.validate(), Ok(()), "exactly the maximum");
+
+    // Duplicates, also when not adjacent.
+    let o = offer_for(TERM, ROUND, &[peer(1), peer(2), peer(1)]);
+    assert!(invalid_reason(o.validate()).contains("duplicate"));
+    let o = offer_for(TERM, ROUND, &[peer(3), peer(2), peer(1), peer(2)]);
+    assert!(invalid_reason(o.validate()).contains("duplicate"));
+
+    // PeerId length.
+    for bad in [vec![], vec![7; MAX_PEER_ID_BYTES + 1], vec![7; 4096]] {
+        let o = offer_for(TERM, ROUND, &[peer(1), bad, peer(2)]);
+        assert!(invalid_reason(o.validate()).contains("length"));
+    }
+    let o = offer_for(TERM, ROUND, &[peer(1), vec![7; MAX_PEER_ID_BYTES], vec![8]]);
+    assert_eq!(o.validate(), Ok(()), "1 and {MAX_PEER_ID_BYTES} bytes are fine");
+
+    // Upload dimension against the synthetic set (3 samples x 2 classes + 2).
+    for dim in [0, DIM - 1, DIM + 1, 3 * 2, u32::MAX] {
+        let mut o = good.clone();
+        o.secagg.dim = dim;
+        assert!(invalid_reason(o.validate()).contains("dimension"), "dim {dim}");
+    }
+    let mut o = good.clone();
+    o.start.classes = 3;
+    assert!(invalid_reason(o.validate()).contains("dimension"), "classes change the dimension");
+    o.secagg.dim = 3 * 3 + 3;
+    assert_eq!(o.validate(), Ok(()));
+
+    // Encoding bound.
+    for bound in [0.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut o = good.clone();
+        o.secagg.bound = bound;
+        assert!(invalid_reason(o.validate()).contains("bound"), "bound {bound}");
+    }
+    let mut o = good.clone();
+    o.secagg.bound = f32::MIN_POSITIVE;
+    assert_eq!(o.validate(), Ok(()));
+
+    // Threshold and headroom.
+    for (threshold, max_clients) in [(0, 8), (1, 8), (4, 8), (u32::MAX, 8), (2, 2), (2, 0)] {
+        let mut o = good.clone();
+        o.secagg.threshold = threshold;
+        o.secagg.max_clients = max_clients;
+        assert!(
+            invalid_reason(o.validate()).contains("threshold"),
+            "threshold {threshold}, max_clients {max_clients}"
+        );
+    }
+    for (threshold, max_clients) in [(2, 3), (3, 3), (3, 1 << 20)] {
+        let mut o = good.clone();
+        o.secagg.threshold = threshold;
+        o.secagg.max_clients = max_clients;
+        assert_eq!(o.validate(), Ok(()), "threshold {threshold}, max_clients {max_clients}");
+    }
+
+    // The synthetic set itself is checked first.
+    let mut o = good.clone();
+    o.start.round = 0;
+    assert!(matches!(
+        o.validate(),
+        Err(ProtocolError::Invalid {
+            kind: "RoundStart",
+            ..
+        })
+    ));
+    let mut o = good;
+    o.start.images.pop();
+    assert!(matches!(
+        o.validate(),
+        Err(ProtocolError::Invalid {
+            kind: "RoundStart",
+            ..
+        })
+    ));
+}
+
+fn sample_requests() -> Vec<Request> {
+    let cap = Capability::new(true, 24_576);
+    let mut offer = offer_for(TERM, ROUND, &members(4));
+    offer.start.teacher = Some(TeacherTargets {
+        round: ROUND - 1,
+        kept: vec![1, 2],
+        probs: vec![0.5, 0.5, 0.9, 0.1],
+    });
+    vec![
+        Request::Election(ElectionMessage::RequestVote {
+            term: TERM,
+            candidate: peer(1),
+            capability: cap,
+            last_completed_round: ROUND,
+        }),
+        Request::Election(ElectionMessage::Vote {
+            term: TERM,
+            voter: peer(2),
+            granted: true,
+        }),
+        Request::Election(ElectionMessage::Heartbeat {
+            term: u64::MAX,
+            leader: peer(0),
+            capability: Capability::new(false, 0),
+            last_completed_round: 0,
+        }),
+        Request::Election(ElectionMessage::HeartbeatAck {
+            term: 1,
+            from: peer(3),
+            capability: cap,
+            last_completed_round: u64::MAX,
+        }),
+        Request::Offer(Box::new(offer)),
+        Request::SecAgg(SecAggPacket {
+            term: TERM,
+            round: ROUND,
+            payload: (0..=255).collect(),
+        }),
+        Request::SecAgg(SecAggPacket {
+            term: 0,
+            round: 0,
+            payload: vec![],
+        }),
+        Request::Abstain {
+            term: TERM,
+            round: ROUND,
+            reason: AbstainReason::BudgetExhausted,
+        },
+        Request::Checkpoint(CheckpointTransfer {
+            term: TERM,
+            round: ROUND,
+            hash: [0xab; 32],
+            bytes: vec![3; 5000],
+        }),
+    ]
+}
+
+#[test]
+fn every_request_variant_round_trips_within_its_kind_limit() {
+    let reqs = sample_requests();
+    let kinds: BTreeSet<u8> = reqs.iter().map(|r| r.kind() as u8).collect();
+    assert_eq!(kinds, (1..=5).collect(), "every kind is covered");
+    for req in &reqs {
+        let kind = req.kind();
+        assert_eq!(Kind::from_tag(kind as u8), Some(kind));
+        let bytes = wire::encode(req).unwrap();
+        assert_eq!(wire::decode::<Request>(&bytes, kind.limit()).unwrap(), *req);
+        assert_eq!(
+            wire::decode::<Request>(&bytes, bytes.len() - 1),
+            Err(ProtocolError::TooLarge {
+                size: bytes.len(),
+                limit: bytes.len() - 1
+            })
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                wire::decode::<Request>(&bytes[..cut], kind.limit()).is_err(),
+                "{kind:?} truncated to {cut} of {} bytes decoded",
+                bytes.len()
+            );
+        }
+    }
+    assert_eq!(Kind::from_tag(6), None);
+    assert_eq!(Kind::from_tag(0), None);
+    // Requests are larger than acknowledgements may be.
+    assert!(Kind::Checkpoint.limit() > Kind::Offer.limit());
+    assert!(Kind::Election.limit() >= MAX_RESPONSE_BYTES);
+
+    for resp in [Response::Ack, Response::Rejected("not the host".into())] {
+        let bytes = wire::encode(&resp).unwrap();
+        assert_eq!(
+            wire::decode::<Response>(&bytes, MAX_RESPONSE_BYTES).unwrap(),
+            resp
+        );
+    }
+    let phases = [
+        Phase::Generate,
+        Phase::Learn,
+        Phase::Judge,
+        Phase::Aggregate,
+        Phase::Improve,
+        Phase::Replicate,
+        Phase::Complete,
+        Phase::Abandoned,
+    ];
+    let names: BTreeSet<&str> = phases.iter().map(|p| p.name()).collect();
+    assert_eq!(names.len(), phases.len());
+    for phase in phases {
+        let ann = Announcement::Round {
+            term: TERM,
+            round: ROUND,
+            phase,
+            participants: 4,
+        };
+        let bytes = wire::encode(&ann).unwrap();
+        assert_eq!(
+            wire::decode::<Announcement>(&bytes, MAX_ANNOUNCEMENT_BYTES).unwrap(),
+            ann
+        );
+    }
+}
+
+/// Decodes as everything a node decodes from a peer; must return, never panic.
+fn decode_everything(bytes: &[u8]) {
+    for kind in [
+        Kind::Election,
+        Kind::Offer,
+        Kind::SecAgg,
+        Kind::Abstain,
+        Kind::Checkpoint,
+    ] {
+        if let Ok(Request::Offer(o)) = wire::decode::<Request>(bytes, kind.limit()) {
+            let _ = o.validate();
+        }
+    }
+    let _ = wire::decode::<Response>(bytes, MAX_RESPONSE_BYTES);
+    let _ = wire::decode::<Announcement>(bytes, MAX_ANNOUNCEMENT_BYTES);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+        versioned in any::<bool>(),
+    ) {
+        // With the right version prefix the bytes reach the body parser.
+        let bytes = if versioned { [vec![1], bytes].concat() } else { bytes };
+        decode_everything(&bytes);
+        if bytes.len() > 8 {
+            prop_assert!(
+                matches!(
+                    wire::decode::<Request>(&bytes, 8),
+                    Err(ProtocolError::TooLarge { .. })
+                ),
+                "size limit checked first"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupted_or_truncated_encodings_never_panic(
+        which in 0..9usize,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let req = &sample_requests()[which];
+        let bytes = wire::encode(req).unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert!(wire::decode::<Request>(&bytes[..cut], req.kind().limit()).is_err());
+        let mut bad = bytes.clone();
+        for (at, value) in flips {
+            let i = at.index(bad.len());
+            bad[i] = value;
+        }
+        decode_everything(&bad);
+        decode_everything(&bad[..cut]);
+    }
+}
