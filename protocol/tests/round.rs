@@ -143,7 +143,11 @@ fn host_accept_checks_term_then_round_then_sender_then_stage() {
     assert!(r.accept(&peer(1)[..4], TERM, ROUND).is_err());
     assert!(r.accept(&[peer(1), vec![0]].concat(), TERM, ROUND).is_err());
     for k in 1..=3 {
-        assert_eq!(r.accept(&peer(k), TERM, ROUND), Ok(k - 1), "ids follow offer order");
+        assert_eq!(
+            r.accept(&peer(k), TERM, ROUND),
+            Ok(k - 1),
+            "ids follow offer order"
+        );
     }
 
     let mut r = host_round(3, [1; 4], 2);
@@ -166,7 +170,10 @@ fn host_stage_completes_only_when_every_distinct_expected_participant_was_heard(
     r.heard(1);
     r.heard(4); // no such participant
     r.heard(u32::MAX);
-    assert!(!r.stage_complete(), "duplicates must not count as other participants");
+    assert!(
+        !r.stage_complete(),
+        "duplicates must not count as other participants"
+    );
     r.heard(2);
     assert!(!r.stage_complete());
     r.heard(3);
@@ -177,7 +184,10 @@ fn host_stage_completes_only_when_every_distinct_expected_participant_was_heard(
     assert!(!r.stage_complete(), "heard sets start empty in every stage");
     r.heard(0);
     r.heard(2);
-    assert!(!r.stage_complete(), "participants not addressed in this stage are ignored");
+    assert!(
+        !r.stage_complete(),
+        "participants not addressed in this stage are ignored"
+    );
     r.heard(3);
     r.heard(3);
     assert!(!r.stage_complete());
@@ -197,10 +207,16 @@ fn host_deadlines_fire_after_exactly_the_stage_ticks_and_reset_per_stage() {
     for (s, &t) in ticks.iter().enumerate() {
         assert_eq!(r.stage(), HostStage::Aggregate(s as u8));
         for i in 1..t {
-            assert!(!r.tick(), "stage {s}: deadline fired after {i} of {t} ticks");
+            assert!(
+                !r.tick(),
+                "stage {s}: deadline fired after {i} of {t} ticks"
+            );
         }
         assert!(r.tick(), "stage {s}: deadline after {t} ticks");
-        assert!(r.tick(), "a passed deadline stays passed until the stage closes");
+        assert!(
+            r.tick(),
+            "a passed deadline stays passed until the stage closes"
+        );
         r.heard(0);
         r.advance([0, 2]);
     }
@@ -265,7 +281,11 @@ fn host_abstention_releases_the_current_stage_and_every_later_one() {
     // Client 1 answered stage 1, then its judge step found the budget spent.
     r.heard(1);
     assert_eq!(r.abstain(&peer(2), TERM, ROUND), Ok(1));
-    assert_eq!(r.abstain(&peer(2), TERM, ROUND), Ok(1), "a repeated abstention is fine");
+    assert_eq!(
+        r.abstain(&peer(2), TERM, ROUND),
+        Ok(1),
+        "a repeated abstention is fine"
+    );
     r.heard(0);
     assert!(!r.stage_complete());
     r.heard(2);
@@ -354,13 +374,21 @@ fn replication_completes_exactly_once_on_distinct_acks_of_this_attempt() {
 fn replication_deadline_and_a_federation_that_needs_no_replica() {
     let mut r = host_round(3, [1; 4], 2);
     r.replicating(9);
-    assert_eq!(r.stage(), HostStage::Aggregate(0), "replicating only closes Improve");
+    assert_eq!(
+        r.stage(),
+        HostStage::Aggregate(0),
+        "replicating only closes Improve"
+    );
     to_improve(&mut r, 3);
     r.replicating(3);
     assert_eq!(r.replica(&peer(1), TERM, ROUND), Ok(false));
     assert!(!r.tick() && !r.tick());
     assert!(r.tick(), "replication deadline after 3 ticks");
-    assert_eq!(r.stage(), HostStage::Replicate, "the caller abandons, not the machine");
+    assert_eq!(
+        r.stage(),
+        HostStage::Replicate,
+        "the caller abandons, not the machine"
+    );
 
     let mut r = host_round(3, [1; 4], 2);
     to_improve(&mut r, 3);
@@ -370,7 +398,11 @@ fn replication_deadline_and_a_federation_that_needs_no_replica() {
     let mut r = host_round(3, [1; 4], 0);
     to_improve(&mut r, 3);
     r.replicating(5);
-    assert_eq!(r.stage(), HostStage::Complete, "no replica needed: complete at once");
+    assert_eq!(
+        r.stage(),
+        HostStage::Complete,
+        "no replica needed: complete at once"
+    );
     assert_eq!(
         r.replica(&peer(1), TERM, ROUND),
         Err(RoundError::AlreadyDone(ROUND))
@@ -392,11 +424,11 @@ fn an_abandoned_round_rejects_everything_after() {
         }
         r.abandon();
         assert_eq!(r.stage(), HostStage::Abandoned);
-        let done = Err(RoundError::AlreadyDone(ROUND));
-        assert_eq!(r.accept(&peer(1), TERM, ROUND), done);
-        assert_eq!(r.abstain(&peer(1), TERM, ROUND), done);
-        assert_eq!(r.replica(&peer(2), TERM, ROUND), done.map(|_: u32| false));
-        assert_eq!(r.replica(&peer(3), TERM, ROUND), done.map(|_: u32| false));
+        let done = RoundError::AlreadyDone(ROUND);
+        assert_eq!(r.accept(&peer(1), TERM, ROUND), Err(done.clone()));
+        assert_eq!(r.abstain(&peer(1), TERM, ROUND), Err(done.clone()));
+        assert_eq!(r.replica(&peer(2), TERM, ROUND), Err(done.clone()));
+        assert_eq!(r.replica(&peer(3), TERM, ROUND), Err(done));
         // Another attempt's messages still say why they are refused.
         assert!(matches!(
             r.accept(&peer(1), TERM + 1, ROUND),
@@ -462,7 +494,10 @@ fn client_offer_rules() {
     );
     assert_eq!(c.engaged(), None, "no refused offer engages the client");
 
-    assert_eq!(c.offer(&host, &o, v, false), Ok(OfferDecision::Join { id: 1 }));
+    assert_eq!(
+        c.offer(&host, &o, v, false),
+        Ok(OfferDecision::Join { id: 1 })
+    );
     assert_eq!(c.engaged(), Some((TERM, ROUND, 1)));
     // Retransmissions are acknowledged without a second Join, before or after answering.
     assert_eq!(c.offer(&host, &o, v, false), Ok(OfferDecision::Duplicate));
@@ -472,9 +507,15 @@ fn client_offer_rules() {
     // A new term re-runs the same round number: the new attempt replaces the old one.
     let newer = offer_for(TERM + 1, ROUND, &[peer(2), peer(1), peer(3)]);
     let v2 = view(&me, &host, TERM + 1, ROUND - 1);
-    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Join { id: 0 }));
+    assert_eq!(
+        c.offer(&host, &newer, v2, false),
+        Ok(OfferDecision::Join { id: 0 })
+    );
     assert_eq!(c.engaged(), Some((TERM + 1, ROUND, 0)));
-    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Duplicate));
+    assert_eq!(
+        c.offer(&host, &newer, v2, false),
+        Ok(OfferDecision::Duplicate)
+    );
     assert_eq!(
         c.offer(&host, &o, v2, false),
         Err(RoundError::WrongTerm {
@@ -492,7 +533,10 @@ fn client_offer_rules() {
         c.offer(&host, &newer, v3, false),
         Err(RoundError::AlreadyDone(ROUND))
     );
-    assert_eq!(c.offer(&host, &next, v3, false), Ok(OfferDecision::Join { id: 1 }));
+    assert_eq!(
+        c.offer(&host, &next, v3, false),
+        Ok(OfferDecision::Join { id: 1 })
+    );
     assert_eq!(c.engaged(), Some((TERM + 1, ROUND + 1, 1)));
 }
 
@@ -503,12 +547,18 @@ fn client_restarted_after_answering_refuses_the_same_attempt() {
     let v = view(&me, &host, TERM, ROUND - 1);
     // A fresh machine (after a restart) knows only the durable "answered" mark.
     let mut c = ClientRound::new();
-    assert_eq!(c.offer(&host, &o, v, true), Err(RoundError::AlreadyDone(ROUND)));
+    assert_eq!(
+        c.offer(&host, &o, v, true),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
     assert_eq!(c.engaged(), None);
     // The same round offered again in a new term is a new attempt: answered is per term.
     let newer = offer_for(TERM + 1, ROUND, &members(3));
     let v2 = view(&me, &host, TERM + 1, ROUND - 1);
-    assert_eq!(c.offer(&host, &newer, v2, false), Ok(OfferDecision::Join { id: 0 }));
+    assert_eq!(
+        c.offer(&host, &newer, v2, false),
+        Ok(OfferDecision::Join { id: 0 })
+    );
 }
 
 #[test]
@@ -517,7 +567,9 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
     let mut c = ClientRound::new();
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"keys".to_vec(), false),
-        Err(RoundError::Unexpected("secure-aggregation message outside a round"))
+        Err(RoundError::Unexpected(
+            "secure-aggregation message outside a round"
+        ))
     );
     let o = offer_for(TERM, ROUND, &members(3));
     assert_eq!(
@@ -575,7 +627,10 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
         vec![b"shares".to_vec(), b"shares-2".to_vec()],
         "each held message once, in arrival order"
     );
-    assert!(c.input_ready(TERM, ROUND).is_empty(), "never delivered twice");
+    assert!(
+        c.input_ready(TERM, ROUND).is_empty(),
+        "never delivered twice"
+    );
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"shares".to_vec(), true),
         Ok(SecAggDelivery::Now(vec![b"shares".to_vec()])),
@@ -586,7 +641,9 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
     assert_eq!(c.engaged(), None);
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"unmask".to_vec(), false),
-        Err(RoundError::Unexpected("secure-aggregation message outside a round"))
+        Err(RoundError::Unexpected(
+            "secure-aggregation message outside a round"
+        ))
     );
     assert!(c.input_ready(TERM, ROUND).is_empty());
 }
@@ -596,7 +653,8 @@ fn client_held_buffer_is_bounded_against_a_flood() {
     let (host, me) = (peer(0), peer(1));
     let mut c = ClientRound::new();
     let o = offer_for(TERM, ROUND, &members(3));
-    c.offer(&host, &o, view(&me, &host, TERM, 0), false).unwrap();
+    c.offer(&host, &o, view(&me, &host, TERM, 0), false)
+        .unwrap();
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..10_000u32 {
@@ -632,7 +690,8 @@ fn client_new_attempt_drops_what_the_old_one_held() {
     let (host, me) = (peer(0), peer(1));
     let mut c = ClientRound::new();
     let o = offer_for(TERM, ROUND, &members(3));
-    c.offer(&host, &o, view(&me, &host, TERM, 0), false).unwrap();
+    c.offer(&host, &o, view(&me, &host, TERM, 0), false)
+        .unwrap();
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"old".to_vec(), true),
         Ok(SecAggDelivery::Held)
@@ -650,7 +709,10 @@ fn client_new_attempt_drops_what_the_old_one_held() {
         })
     );
     assert!(c.input_ready(TERM, ROUND).is_empty());
-    assert!(c.input_ready(TERM + 1, ROUND).is_empty(), "old held message not carried over");
+    assert!(
+        c.input_ready(TERM + 1, ROUND).is_empty(),
+        "old held message not carried over"
+    );
 }
 
 #[test]
@@ -717,20 +779,37 @@ const MIN_SUM: usize = 2;
 /// Training takes this many ticks after joining.
 const TRAIN_TICKS: std::ops::RangeInclusive<u64> = 1..=12;
 /// Worst-case ticks from the offer to a terminal stage.
-const BOUND: u64 = STAGE_TICKS[0] + STAGE_TICKS[1] + STAGE_TICKS[2] + STAGE_TICKS[3]
-    + REPLICATE_TICKS;
+const BOUND: u64 =
+    STAGE_TICKS[0] + STAGE_TICKS[1] + STAGE_TICKS[2] + STAGE_TICKS[3] + REPLICATE_TICKS;
 
 /// What travels on the simulated wire: abstract tokens instead of secure-aggregation messages.
 #[derive(Debug, Clone)]
 enum Msg {
     Offer(Box<RoundOffer>),
     /// Host → client: the host's message opening stage `stage` (1..=3; stage 2 needs input).
-    Server { term: u64, round: u64, stage: u8 },
+    Server {
+        term: u64,
+        round: u64,
+        stage: u8,
+    },
     /// Client → host: the client's message of stage `stage`.
-    Client { term: u64, round: u64, stage: u8 },
-    Abstain { term: u64, round: u64 },
-    Checkpoint { term: u64, round: u64 },
-    Ack { term: u64, round: u64 },
+    Client {
+        term: u64,
+        round: u64,
+        stage: u8,
+    },
+    Abstain {
+        term: u64,
+        round: u64,
+    },
+    Checkpoint {
+        term: u64,
+        round: u64,
+    },
+    Ack {
+        term: u64,
+        round: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -860,8 +939,10 @@ fn rank(s: HostStage) -> u8 {
 
 impl Sim {
     fn new(seed: u64, n: u32, cfg: SimNetConfig, abstain: f64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_a11);
-        let replicas_needed = (n as usize + 1) / 2;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_fa11);
+        // As the node does: a majority of the members (host and clients) less the host.
+        let federation = n as usize + 1;
+        let replicas_needed = federation / 2;
         let clients = (0..n)
             .map(|_| SimClient {
                 machine: ClientRound::new(),
@@ -909,7 +990,9 @@ impl Sim {
     }
 
     fn participants_left(&self) -> BTreeSet<u32> {
-        (0..self.n).filter(|i| !self.clients[*i as usize].abstains).collect()
+        (0..self.n)
+            .filter(|i| !self.clients[*i as usize].abstains)
+            .collect()
     }
 
     // --- host side --------------------------------------------------------------------------
@@ -1013,7 +1096,11 @@ impl Sim {
         assert_eq!(got, want, "ack from {from} (acked {:?})", self.acked);
         self.c.reject(&got);
         if got == Ok(true) {
-            assert_eq!(self.acked.len(), self.replicas_needed, "completes at the first majority");
+            assert_eq!(
+                self.acked.len(),
+                self.replicas_needed,
+                "completes at the first majority"
+            );
             self.completions += 1;
             assert_eq!(self.completions, 1, "Complete twice");
             self.set_stage(HostStage::Complete);
@@ -1094,7 +1181,13 @@ impl Sim {
             self.stage_used += 1;
         }
         let due = limit.is_some_and(|l| self.stage_used >= l);
-        assert_eq!(self.host.tick(), due, "tick {} in {:?}", self.now, self.stage);
+        assert_eq!(
+            self.host.tick(),
+            due,
+            "tick {} in {:?}",
+            self.now,
+            self.stage
+        );
         if due {
             match self.stage {
                 HostStage::Aggregate(s) => {
@@ -1132,8 +1225,7 @@ impl Sim {
             Ok(OfferDecision::Join { id: node - 1 })
         };
         assert_eq!(got, want, "offer at client {node} from {from}");
-        if from == 0 && offer.term == TERM && r > cl.last_completed && !cl.engaged && cl.answered
-        {
+        if from == 0 && offer.term == TERM && r > cl.last_completed && !cl.engaged && cl.answered {
             self.c.refused_answered += 1;
         }
         self.c.reject(&got);
@@ -1294,15 +1386,84 @@ impl Sim {
         let out = self.outsider();
         let stage = self.rng.random_range(0..SECAGG_STAGES);
         let (from, to, msg) = match self.rng.random_range(0..12) {
-            0 => (out, 0, Msg::Client { term: TERM, round: ROUND, stage }),
-            1 => (client, 0, Msg::Client { term: TERM - 1, round: ROUND, stage }),
-            2 => (client, 0, Msg::Client { term: TERM + 1, round: ROUND, stage }),
-            3 => (client, 0, Msg::Client { term: TERM, round: ROUND - 1, stage }),
-            4 => (client, 0, Msg::Ack { term: TERM - 1, round: ROUND }),
-            5 => (client, 0, Msg::Ack { term: TERM, round: ROUND + 1 }),
-            6 => (client, 0, Msg::Abstain { term: TERM, round: ROUND - 1 }),
-            7 => (out, client, Msg::Server { term: TERM, round: ROUND, stage }),
-            8 => (0, client, Msg::Server { term: TERM - 1, round: ROUND, stage }),
+            0 => (
+                out,
+                0,
+                Msg::Client {
+                    term: TERM,
+                    round: ROUND,
+                    stage,
+                },
+            ),
+            1 => (
+                client,
+                0,
+                Msg::Client {
+                    term: TERM - 1,
+                    round: ROUND,
+                    stage,
+                },
+            ),
+            2 => (
+                client,
+                0,
+                Msg::Client {
+                    term: TERM + 1,
+                    round: ROUND,
+                    stage,
+                },
+            ),
+            3 => (
+                client,
+                0,
+                Msg::Client {
+                    term: TERM,
+                    round: ROUND - 1,
+                    stage,
+                },
+            ),
+            4 => (
+                client,
+                0,
+                Msg::Ack {
+                    term: TERM - 1,
+                    round: ROUND,
+                },
+            ),
+            5 => (
+                client,
+                0,
+                Msg::Ack {
+                    term: TERM,
+                    round: ROUND + 1,
+                },
+            ),
+            6 => (
+                client,
+                0,
+                Msg::Abstain {
+                    term: TERM,
+                    round: ROUND - 1,
+                },
+            ),
+            7 => (
+                out,
+                client,
+                Msg::Server {
+                    term: TERM,
+                    round: ROUND,
+                    stage,
+                },
+            ),
+            8 => (
+                0,
+                client,
+                Msg::Server {
+                    term: TERM - 1,
+                    round: ROUND,
+                    stage,
+                },
+            ),
             9 => {
                 let o = offer_for(TERM, ROUND, &members(self.n));
                 (out, client, Msg::Offer(Box::new(o)))
@@ -1311,7 +1472,14 @@ impl Sim {
                 let o = offer_for(TERM - 1, ROUND, &members(self.n));
                 (0, client, Msg::Offer(Box::new(o)))
             }
-            _ => (out, client, Msg::Checkpoint { term: TERM, round: ROUND }),
+            _ => (
+                out,
+                client,
+                Msg::Checkpoint {
+                    term: TERM,
+                    round: ROUND,
+                },
+            ),
         };
         self.net.send(&from, &to, msg, self.now);
     }
@@ -1333,7 +1501,8 @@ impl Sim {
     fn run(mut self) -> Self {
         let offer = offer_for(TERM, ROUND, &members(self.n));
         for c in 1..=self.n {
-            self.net.send(&0, &c, Msg::Offer(Box::new(offer.clone())), 0);
+            self.net
+                .send(&0, &c, Msg::Offer(Box::new(offer.clone())), 0);
         }
         // Past the bound, keep running so late copies meet the terminal machines.
         let drain = self.net.config().delay_max + 2;
@@ -1351,7 +1520,10 @@ impl Sim {
             }
         }
         let (_, at) = self.outcome.expect("the round ended");
-        assert!(at <= BOUND, "ended at tick {at}, past the sum of the deadlines {BOUND}");
+        assert!(
+            at <= BOUND,
+            "ended at tick {at}, past the sum of the deadlines {BOUND}"
+        );
         self.c.max_end_tick = at;
         self.c.net = self.net.stats();
         self
@@ -1382,12 +1554,18 @@ impl Sim {
         if lossless {
             if left.len() >= MIN_SUM {
                 assert_eq!(outcome, Outcome::Complete, "no loss: the round completes");
-                assert_eq!(included, left, "no loss: every participant that did not abstain");
+                assert_eq!(
+                    included, left,
+                    "no loss: every participant that did not abstain"
+                );
                 assert_eq!(self.heard[3], left);
             } else {
                 assert_eq!(outcome, Outcome::TooFew);
             }
-            assert_eq!(self.c.deadline_advances, 0, "no loss: no stage waits for a deadline");
+            assert_eq!(
+                self.c.deadline_advances, 0,
+                "no loss: no stage waits for a deadline"
+            );
         } else if !(outcome == Outcome::Complete && included == left) && left.len() >= MIN_SUM {
             assert!(
                 self.c.deadline_advances > 0 || outcome == Outcome::ReplicationDeadline,
@@ -1432,7 +1610,10 @@ fn simulated_rounds_without_loss_complete_with_every_participant() {
         c.abstainer_readdressed > 0,
         "exercised: an abstainer addressed again in a later stage"
     );
-    assert!(c.refused_answered > 0, "exercised: a retransmitted offer after abstaining");
+    assert!(
+        c.refused_answered > 0,
+        "exercised: a retransmitted offer after abstaining"
+    );
 }
 
 #[test]
@@ -1449,7 +1630,10 @@ fn simulated_rounds_with_loss_end_by_their_deadlines() {
         assert!(c.deadline_advances > 0 && c.net.lost > 0);
         all.add(&c);
     }
-    assert!(all.complete_subset > 0, "some rounds complete with a subset");
+    assert!(
+        all.complete_subset > 0,
+        "some rounds complete with a subset"
+    );
     assert!(all.too_few > 0 && all.replication_deadline > 0);
     assert!(all.complete_all > 0);
     assert!(all.max_end_tick <= BOUND);
@@ -1461,7 +1645,8 @@ fn simulated_rounds_with_loss_end_by_their_deadlines() {
 #[test]
 fn reordered_input_message_is_held_and_delivered_exactly_once() {
     let (host, me) = (0u32, 1u32);
-    let (mut held_runs, mut early_runs, mut reordered, mut dups) = (0, 0, 0, 0);
+    let (host_id, my_id) = (peer(host), peer(me));
+    let (mut held_runs, mut reordered, mut dups, mut late_copies) = (0, 0, 0, 0);
     for seed in 0..200u64 {
         let cfg = SimNetConfig {
             delay_min: 0,
@@ -1473,76 +1658,78 @@ fn reordered_input_message_is_held_and_delivered_exactly_once() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut c = ClientRound::new();
         let o = offer_for(TERM, ROUND, &members(3));
-        let v = view(&[0, 0x24, 0x08, 1, 0], &[0, 0x24, 0x08, 0, 0], TERM, 0);
-        assert_eq!(c.offer(&peer(host), &o, v, false), Ok(OfferDecision::Join { id: 0 }));
+        let v = view(&my_id, &host_id, TERM, 0);
+        assert_eq!(
+            c.offer(&host_id, &o, v, false),
+            Ok(OfferDecision::Join { id: 0 })
+        );
         // Two input messages (an original and a differently encoded resend) and two others.
+        let inputs = [b"shares".to_vec(), b"shares-resend".to_vec()];
         let sends = [
-            (true, b"shares".to_vec()),
+            (true, inputs[0].clone()),
             (false, b"keys".to_vec()),
-            (true, b"shares-resend".to_vec()),
+            (true, inputs[1].clone()),
             (false, b"ping".to_vec()),
         ];
         for (i, m) in sends.iter().enumerate() {
             net.send(&host, &me, m.clone(), i as u64);
         }
-        let ready_at = rng.random_range(0..=12u64);
+        let ready_at = rng.random_range(1..=12u64);
+        // Distinct input messages in the order they first arrived before the input was ready.
         let mut arrival: Vec<Vec<u8>> = Vec::new();
-        let mut delivered: Vec<Vec<u8>> = Vec::new();
         let mut copies_before = 0;
+        let mut delivered: Vec<Vec<u8>> = Vec::new();
         for now in 0..=20 {
+            if now == ready_at {
+                let released = c.input_ready(TERM, ROUND);
+                assert_eq!(
+                    released, arrival,
+                    "seed {seed}: once each, in arrival order"
+                );
+                held_runs += !released.is_empty() as u32;
+                reordered += (released.len() == 2 && released != inputs) as u32;
+                dups += (copies_before > released.len()) as u32;
+                delivered.extend(released);
+                assert!(c.input_ready(TERM, ROUND).is_empty(), "released once");
+            }
             for (from, _, (needs, payload)) in net.deliver_due(now) {
-                if needs && now < ready_at {
+                let early = needs && now < ready_at;
+                if early {
                     copies_before += 1;
                     if !arrival.contains(&payload) {
                         arrival.push(payload.clone());
                     }
                 }
-                match c.secagg(&peer(from), TERM, ROUND, payload.clone(), needs).unwrap() {
-                    SecAggDelivery::Held => assert!(needs && now < ready_at),
-                    SecAggDelivery::Now(p) => {
-                        assert!(!needs || now >= ready_at, "input message delivered early");
+                match c.secagg(&peer(from), TERM, ROUND, payload.clone(), needs) {
+                    Ok(SecAggDelivery::Held) => assert!(early, "seed {seed}: held needlessly"),
+                    Ok(SecAggDelivery::Now(p)) => {
+                        assert!(!early, "seed {seed}: input message delivered before input");
                         assert_eq!(p, vec![payload]);
                         if needs {
+                            // A copy arriving after the release: a retransmission.
+                            assert!(delivered.contains(&p[0]) || !arrival.contains(&p[0]));
+                            late_copies += 1;
                             delivered.extend(p);
                         }
                     }
+                    Err(e) => panic!("seed {seed}: {e}"),
                 }
-            }
-            if now == ready_at {
-                let released = c.input_ready(TERM, ROUND);
-                assert_eq!(released, arrival, "seed {seed}: once each, in arrival order");
-                if !released.is_empty() {
-                    held_runs += 1;
-                }
-                if released != [b"shares".to_vec(), b"shares-resend".to_vec()] {
-                    reordered += (released.len() == 2) as u32;
-                }
-                if copies_before > released.len() {
-                    dups += 1;
-                }
-                delivered.extend(released);
             }
         }
-        assert!(c.input_ready(TERM, ROUND).is_empty());
-        // Every distinct input message reached secure aggregation; one that arrived before the
-        // input was ready reached it exactly once (later copies are retransmissions after it).
-        for m in [b"shares".to_vec(), b"shares-resend".to_vec()] {
-            assert!(delivered.contains(&m), "seed {seed}: {m:?} never delivered");
+        for m in &inputs {
+            assert!(delivered.contains(m), "seed {seed}: {m:?} never delivered");
         }
         for m in &arrival {
-            let before_ready = delivered.iter().position(|d| d == m).unwrap();
-            assert_eq!(
-                delivered[..before_ready].iter().filter(|d| *d == m).count(),
-                0
+            let first = delivered.iter().position(|d| d == m).unwrap();
+            assert!(
+                first < arrival.len(),
+                "seed {seed}: held message first delivered late"
             );
-        }
-        if ready_at == 0 {
-            early_runs += 1;
         }
     }
     println!(
         "held in {held_runs}/200 runs, both held and reordered in {reordered}, \
-         duplicates collapsed in {dups}, ready at tick 0 in {early_runs}"
+         duplicates collapsed in {dups}, copies after the release {late_copies}"
     );
     assert!(held_runs > 100 && reordered > 10 && dups > 10);
 }
@@ -1576,7 +1763,10 @@ fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
     // Participant count.
     for n in [0, 1, 2] {
         let o = offer_for(TERM, ROUND, &members(n));
-        assert!(invalid_reason(o.validate()).contains("participants"), "{n} participants");
+        assert!(
+            invalid_reason(o.validate()).contains("participants"),
+            "{n} participants"
+        );
     }
     let many: Vec<Vec<u8>> = (1..=MAX_PARTICIPANTS as u32 + 1).map(peer).collect();
     let mut o = offer_for(TERM, ROUND, &many);
@@ -1597,17 +1787,27 @@ fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
         assert!(invalid_reason(o.validate()).contains("length"));
     }
     let o = offer_for(TERM, ROUND, &[peer(1), vec![7; MAX_PEER_ID_BYTES], vec![8]]);
-    assert_eq!(o.validate(), Ok(()), "1 and {MAX_PEER_ID_BYTES} bytes are fine");
+    assert_eq!(
+        o.validate(),
+        Ok(()),
+        "1 and {MAX_PEER_ID_BYTES} bytes are fine"
+    );
 
     // Upload dimension against the synthetic set (3 samples x 2 classes + 2).
     for dim in [0, DIM - 1, DIM + 1, 3 * 2, u32::MAX] {
         let mut o = good.clone();
         o.secagg.dim = dim;
-        assert!(invalid_reason(o.validate()).contains("dimension"), "dim {dim}");
+        assert!(
+            invalid_reason(o.validate()).contains("dimension"),
+            "dim {dim}"
+        );
     }
     let mut o = good.clone();
     o.start.classes = 3;
-    assert!(invalid_reason(o.validate()).contains("dimension"), "classes change the dimension");
+    assert!(
+        invalid_reason(o.validate()).contains("dimension"),
+        "classes change the dimension"
+    );
     o.secagg.dim = 3 * 3 + 3;
     assert_eq!(o.validate(), Ok(()));
 
@@ -1615,7 +1815,10 @@ fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
     for bound in [0.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut o = good.clone();
         o.secagg.bound = bound;
-        assert!(invalid_reason(o.validate()).contains("bound"), "bound {bound}");
+        assert!(
+            invalid_reason(o.validate()).contains("bound"),
+            "bound {bound}"
+        );
     }
     let mut o = good.clone();
     o.secagg.bound = f32::MIN_POSITIVE;
@@ -1635,7 +1838,11 @@ fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
         let mut o = good.clone();
         o.secagg.threshold = threshold;
         o.secagg.max_clients = max_clients;
-        assert_eq!(o.validate(), Ok(()), "threshold {threshold}, max_clients {max_clients}");
+        assert_eq!(
+            o.validate(),
+            Ok(()),
+            "threshold {threshold}, max_clients {max_clients}"
+        );
     }
 
     // The synthetic set itself is checked first.
