@@ -402,13 +402,16 @@ impl NodeStore {
 
     /// True when this node has (or may have) answered round `round` of host term `term`
     /// (uploaded or abstained). A new host's fresh attempt at the same round number is a new round.
-    pub fn answered(&self, term: u64, round: u64) -> Result<bool> {
-        Ok(self.uploaded.contains_key(attempt_key(term, round))?)
+    pub fn answered(&self, term: u64, round: u64, attempt: u32) -> Result<bool> {
+        Ok(self
+            .uploaded
+            .contains_key(attempt_key(term, round, attempt))?)
     }
 
     /// Marks the attempt answered; call it *before* sending, so a restart never answers twice.
-    pub fn mark_answered(&self, term: u64, round: u64) -> Result<()> {
-        self.uploaded.insert(attempt_key(term, round), &[])?;
+    pub fn mark_answered(&self, term: u64, round: u64, attempt: u32) -> Result<()> {
+        self.uploaded
+            .insert(attempt_key(term, round, attempt), &[])?;
         self.flush()
     }
 
@@ -576,11 +579,12 @@ impl NodeStore {
     }
 }
 
-/// Key of one round attempt: (term, round), big-endian so keys sort by term then round.
-fn attempt_key(term: u64, round: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
+/// Key of one round attempt: (term, round, attempt), big-endian so keys sort in that order.
+fn attempt_key(term: u64, round: u64, attempt: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
     key[..8].copy_from_slice(&term.to_be_bytes());
-    key[8..].copy_from_slice(&round.to_be_bytes());
+    key[8..16].copy_from_slice(&round.to_be_bytes());
+    key[16..].copy_from_slice(&attempt.to_be_bytes());
     key
 }
 
@@ -654,7 +658,7 @@ mod tests {
             s.set_election(2, Some(b"peer-b")).unwrap();
             s.set_last_completed_round(3).unwrap();
             s.set_phase(&phase).unwrap();
-            s.mark_answered(2, 4).unwrap();
+            s.mark_answered(2, 4, 0).unwrap();
             s.record_host(1, "peer-a").unwrap();
             s.record_host(2, "peer-b").unwrap();
             s.upsert_peer(&peer("peer-b", 1)).unwrap();
@@ -668,7 +672,9 @@ mod tests {
         assert_eq!(s.last_completed_round().unwrap(), 3);
         assert_eq!(s.phase().unwrap(), Some(phase));
         assert!(
-            s.answered(2, 4).unwrap() && !s.answered(2, 3).unwrap() && !s.answered(3, 4).unwrap()
+            s.answered(2, 4, 0).unwrap()
+                && !s.answered(2, 3, 0).unwrap()
+                && !s.answered(3, 4, 0).unwrap()
         );
         assert_eq!(
             s.hosts().unwrap(),
@@ -697,14 +703,18 @@ mod tests {
     fn uploaded_is_per_round() {
         let dir = tempfile::tempdir().unwrap();
         let s = NodeStore::open(dir.path()).unwrap();
-        assert!(!s.answered(1, 7).unwrap());
-        s.mark_answered(1, 7).unwrap();
-        s.mark_answered(1, 7).unwrap();
-        assert!(s.answered(1, 7).unwrap());
-        assert!(!s.answered(1, 8).unwrap() && !s.answered(1, 6).unwrap());
+        assert!(!s.answered(1, 7, 0).unwrap());
+        s.mark_answered(1, 7, 0).unwrap();
+        s.mark_answered(1, 7, 0).unwrap();
+        assert!(s.answered(1, 7, 0).unwrap());
+        assert!(!s.answered(1, 8, 0).unwrap() && !s.answered(1, 6, 0).unwrap());
         assert!(
-            !s.answered(2, 7).unwrap(),
+            !s.answered(2, 7, 0).unwrap(),
             "a new term's attempt is a new round"
+        );
+        assert!(
+            !s.answered(1, 7, 1).unwrap(),
+            "so is a retry within the term"
         );
     }
 

@@ -46,6 +46,7 @@ async fn exchange(mut a: Swarm<Behaviour>, mut b: Swarm<Behaviour>, listen_on: &
     let request = Request::Abstain {
         term: 1,
         round: 2,
+        attempt: 0,
         reason: AbstainReason::BudgetExhausted,
     };
     let mut sent = false;

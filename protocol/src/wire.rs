@@ -91,6 +91,8 @@ pub struct Participant {
 pub struct RoundOffer {
     /// The host's term.
     pub term: u64,
+    /// Which attempt at this round in this term (a host retries a round it had to abandon).
+    pub attempt: u32,
     /// Round r's synthetic set (its `round` field is the round number).
     pub start: RoundStart,
     /// The round's participants in secure-aggregation id order.
@@ -106,6 +108,8 @@ pub struct SecAggPacket {
     pub term: u64,
     /// Round number.
     pub round: u64,
+    /// The attempt (see [`RoundOffer::attempt`]).
+    pub attempt: u32,
     /// The encoded client or server message.
     pub payload: Vec<u8>,
 }
@@ -138,6 +142,8 @@ pub enum Request {
         term: u64,
         /// Round number.
         round: u64,
+        /// The attempt.
+        attempt: u32,
         /// Why.
         reason: AbstainReason,
     },
@@ -326,6 +332,7 @@ mod tests {
         let req = Request::Abstain {
             term: 2,
             round: 5,
+            attempt: 0,
             reason: AbstainReason::BudgetExhausted,
         };
         let bytes = encode(&req).unwrap();

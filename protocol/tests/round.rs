@@ -50,6 +50,7 @@ fn start(round: u64) -> RoundStart {
 fn offer_for(term: u64, round: u64, members: &[Vec<u8>]) -> RoundOffer {
     RoundOffer {
         term,
+        attempt: 0,
         start: start(round),
         participants: members
             .iter()
@@ -450,6 +451,35 @@ fn an_abandoned_round_rejects_everything_after() {
 // ---------------------------------------------------------------------------------------------
 // ClientRound, transition by transition
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_retry_in_the_same_term_is_a_new_attempt_not_a_duplicate() {
+    let (host, me) = (peer(0), peer(2));
+    let first = offer_for(TERM, ROUND, &members(3));
+    let mut retry = first.clone();
+    retry.attempt = 1;
+    let mut c = ClientRound::new();
+    let v = view(&me, &host, TERM, ROUND - 1);
+    assert!(matches!(
+        c.offer(&host, &first, v, false),
+        Ok(OfferDecision::Join { .. })
+    ));
+    assert_eq!(
+        c.offer(&host, &first, v, false),
+        Ok(OfferDecision::Duplicate)
+    );
+    assert!(matches!(
+        c.offer(&host, &retry, v, false),
+        Ok(OfferDecision::Join { .. })
+    ));
+    assert_eq!(c.attempt(), Some(1));
+    // A retry this node already answered (e.g. before a restart) is refused.
+    let mut fresh = ClientRound::new();
+    assert_eq!(
+        fresh.offer(&host, &retry, v, true),
+        Err(RoundError::AlreadyDone(ROUND))
+    );
+}
 
 #[test]
 fn client_offer_rules() {
@@ -1902,16 +1932,19 @@ fn sample_requests() -> Vec<Request> {
         Request::SecAgg(SecAggPacket {
             term: TERM,
             round: ROUND,
+            attempt: 3,
             payload: (0..=255).collect(),
         }),
         Request::SecAgg(SecAggPacket {
             term: 0,
             round: 0,
+            attempt: u32::MAX,
             payload: vec![],
         }),
         Request::Abstain {
             term: TERM,
             round: ROUND,
+            attempt: 1,
             reason: AbstainReason::BudgetExhausted,
         },
         Request::Checkpoint(CheckpointTransfer {

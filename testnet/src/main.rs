@@ -1,13 +1,146 @@
-//! `fedmmkt-testnet`: the local multi-node testnet. Not built yet (it needs the networked node);
-//! until then it says so and points to the in-process simulation.
+//! `fedmmkt-testnet`: a local federation of real `fedmmkt` node processes on 127.0.0.1.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use testnet::cluster::node_binary;
+use testnet::faults::{AtRound, Fault};
+use testnet::up::{install_signal_handlers, up, UpConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A local fedmmkt testnet: nodes, faults, invariants, a report.
+#[derive(Parser)]
+#[command(name = "fedmmkt-testnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start N nodes on loopback, run FedMMKT rounds (with DP and secure aggregation), inject
+    /// faults, verify the invariants and write DIR/report.md + report.json + PNGs.
+    Up(UpArgs),
+}
+
+/// Arguments of `fedmmkt-testnet up`.
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Node processes (one becomes the host, the rest are clients; at least 4).
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// FedMMKT rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Dirichlet α of the label skew across nodes.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Seed of the data partition, models and sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-node privacy budget ε (client-level, at δ = --dp-delta).
+    #[arg(long, default_value_t = 8.0)]
+    dp_epsilon: f64,
+    /// δ of the privacy guarantee.
+    #[arg(long, default_value_t = 1e-5)]
+    dp_delta: f64,
+    /// Output directory (report, node directories and logs).
+    #[arg(long, default_value = "out/testnet")]
+    out: PathBuf,
+    /// Tiny models (seconds per round; for smoke runs and tests).
+    #[arg(long)]
+    tiny: bool,
+    /// SIGKILL the host during round R.
+    #[arg(long, value_name = "R")]
+    kill_host_at: Option<u64>,
+    /// SIGKILL K clients during round R's secure aggregation (K@R; repeatable).
+    #[arg(long, value_name = "K@R")]
+    drop: Vec<AtRound>,
+    /// SIGKILL node NODE during round R and restart it (NODE@R; repeatable).
+    #[arg(long, value_name = "NODE@R")]
+    restart: Vec<AtRound>,
+    /// Start an extra node without the pre-shared key that tries to join.
+    #[arg(long)]
+    intruder: bool,
+    /// Give up after this many seconds (default: from the rounds and model size).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// The `fedmmkt` binary (default: next to this one, built first when run through cargo).
+    #[arg(long)]
+    fedmmkt: Option<PathBuf>,
+}
+
+fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut faults = Vec::new();
+    if let Some(round) = a.kill_host_at {
+        anyhow::ensure!(round >= 1, "--kill-host-at: rounds start at 1");
+        faults.push(Fault::KillHost { round });
+    }
+    faults.extend(a.drop.iter().map(|d| Fault::Drop {
+        count: d.what,
+        round: d.round,
+    }));
+    faults.extend(a.restart.iter().map(|r| Fault::Restart {
+        node: r.what,
+        round: r.round,
+    }));
+    let per_round = if a.tiny { 45 } else { 240 };
+    let cfg = UpConfig {
+        nodes: a.nodes,
+        rounds: a.rounds,
+        alpha: a.alpha,
+        seed: a.seed,
+        epsilon: a.dp_epsilon,
+        delta: a.dp_delta,
+        out: a.out.clone(),
+        tiny: a.tiny,
+        faults,
+        intruder: a.intruder,
+        timeout: Duration::from_secs(a.timeout.unwrap_or(120 + per_round * a.rounds)),
+        bin: node_binary(a.fedmmkt, &std::env::current_exe()?)?,
+        progress: true,
+    };
+    install_signal_handlers();
+    let report = up(&cfg)?;
+    println!(
+        "{} rounds of {} completed on {} nodes in {:.1} s: {}",
+        report.rounds_completed,
+        report.rounds_requested,
+        report.nodes,
+        report.wall_seconds,
+        if report.ok { "OK" } else { "FAILED" }
+    );
+    for f in &report.failures {
+        println!("  failed: {f}");
+    }
+    println!("report: {}", a.out.join("report.md").display());
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "fedmmkt-testnet is not available yet: the networked node it drives is still being built.\n\
-         Run the same FedMMKT rounds in one process instead:\n  \
-         cargo run --release --bin fedmmkt -- simulate --out out/simulate"
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.command {
+        Command::Up(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }

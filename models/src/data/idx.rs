@@ -29,6 +29,56 @@ pub fn read_idx_file(path: &Path) -> Result<IdxArray> {
     })
 }
 
+/// Encodes an unsigned-byte array as plain IDX (the inverse of [`parse_idx`]).
+pub fn encode_idx(array: &IdxArray) -> std::result::Result<Vec<u8>, String> {
+    let n: usize = array.dims.iter().product();
+    if n != array.data.len() || array.dims.is_empty() || array.dims.len() > 255 {
+        return Err(format!(
+            "{} values do not fill dimensions {:?}",
+            array.data.len(),
+            array.dims
+        ));
+    }
+    let mut out = vec![0, 0, 0x08, array.dims.len() as u8];
+    for &d in &array.dims {
+        let d = u32::try_from(d).map_err(|_| format!("dimension {d} exceeds u32"))?;
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(&array.data);
+    Ok(out)
+}
+
+/// Writes `data` as a directory `DataSource::from_dir` reads: the `t10k` IDX pair and `classes.txt`.
+pub fn write_dataset_dir(dir: &Path, data: &crate::data::Dataset) -> Result<()> {
+    let io = |path: &Path, error| ModelError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let images = IdxArray {
+        dims: vec![data.len(), data.rows, data.cols],
+        data: data.images.clone(),
+    };
+    let labels = IdxArray {
+        dims: vec![data.len()],
+        data: data.labels.clone(),
+    };
+    for (name, array) in [
+        ("t10k-images-idx3-ubyte", images),
+        ("t10k-labels-idx1-ubyte", labels),
+    ] {
+        let path = dir.join(name);
+        let bytes = encode_idx(&array).map_err(|reason| ModelError::Idx {
+            path: path.clone(),
+            reason,
+        })?;
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+    }
+    let path = dir.join("classes.txt");
+    std::fs::write(&path, data.classes.join("\n") + "\n").map_err(|e| io(&path, e))?;
+    Ok(())
+}
+
 /// Parses IDX bytes (plain or gzip); the error says what is wrong.
 pub fn parse_idx(raw: &[u8]) -> std::result::Result<IdxArray, String> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
@@ -148,5 +198,27 @@ mod tests {
         let mut bytes = gz.finish().unwrap();
         bytes.truncate(bytes.len() - 6);
         assert!(parse_idx(&bytes).is_err());
+    }
+
+    #[test]
+    fn encoded_arrays_parse_back_and_a_dataset_dir_loads() {
+        let a = IdxArray {
+            dims: vec![2, 3],
+            data: vec![1, 2, 3, 4, 5, 6],
+        };
+        assert_eq!(parse_idx(&encode_idx(&a).unwrap()).unwrap(), a);
+        let bad = IdxArray {
+            dims: vec![2, 2],
+            data: vec![1],
+        };
+        assert!(encode_idx(&bad).is_err());
+        let src = crate::data::DataSource::embedded().unwrap();
+        let part = src.test.subset(&[0, 1, 2, 3]);
+        let dir = tempfile::tempdir().unwrap();
+        write_dataset_dir(dir.path(), &part).unwrap();
+        let back = crate::data::DataSource::from_dir(dir.path()).unwrap();
+        assert_eq!(back.test.images, part.images);
+        assert_eq!(back.test.labels, part.labels);
+        assert_eq!(back.test.classes, part.classes);
     }
 }

@@ -123,6 +123,7 @@ mod tests {
         Request::SecAgg(SecAggPacket {
             term: 1,
             round: 2,
+            attempt: 0,
             payload: vec![7; len],
         })
     }

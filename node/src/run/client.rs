@@ -31,6 +31,7 @@ pub(super) struct ClientSide {
 
 struct Attempt {
     host: PeerId,
+    attempt: u32,
     participants: u32,
     threshold: u32,
     dim: usize,
@@ -90,7 +91,7 @@ impl Node {
         let (term, round) = (offer.term, offer.start.round);
         let answered = self
             .store
-            .answered(term, round)
+            .answered(term, round, offer.attempt)
             .map_err(|e| e.to_string())?;
         let last_completed = self
             .store
@@ -119,6 +120,7 @@ impl Node {
         self.client.secagg = Some(secagg);
         self.client.attempt = Some(Attempt {
             host: peer,
+            attempt: offer.attempt,
             participants: n,
             threshold: offer.secagg.threshold,
             dim: offer.secagg.dim as usize,
@@ -129,6 +131,7 @@ impl Node {
             Request::SecAgg(SecAggPacket {
                 term,
                 round,
+                attempt: offer.attempt,
                 payload: advert.encode(round),
             }),
             Pending::Other,
@@ -137,6 +140,7 @@ impl Node {
             .map_err(|e| format!("{e:#}"))?;
         self.ml.send(Job::Learn {
             term,
+            attempt: offer.attempt,
             start: Box::new(offer.start),
         });
         Ok(())
@@ -148,6 +152,12 @@ impl Node {
         peer: PeerId,
         packet: SecAggPacket,
     ) -> Result<(), String> {
+        if self.client.machine.attempt() != Some(packet.attempt) {
+            return Err(format!(
+                "message of attempt {} is not this node's",
+                packet.attempt
+            ));
+        }
         let msg =
             ServerMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
         let needs_input = matches!(msg, ServerMessage::Shares(_));
@@ -170,7 +180,8 @@ impl Node {
 
     /// Hands host messages to the secure-aggregation client and sends its replies.
     fn deliver(&mut self, term: u64, round: u64, payloads: Vec<Vec<u8>>) -> Result<(), String> {
-        let Some(host) = self.client.attempt.as_ref().map(|a| a.host) else {
+        let Some((host, attempt)) = self.client.attempt.as_ref().map(|a| (a.host, a.attempt))
+        else {
             return Err("no round in progress".into());
         };
         for payload in payloads {
@@ -184,6 +195,7 @@ impl Node {
                 Request::SecAgg(SecAggPacket {
                     term,
                     round,
+                    attempt,
                     payload: reply.encode(round),
                 }),
                 Pending::Other,
@@ -195,13 +207,17 @@ impl Node {
     /// The model thread finished learning and judging: charge, noise, mask.
     pub(super) fn client_judged(
         &mut self,
-        term: u64,
-        round: u64,
+        (term, round, attempt): (u64, u64, u32),
         upload: Vec<f32>,
         test_acc: f64,
         seconds: f64,
     ) -> anyhow::Result<()> {
-        if self.client.machine.engaged().map(|(t, r, _)| (t, r)) != Some((term, round)) {
+        let engaged = self
+            .client
+            .machine
+            .engaged()
+            .map(|(t, r, _)| (t, r, self.client.machine.attempt()));
+        if engaged != Some((term, round, Some(attempt))) {
             tracing::debug!(term, round, "judged a round this node already left");
             return Ok(());
         }
@@ -258,19 +274,20 @@ impl Node {
         })?;
         let ctx = ChargeContext {
             round,
-            dataset_id: format!("{}-term-{term}", self.me),
+            dataset_id: format!("{}-term-{term}-attempt-{attempt}", self.me),
         };
         // Durable before anything leaves: the ledger entry, then the "answered" mark.
         let charged = match self.ledger.charge(release, &ctx) {
             Ok(charged) => charged,
             Err(e) if e.is_budget_exceeded() => {
                 tracing::info!(round, "privacy budget exhausted: sitting the round out");
-                self.store.mark_answered(term, round)?;
+                self.store.mark_answered(term, round, attempt)?;
                 self.request(
                     host,
                     Request::Abstain {
                         term,
                         round,
+                        attempt,
                         reason: AbstainReason::BudgetExhausted,
                     },
                     Pending::Other,
@@ -279,7 +296,7 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        self.store.mark_answered(term, round)?;
+        self.store.mark_answered(term, round, attempt)?;
         let noised: Vec<f32> = charged
             .noise_f32(&upload)?
             .into_iter()

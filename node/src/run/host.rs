@@ -61,6 +61,7 @@ impl PhaseClock {
 /// A round attempt in progress.
 pub(super) struct ActiveRound {
     machine: HostRound,
+    attempt: u32,
     start: Box<RoundStart>,
     aggregator: SecAggAggregator,
     started: Instant,
@@ -74,6 +75,8 @@ pub(super) struct ActiveRound {
 /// The host role: present while this node holds the term's leadership.
 pub(super) struct HostSide {
     term: u64,
+    /// Attempts made so far in this term (each offer gets the next number).
+    attempts: u32,
     /// Seconds the last synthetic set took to sample.
     generated_in: f64,
     ready: bool,
@@ -98,6 +101,7 @@ impl Node {
         }
         self.host = Some(HostSide {
             term,
+            attempts: 0,
             generated_in: 0.0,
             ready: false,
             busy: true,
@@ -273,8 +277,11 @@ impl Node {
         let params = round_params(start.round, &spec, n)?;
         let membership: Vec<[u8; 32]> = participants.iter().map(|p| p.identity).collect();
         let aggregator = SecAggAggregator::new(params, membership)?;
+        let attempt = host.attempts;
+        host.attempts += 1;
         let offer = RoundOffer {
             term,
+            attempt,
             start: (*start).clone(),
             participants: participants.clone(),
             secagg: spec,
@@ -298,6 +305,7 @@ impl Node {
         clock.count(Phase::Generate, size as usize * n as usize);
         host.round = Some(ActiveRound {
             machine,
+            attempt,
             start,
             aggregator,
             started: Instant::now(),
@@ -314,6 +322,7 @@ impl Node {
                     peer: *peer,
                     term,
                     round,
+                    attempt,
                 },
             );
         }
@@ -329,6 +338,12 @@ impl Node {
             let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
                 return Err("no round in progress".into());
             };
+            if packet.attempt != active.attempt {
+                return Err(format!(
+                    "message of attempt {} (current {})",
+                    packet.attempt, active.attempt
+                ));
+            }
             let id = active
                 .machine
                 .accept(&peer.to_bytes(), packet.term, packet.round)
@@ -359,11 +374,18 @@ impl Node {
         peer: PeerId,
         term: u64,
         round: u64,
+        attempt: u32,
     ) -> Result<(), String> {
         let ready = {
             let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
                 return Err("no round in progress".into());
             };
+            if attempt != active.attempt {
+                return Err(format!(
+                    "abstention from attempt {attempt} (current {})",
+                    active.attempt
+                ));
+            }
             active
                 .machine
                 .abstain(&peer.to_bytes(), term, round)
@@ -383,10 +405,11 @@ impl Node {
         peer: PeerId,
         term: u64,
         round: u64,
+        attempt: u32,
         reason: &str,
     ) -> anyhow::Result<()> {
         tracing::warn!(peer = %peer, round, "offer not taken: {reason}");
-        if let Err(e) = self.host_abstain(peer, term, round) {
+        if let Err(e) = self.host_abstain(peer, term, round, attempt) {
             tracing::debug!("offer refusal ignored: {e}");
         }
         Ok(())
@@ -400,7 +423,11 @@ impl Node {
         let Some(active) = host.round.as_mut() else {
             return Ok(());
         };
-        let (term, round) = (active.machine.term(), active.machine.round());
+        let (term, round, attempt) = (
+            active.machine.term(),
+            active.machine.round(),
+            active.attempt,
+        );
         match active.aggregator.advance() {
             Ok(Step::Send(messages)) => {
                 let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
@@ -430,6 +457,7 @@ impl Node {
                         Request::SecAgg(SecAggPacket {
                             term,
                             round,
+                            attempt,
                             payload,
                         }),
                         Pending::Other,
@@ -500,7 +528,9 @@ impl Node {
         let term = active.machine.term();
         active.machine.replicating(stage);
         active.clock.enter(Phase::Replicate);
-        active.clock.count(Phase::Replicate, checkpoint.len() * targets.len());
+        active
+            .clock
+            .count(Phase::Replicate, checkpoint.len() * targets.len());
         active.checkpoint = Some((hash, kept, mean_reward));
         let done = active.machine.stage() == HostStage::Complete;
         self.set_phase(term, round, Phase::Replicate, "host")?;

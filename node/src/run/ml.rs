@@ -36,8 +36,10 @@ pub enum Job {
     DropHost,
     /// Steps 2–3 as a client: learn, judge, report the upload.
     Learn {
-        /// The attempt this belongs to.
+        /// The host's term.
         term: u64,
+        /// The attempt at the round.
+        attempt: u32,
         /// The round's synthetic set.
         start: Box<RoundStart>,
     },
@@ -74,8 +76,10 @@ pub enum Outcome {
     },
     /// A client's upload (before DP).
     Judged {
-        /// The attempt.
+        /// The host's term.
         term: u64,
+        /// The attempt at the round.
+        attempt: u32,
         /// Round number.
         round: u64,
         /// The upload vector.
@@ -204,12 +208,17 @@ fn worker(
                 host = None;
                 Ok(None)
             }
-            Job::Learn { term, start } => {
+            Job::Learn {
+                term,
+                attempt,
+                start,
+            } => {
                 client.learn(&start, true)?;
                 let upload = client.judge(&start)?;
                 let test_acc = accuracy(client.model(), &world.test)?;
                 Ok(Some(Outcome::Judged {
                     term,
+                    attempt,
                     round: start.round,
                     upload,
                     test_acc,

@@ -88,8 +88,17 @@ impl Peer {
 /// What an outbound request was for, to act on its response.
 #[derive(Debug, Clone)]
 enum Pending {
-    Offer { peer: PeerId, term: u64, round: u64 },
-    Checkpoint { peer: PeerId, term: u64, round: u64 },
+    Offer {
+        peer: PeerId,
+        term: u64,
+        round: u64,
+        attempt: u32,
+    },
+    Checkpoint {
+        peer: PeerId,
+        term: u64,
+        round: u64,
+    },
     Other,
 }
 
@@ -499,7 +508,8 @@ impl Node {
         }
     }
 
-    /// Records this node's phase durably (for `status` and for restarts).
+    /// Records this node's phase durably (for `status` and for restarts) and shows it on the
+    /// admin endpoint at once.
     fn set_phase(&self, term: u64, round: u64, phase: Phase, role: &str) -> anyhow::Result<()> {
         tracing::info!(term, round, phase = phase.name(), role, "round phase");
         self.store.set_phase(&PhaseRecord {
@@ -509,6 +519,7 @@ impl Node {
             role: role.to_string(),
             updated_unix_ms: now_ms(),
         })?;
+        self.publish_admin();
         Ok(())
     }
 
@@ -699,8 +710,14 @@ impl Node {
             }) => {
                 let pending = self.pending.remove(&request_id);
                 tracing::debug!(peer = %peer, "request failed: {error}");
-                if let Some(Pending::Offer { peer, term, round }) = pending {
-                    self.offer_refused(peer, term, round, &error.to_string())?;
+                if let Some(Pending::Offer {
+                    peer,
+                    term,
+                    round,
+                    attempt,
+                }) = pending
+                {
+                    self.offer_refused(peer, term, round, attempt, &error.to_string())?;
                 }
             }
             BehaviourEvent::Rr(request_response::Event::InboundFailure { peer, error, .. }) => {
@@ -831,7 +848,12 @@ impl Node {
                     self.client_secagg(peer, packet)
                 }
             }
-            Request::Abstain { term, round, .. } => self.host_abstain(peer, term, round),
+            Request::Abstain {
+                term,
+                round,
+                attempt,
+                ..
+            } => self.host_abstain(peer, term, round, attempt),
             Request::Checkpoint(transfer) => self.on_checkpoint(peer, transfer),
         };
         match result {
@@ -855,9 +877,15 @@ impl Node {
             (Pending::Checkpoint { peer, term, round }, Response::Ack) => {
                 self.host_replica(peer, term, round)
             }
-            (Pending::Offer { peer, term, round }, Response::Rejected(reason)) => {
-                self.offer_refused(peer, term, round, &reason)
-            }
+            (
+                Pending::Offer {
+                    peer,
+                    term,
+                    round,
+                    attempt,
+                },
+                Response::Rejected(reason),
+            ) => self.offer_refused(peer, term, round, attempt, &reason),
             (_, Response::Rejected(reason)) => {
                 tracing::debug!(peer = %peer, "peer refused a request: {reason}");
                 Ok(())
@@ -878,17 +906,18 @@ impl Node {
             }
             Outcome::Judged {
                 term,
+                attempt,
                 round,
                 upload,
                 test_acc,
                 seconds,
-            } => self.client_judged(term, round, upload, test_acc, seconds),
+            } => self.client_judged((term, round, attempt), upload, test_acc, seconds),
             other => self.host_ml(other),
         }
     }
 
     /// Refreshes what the admin endpoint answers.
-    fn publish_admin(&mut self) {
+    fn publish_admin(&self) {
         let delta = self.cfg.privacy.delta;
         let spent = self
             .ledger

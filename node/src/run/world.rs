@@ -38,6 +38,34 @@ pub fn shard_of(peer: &[u8], shards: usize) -> usize {
     (u64::from_le_bytes(first) % shards.max(1) as u64) as usize
 }
 
+/// The splits every node (and the testnet) carves from the embedded data with `seed`.
+pub fn federation_splits(seed: u64) -> anyhow::Result<Splits> {
+    let embedded = DataSource::embedded()?;
+    let split = SplitConfig {
+        host_per_class: 20,
+        oracle_per_class: 300,
+        ..SplitConfig::default()
+    };
+    Ok(Splits::carve(&embedded, &split, seed)?)
+}
+
+/// The client pool split into `parts` label-skewed shards (Dirichlet α, at least 10 images each).
+pub fn partition(
+    splits: &Splits,
+    parts: usize,
+    alpha: f64,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<usize>>> {
+    Ok(dirichlet_partition(
+        &splits.pool.labels,
+        splits.pool.num_classes(),
+        parts.max(1),
+        alpha,
+        10,
+        sub_seed(seed, 1),
+    )?)
+}
+
 impl World {
     /// Builds the world for peer `peer` from the embedded data (or `dataset` for the private part).
     pub fn build(
@@ -47,13 +75,7 @@ impl World {
         shards: usize,
         alpha: f64,
     ) -> anyhow::Result<Self> {
-        let embedded = DataSource::embedded()?;
-        let split = SplitConfig {
-            host_per_class: 20,
-            oracle_per_class: 300,
-            ..SplitConfig::default()
-        };
-        let splits = Splits::carve(&embedded, &split, seed)?;
+        let splits = federation_splits(seed)?;
         let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
             .into_iter()
             .map(|(c, _, t)| (c, t))
@@ -79,14 +101,7 @@ impl World {
             }
             None => {
                 let shards = shards.max(1);
-                let parts = dirichlet_partition(
-                    &splits.pool.labels,
-                    splits.pool.num_classes(),
-                    shards,
-                    alpha,
-                    10,
-                    sub_seed(seed, 1),
-                )?;
+                let parts = partition(&splits, shards, alpha, seed)?;
                 let k = shard_of(peer, shards);
                 let part = parts
                     .get(k)

@@ -29,6 +29,7 @@ pub enum SecAggDelivery {
 struct Engaged {
     term: u64,
     round: u64,
+    attempt: u32,
     host: PeerBytes,
     id: u32,
     input_ready: bool,
@@ -68,8 +69,13 @@ impl ClientRound {
         self.engaged.as_ref().map(|e| (e.term, e.round, e.id))
     }
 
+    /// The attempt number of the round this client is in.
+    pub fn attempt(&self) -> Option<u32> {
+        self.engaged.as_ref().map(|e| e.attempt)
+    }
+
     /// Checks an offer from `from`; `answered` says whether this node already uploaded to or
-    /// abstained from this (term, round) (from its durable store: a restart must not answer twice).
+    /// abstained from this (term, round, attempt) (from its durable store: a restart must not answer twice).
     pub fn offer(
         &mut self,
         from: &[u8],
@@ -91,7 +97,7 @@ impl ClientRound {
             return Err(RoundError::AlreadyDone(round));
         }
         if let Some(e) = &self.engaged {
-            if (e.term, e.round) == (offer.term, round) {
+            if (e.term, e.round, e.attempt) == (offer.term, round, offer.attempt) {
                 return Ok(OfferDecision::Duplicate);
             }
         }
@@ -107,6 +113,7 @@ impl ClientRound {
         self.engaged = Some(Engaged {
             term: offer.term,
             round,
+            attempt: offer.attempt,
             host: from.to_vec(),
             id,
             input_ready: false,

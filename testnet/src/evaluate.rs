@@ -1,0 +1,97 @@
+//! Scores the generator after each completed round, outside the protocol: the oracle (trained
+//! on the oracle split no node sees) judges samples from each replicated checkpoint, with the
+//! same noise every round (common random numbers) so changes are the generator's.
+
+use std::sync::Arc;
+
+use models::data::captions::all_captions;
+use models::data::Splits;
+use models::oracle::Oracle;
+use models::text::{BowTextEncoder, TextEncoder};
+use node::config::ModelConfig;
+use node::round::Host;
+use node::run::world::EMB_DIM;
+use node::simulate::setup::{eval_rng, sub_seed};
+
+use crate::record::GenPoint;
+use crate::report::GridImages;
+
+/// The judge and the means to rebuild the host's generator from a checkpoint.
+pub struct Evaluator {
+    oracle: Oracle,
+    splits: Splits,
+    encoder: Arc<dyn TextEncoder>,
+    model: ModelConfig,
+    seed: u64,
+    per_class: usize,
+}
+
+impl Evaluator {
+    /// Trains the oracle (`tiny`: fewer epochs and samples).
+    pub fn new(splits: Splits, model: ModelConfig, seed: u64, tiny: bool) -> anyhow::Result<Self> {
+        let epochs = if tiny { 2 } else { 15 };
+        let oracle = Oracle::train(&splits.oracle, &splits.test, epochs, sub_seed(seed, 3))?;
+        let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
+            .into_iter()
+            .map(|(c, _, t)| (c, t))
+            .collect();
+        let encoder: Arc<dyn TextEncoder> =
+            Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus));
+        Ok(Self {
+            oracle,
+            splits,
+            encoder,
+            model,
+            seed,
+            per_class: if tiny { 10 } else { 50 },
+        })
+    }
+
+    /// The oracle's accuracy on real test images.
+    pub fn oracle_acc_real(&self) -> anyhow::Result<f64> {
+        Ok(self.oracle.accuracy(&self.splits.test)?)
+    }
+
+    /// Scores the generator of `checkpoint` (None: freshly pre-trained, round 0) and returns
+    /// the score and a grid of samples.
+    pub fn score(
+        &self,
+        round: u64,
+        checkpoint: Option<&[u8]>,
+    ) -> anyhow::Result<(GenPoint, GridImages)> {
+        let mut host = Host::new(
+            self.model.host_config(),
+            self.encoder.clone(),
+            &self.splits.host,
+            sub_seed(self.seed, 4),
+        )?;
+        match checkpoint {
+            Some(bytes) => host.restore(bytes)?,
+            None => {
+                host.pretrain()?;
+            }
+        }
+        let (pixels, labels) =
+            host.sample_per_class(self.per_class, &mut eval_rng(self.seed, 0))?;
+        let s = self.oracle.score(&pixels, &labels)?;
+        let (grid_pixels, grid_labels) = host.sample_per_class(8, &mut eval_rng(self.seed, 1))?;
+        Ok((
+            GenPoint {
+                oracle_acc: s.oracle_acc,
+                frechet: s.frechet,
+            },
+            GridImages {
+                round,
+                pixels: grid_pixels,
+                labels: grid_labels,
+                classes: self.splits.host.classes.len(),
+                side: self.splits.host.rows,
+            },
+        ))
+    }
+
+    /// Class names (for the report).
+    pub fn classes(&self) -> &[String] {
+        &self.splits.host.classes
+    }
+}

@@ -1,0 +1,161 @@
+//! What a testnet run observed, as written to `report.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One node of the testnet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Index in the testnet (n0, n1, ...).
+    pub index: usize,
+    /// libp2p PeerId.
+    pub peer_id: String,
+    /// Private images in its dataset directory.
+    pub images: usize,
+    /// ε spent at the end (from its ledger).
+    pub epsilon_spent: f64,
+    /// Its budget ε.
+    pub epsilon_budget: f64,
+    /// Its ledger's hash chain and signatures verify.
+    pub ledger_verified: bool,
+    /// Entries in its ledger.
+    pub ledger_entries: usize,
+    /// Times it was SIGKILLed by a fault.
+    pub kills: usize,
+    /// Times it was restarted after a kill.
+    pub restarts: usize,
+    /// Still running at the end.
+    pub running_at_end: bool,
+}
+
+/// Who hosted a term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermRecord {
+    /// Election term.
+    pub term: u64,
+    /// The host's PeerId.
+    pub host: String,
+    /// The host's node index.
+    pub host_index: Option<usize>,
+}
+
+/// One completed round.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number.
+    pub round: u64,
+    /// Term of the host that completed it.
+    pub term: u64,
+    /// The host's PeerId.
+    pub host: String,
+    /// The host's node index.
+    pub host_index: Option<usize>,
+    /// Clients whose uploads are in the secure sum.
+    pub participants: usize,
+    /// Their node indices.
+    pub participant_nodes: Vec<usize>,
+    /// Mean accuracy of the clients that learned in this round, on the held-out test split.
+    pub client_acc_mean: Option<f64>,
+    /// Worst such client.
+    pub client_acc_min: Option<f64>,
+    /// Accuracy by node index.
+    pub client_acc: BTreeMap<usize, f64>,
+    /// Oracle conditional accuracy of the generator's samples after the round.
+    pub gen_oracle_acc: Option<f64>,
+    /// Fréchet distance of those samples in the oracle's feature space.
+    pub gen_frechet: Option<f64>,
+    /// Synthetic samples kept by the reward filter.
+    pub kept: usize,
+    /// Mean reward.
+    pub mean_reward: f64,
+    /// Wall seconds of the round at the host (sampling to replicated checkpoint).
+    pub seconds: f64,
+    /// Bytes the host sent and received for the round.
+    pub bytes: u64,
+    /// Seconds per phase (generate, learn, aggregate, improve, replicate).
+    pub phase_seconds: BTreeMap<String, f64>,
+    /// Bytes per phase.
+    pub phase_bytes: BTreeMap<String, u64>,
+    /// ε spent by each node after the round, by node index.
+    pub epsilon: BTreeMap<usize, f64>,
+    /// SHA-256 of the round's checkpoint.
+    pub checkpoint: String,
+}
+
+/// An injected fault and what followed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// `kill-host`, `drop`, `restart` or `intruder`.
+    pub kind: String,
+    /// The round it hit.
+    pub round: u64,
+    /// The nodes it hit.
+    pub nodes: Vec<usize>,
+    /// Seconds since the start of the run.
+    pub at_seconds: f64,
+    /// What happened next.
+    pub outcome: String,
+}
+
+/// Oracle score of the generator.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct GenPoint {
+    /// Conditional accuracy.
+    pub oracle_acc: f64,
+    /// Fréchet distance.
+    pub frechet: f64,
+}
+
+/// Everything a run produced; serialised as `report.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TestnetReport {
+    /// Node processes (intruder excluded).
+    pub nodes: usize,
+    /// Rounds asked for.
+    pub rounds_requested: u64,
+    /// Rounds completed (checkpoint held by a majority).
+    pub rounds_completed: u64,
+    /// Seed.
+    pub seed: u64,
+    /// Dirichlet α of the data partition.
+    pub alpha: f64,
+    /// Per-node privacy budget ε.
+    pub dp_epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Tiny models (tests, smoke runs).
+    pub tiny: bool,
+    /// The nodes.
+    pub peers: Vec<NodeSummary>,
+    /// Who hosted each term.
+    pub terms: Vec<TermRecord>,
+    /// The completed rounds.
+    pub rounds: Vec<RoundRecord>,
+    /// The pre-trained generator's score (round 0).
+    pub gen_start: Option<GenPoint>,
+    /// The oracle's accuracy on real test images.
+    pub oracle_acc_real: Option<f64>,
+    /// Injected faults.
+    pub faults: Vec<FaultRecord>,
+    /// Seconds from the host's SIGKILL to the next completed round.
+    pub host_kill_recovery_seconds: Option<f64>,
+    /// Seconds from the host's SIGKILL until every live node knew a new host.
+    pub reelection_seconds: Option<f64>,
+    /// Every node's ledger verifies.
+    pub ledgers_verified: bool,
+    /// Some node spent beyond its budget.
+    pub budget_exceeded: bool,
+    /// Round numbers completed more than once (by hosts of different terms).
+    pub double_counted_rounds: usize,
+    /// Ledger entries charging one (node, round attempt) twice.
+    pub double_answered_attempts: usize,
+    /// The intruder was refused (None: no intruder).
+    pub intruder_refused: Option<bool>,
+    /// Wall seconds of the whole run.
+    pub wall_seconds: f64,
+    /// Every invariant held and every requested round completed.
+    pub ok: bool,
+    /// What failed, if anything.
+    pub failures: Vec<String>,
+}

@@ -1,0 +1,676 @@
+//! `fedmmkt-testnet up`: partition the data, start the nodes, watch the rounds, inject the
+//! faults, stop everything, verify the invariants, score the generator, and write the report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use node::admin::StatusReport;
+use node::config::ModelConfig;
+use node::run::world::{federation_splits, partition};
+use privacy::ledger::Ledger;
+use rand::RngCore;
+
+use crate::cluster::{Cluster, NodeSettings};
+use crate::evaluate::Evaluator;
+use crate::faults::Fault;
+use crate::record::{FaultRecord, NodeSummary, RoundRecord, TermRecord, TestnetReport};
+use crate::report::{write_report, GridImages};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Member nodes.
+    pub nodes: usize,
+    /// Rounds.
+    pub rounds: u64,
+    /// Dirichlet α of the partition.
+    pub alpha: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Per-node ε.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Tiny models.
+    pub tiny: bool,
+    /// Faults to inject.
+    pub faults: Vec<Fault>,
+    /// Start an intruder without the key.
+    pub intruder: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// The `fedmmkt` binary.
+    pub bin: PathBuf,
+    /// Show a progress bar (off in tests).
+    pub progress: bool,
+}
+
+/// Set by SIGINT/SIGTERM; the run stops, shuts its nodes down and still writes a report.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes Ctrl-C and SIGTERM to [`INTERRUPTED`].
+pub fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// A fault's progress.
+#[derive(Debug, Clone)]
+struct Armed {
+    fault: Fault,
+    fired_at: Option<Instant>,
+    /// Nodes killed by it that still await a restart.
+    down: Vec<usize>,
+    /// The host it killed (kill-host).
+    killed_host: Option<String>,
+    record: Option<FaultRecord>,
+    done: bool,
+    /// Kill-host: seconds until every live node knew a new host.
+    reelection: Option<f64>,
+    /// Kill-host: seconds until the next completed round.
+    recovery: Option<f64>,
+}
+
+/// Everything observed while the nodes run.
+#[derive(Default)]
+struct Observed {
+    terms: BTreeMap<u64, String>,
+    rounds: BTreeMap<u64, RoundRecord>,
+    double_counted: BTreeSet<u64>,
+    client_acc: BTreeMap<u64, BTreeMap<usize, f64>>,
+    checkpoints: BTreeMap<u64, PathBuf>,
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// Runs a testnet; returns its report (also written to `cfg.out`).
+pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
+    anyhow::ensure!(
+        cfg.nodes >= 4,
+        "a testnet needs at least 4 nodes (a host and 3 clients for secure aggregation), got {}",
+        cfg.nodes
+    );
+    anyhow::ensure!(cfg.rounds >= 1, "rounds must be at least 1");
+    for f in &cfg.faults {
+        anyhow::ensure!(
+            f.round() <= cfg.rounds,
+            "{} at round {} is after the last round {}",
+            f.kind(),
+            f.round(),
+            cfg.rounds
+        );
+        if let Fault::Restart { node, .. } = f {
+            anyhow::ensure!(
+                *node < cfg.nodes,
+                "--restart names node {node} of {}",
+                cfg.nodes
+            );
+        }
+        if let Fault::Drop { count, .. } = f {
+            anyhow::ensure!(
+                *count < cfg.nodes - 1,
+                "--drop {count} would leave no client"
+            );
+        }
+    }
+    let t0 = Instant::now();
+    let out = &cfg.out;
+    if out.join("nodes").exists() {
+        std::fs::remove_dir_all(out.join("nodes"))
+            .with_context(|| format!("clearing {}", out.join("nodes").display()))?;
+    }
+    std::fs::create_dir_all(out.join("nodes"))?;
+    std::fs::create_dir_all(out.join("checkpoints"))?;
+
+    let bar = if cfg.progress {
+        ProgressBar::new(cfg.rounds)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] round {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    // Data: one Dirichlet shard per node, written as a dataset directory it loads like any lab's.
+    bar.set_message("partitioning the data");
+    let splits = federation_splits(cfg.seed)?;
+    let parts = partition(&splits, cfg.nodes, cfg.alpha, cfg.seed)?;
+    let mut datasets = Vec::new();
+    let mut images = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let dir = out.join("nodes").join(format!("data-{i}"));
+        models::data::idx::write_dataset_dir(&dir, &splits.pool.subset(part))?;
+        datasets.push(dir);
+        images.push(part.len());
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let psk = out.join("nodes").join("swarm.key.hex");
+    std::fs::write(&psk, hex(&key))?;
+    let intruder_psk = if cfg.intruder {
+        rand::rng().fill_bytes(&mut key);
+        let p = out.join("nodes").join("intruder.key.hex");
+        std::fs::write(&p, hex(&key))?;
+        Some(p)
+    } else {
+        None
+    };
+    let settings = NodeSettings {
+        rounds: cfg.rounds,
+        epsilon: cfg.epsilon,
+        delta: cfg.delta,
+        // Every fault can cost one abandoned attempt (clients' spends stay charged).
+        planned_rounds: (cfg.rounds + cfg.faults.len() as u64) as u32,
+        seed: cfg.seed,
+        tiny: cfg.tiny,
+        stage_timeout_secs: if cfg.tiny { 5 } else { 20 },
+    };
+    bar.set_message("initialising nodes");
+    let mut cluster = Cluster::init(
+        &cfg.bin,
+        &out.join("nodes"),
+        &psk,
+        intruder_psk.as_deref(),
+        &datasets,
+        &settings,
+    )?;
+    bar.set_message("starting nodes");
+    cluster.start_all()?;
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
+    let index_of = |peer: &str| ids.iter().position(|p| p == peer);
+
+    let mut armed: Vec<Armed> = cfg
+        .faults
+        .iter()
+        .map(|&fault| Armed {
+            fault,
+            fired_at: None,
+            down: Vec::new(),
+            killed_host: None,
+            record: None,
+            done: false,
+            reelection: None,
+            recovery: None,
+        })
+        .collect();
+    let mut seen = Observed::default();
+    let mut failures = Vec::new();
+    let deadline = t0 + cfg.timeout;
+    let mut statuses: Vec<Option<StatusReport>>;
+    loop {
+        statuses = cluster.nodes.iter().map(|n| n.status()).collect();
+        observe(&mut seen, &statuses, &cluster, out, &index_of)?;
+        let completed = seen.rounds.keys().copied().max().unwrap_or(0);
+        bar.set_position(completed.min(cfg.rounds));
+        bar.set_message(progress_line(&statuses, &seen, &index_of));
+        if completed >= cfg.rounds && armed.iter().all(|a| a.done) {
+            break;
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            failures.push("interrupted (Ctrl-C / SIGTERM)".to_string());
+            break;
+        }
+        if Instant::now() > deadline {
+            failures.push(format!(
+                "timed out after {:.0} s with {completed}/{} rounds",
+                cfg.timeout.as_secs_f64(),
+                cfg.rounds
+            ));
+            break;
+        }
+        for a in armed.iter_mut().filter(|a| !a.done) {
+            step_fault(a, &mut cluster, &statuses, &seen, t0)?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The intruder: refused when no member ever listed it and it never completed a round.
+    let intruder_refused = match cluster.intruder.as_ref() {
+        Some(intruder) => {
+            let st = intruder.status();
+            let listed = statuses
+                .iter()
+                .flatten()
+                .any(|s| s.peers.contains(&intruder.peer_id));
+            let alone = st
+                .as_ref()
+                .is_none_or(|s| s.peers.is_empty() && s.round == 0);
+            Some(!listed && alone)
+        }
+        None => None,
+    };
+    let running: Vec<bool> = cluster.nodes.iter_mut().map(|n| n.running()).collect();
+    bar.set_message("stopping nodes");
+    cluster.shutdown();
+
+    // Ledgers, read from disk now that the nodes are down.
+    let mut peers = Vec::new();
+    let mut ledgers_verified = true;
+    let mut budget_exceeded = false;
+    let mut double_answered = 0;
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let ledger = Ledger::open_existing(&n.dir.join("ledger"))?;
+        let audit = ledger.audit()?;
+        let budget = audit.budget.map(|b| b.epsilon).unwrap_or(f64::NAN);
+        let verified = audit.chain.valid;
+        ledgers_verified &= verified;
+        if audit.epsilon_spent > budget + 1e-9 {
+            budget_exceeded = true;
+        }
+        let mut attempts: Vec<(u64, String)> = audit
+            .entries
+            .iter()
+            .map(|e| (e.round, e.dataset_id.clone()))
+            .collect();
+        let total = attempts.len();
+        attempts.sort();
+        attempts.dedup();
+        double_answered += total - attempts.len();
+        peers.push(NodeSummary {
+            index: i,
+            peer_id: n.peer_id.clone(),
+            images: images.get(i).copied().unwrap_or(0),
+            epsilon_spent: audit.epsilon_spent,
+            epsilon_budget: budget,
+            ledger_verified: verified,
+            ledger_entries: total,
+            kills: n.kills,
+            restarts: n.restarts,
+            running_at_end: running.get(i).copied().unwrap_or(false),
+        });
+    }
+
+    // The generator after each round, judged by the oracle.
+    bar.set_message("scoring the generator");
+    let model = ModelConfig {
+        tiny: cfg.tiny,
+        ..ModelConfig::default()
+    };
+    let evaluator = Evaluator::new(splits, model, cfg.seed, cfg.tiny)?;
+    let (start, first_grid) = evaluator.score(0, None)?;
+    let mut grids: Vec<GridImages> = vec![first_grid];
+    let last = seen.rounds.keys().copied().max();
+    for (round, path) in &seen.checkpoints {
+        let bytes = std::fs::read(path)?;
+        let (score, grid) = evaluator.score(*round, Some(&bytes))?;
+        if let Some(r) = seen.rounds.get_mut(round) {
+            r.gen_oracle_acc = Some(score.oracle_acc);
+            r.gen_frechet = Some(score.frechet);
+        }
+        if Some(*round) == last {
+            grids.push(grid);
+        }
+    }
+    for (round, accs) in &seen.client_acc {
+        if let Some(r) = seen.rounds.get_mut(round) {
+            let v: Vec<f64> = accs.values().copied().collect();
+            if !v.is_empty() {
+                r.client_acc_mean = Some(v.iter().sum::<f64>() / v.len() as f64);
+                r.client_acc_min = Some(v.iter().copied().fold(f64::INFINITY, f64::min));
+            }
+            r.client_acc = accs.clone();
+        }
+    }
+    bar.finish_and_clear();
+
+    let rounds_completed = seen.rounds.keys().copied().max().unwrap_or(0);
+    if rounds_completed < cfg.rounds && failures.is_empty() {
+        failures.push(format!(
+            "only {rounds_completed}/{} rounds completed",
+            cfg.rounds
+        ));
+    }
+    if !ledgers_verified {
+        failures.push("a ledger failed verification".into());
+    }
+    if budget_exceeded {
+        failures.push("a node spent beyond its budget".into());
+    }
+    if !seen.double_counted.is_empty() {
+        failures.push(format!("rounds counted twice: {:?}", seen.double_counted));
+    }
+    if double_answered > 0 {
+        failures.push(format!("{double_answered} round attempts charged twice"));
+    }
+    if intruder_refused == Some(false) {
+        failures.push("the intruder got in".into());
+    }
+    for a in &armed {
+        if !a.done {
+            failures.push(format!(
+                "{} at round {} never fired",
+                a.fault.kind(),
+                a.fault.round()
+            ));
+        }
+    }
+    let report = TestnetReport {
+        nodes: cfg.nodes,
+        rounds_requested: cfg.rounds,
+        rounds_completed,
+        seed: cfg.seed,
+        alpha: cfg.alpha,
+        dp_epsilon: cfg.epsilon,
+        delta: cfg.delta,
+        tiny: cfg.tiny,
+        peers,
+        terms: seen
+            .terms
+            .iter()
+            .map(|(&term, host)| TermRecord {
+                term,
+                host: host.clone(),
+                host_index: index_of(host),
+            })
+            .collect(),
+        rounds: seen.rounds.values().cloned().collect(),
+        gen_start: Some(start),
+        oracle_acc_real: Some(evaluator.oracle_acc_real()?),
+        faults: armed.iter().filter_map(|a| a.record.clone()).collect(),
+        host_kill_recovery_seconds: armed.iter().find_map(|a| a.recovery),
+        reelection_seconds: armed.iter().find_map(|a| a.reelection),
+        ledgers_verified,
+        budget_exceeded,
+        double_counted_rounds: seen.double_counted.len(),
+        double_answered_attempts: double_answered,
+        intruder_refused,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        ok: failures.is_empty(),
+        failures,
+    };
+    write_report(out, &report, evaluator.classes(), &grids)?;
+    Ok(report)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads what the nodes report: terms and hosts, completed rounds (from the host's metrics),
+/// client accuracies, ε; copies each round's checkpoint while it is still on disk.
+fn observe(
+    seen: &mut Observed,
+    statuses: &[Option<StatusReport>],
+    cluster: &Cluster,
+    out: &Path,
+    index_of: &dyn Fn(&str) -> Option<usize>,
+) -> anyhow::Result<()> {
+    for (i, s) in statuses.iter().enumerate() {
+        let Some(s) = s else { continue };
+        if let Some(host) = &s.host {
+            seen.terms.entry(s.term).or_insert_with(|| host.clone());
+        }
+        let Some(m) = &s.last_metrics else { continue };
+        let round = m["round"].as_u64().unwrap_or(0);
+        let term = m["term"].as_u64().unwrap_or(0);
+        match m["role"].as_str() {
+            Some("client") => {
+                if let Some(acc) = m["test_acc"].as_f64() {
+                    seen.client_acc.entry(round).or_default().insert(i, acc);
+                }
+            }
+            Some("host") if round > 0 => {
+                if let Some(prev) = seen.rounds.get(&round) {
+                    if prev.term != term {
+                        seen.double_counted.insert(round);
+                    }
+                    continue;
+                }
+                let participants: Vec<usize> = m["participants"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str())
+                            .filter_map(index_of)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let epsilon = statuses
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, s)| s.as_ref().map(|s| (j, s.epsilon_spent)))
+                    .collect();
+                let hash = m["checkpoint"].as_str().unwrap_or("").to_string();
+                let rec = RoundRecord {
+                    round,
+                    term,
+                    host: s.peer_id.clone(),
+                    host_index: Some(i),
+                    participants: participants.len(),
+                    participant_nodes: participants,
+                    kept: m["kept"].as_u64().unwrap_or(0) as usize,
+                    mean_reward: m["mean_reward"].as_f64().unwrap_or(0.0),
+                    seconds: m["seconds"].as_f64().unwrap_or(0.0),
+                    bytes: m["bytes"].as_u64().unwrap_or(0),
+                    phase_seconds: serde_json::from_value(m["phase_seconds"].clone())
+                        .unwrap_or_default(),
+                    phase_bytes: serde_json::from_value(m["phase_bytes"].clone())
+                        .unwrap_or_default(),
+                    epsilon,
+                    checkpoint: hash.clone(),
+                    ..RoundRecord::default()
+                };
+                seen.rounds.insert(round, rec);
+                // Keep the checkpoint (nodes prune all but their newest few).
+                let dest = out.join("checkpoints").join(format!("round-{round}.bin"));
+                let found = cluster.nodes.iter().find_map(|n| {
+                    let src = n.dir.join("checkpoints").join(format!("{hash}.bin"));
+                    std::fs::read(&src).ok()
+                });
+                if let Some(bytes) = found {
+                    if node::store::to_hex(&node::store::sha256(&bytes)) == hash {
+                        std::fs::write(&dest, bytes)?;
+                        seen.checkpoints.insert(round, dest);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The one-line live view: host, round phase, participation, ε.
+fn progress_line(
+    statuses: &[Option<StatusReport>],
+    seen: &Observed,
+    index_of: &dyn Fn(&str) -> Option<usize>,
+) -> String {
+    let up = statuses.iter().flatten().count();
+    let host = statuses.iter().flatten().find_map(|s| s.host.clone());
+    let Some(host) = host else {
+        return format!("{up}/{} nodes up, electing a host", statuses.len());
+    };
+    let h = index_of(&host);
+    let phase = h
+        .and_then(|h| statuses.get(h))
+        .and_then(|s| s.as_ref())
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "–".into());
+    let busy = statuses
+        .iter()
+        .flatten()
+        .filter(|s| matches!(s.phase.as_deref(), Some("learn" | "judge" | "aggregate")))
+        .count();
+    let eps = statuses
+        .iter()
+        .flatten()
+        .map(|s| s.epsilon_spent)
+        .fold(0.0f64, f64::max);
+    let acc = seen
+        .client_acc
+        .values()
+        .next_back()
+        .map(|m| pct(m.values().sum::<f64>() / m.len().max(1) as f64))
+        .unwrap_or_else(|| "–".into());
+    let last = seen.rounds.values().next_back();
+    format!(
+        "{up}/{} up · host n{} · {phase} · {busy} nodes busy · ε max {eps:.2} · client acc {acc}{}",
+        statuses.len(),
+        h.map(|h| h.to_string()).unwrap_or_else(|| "?".into()),
+        last.map(|r| format!(" · last round {:.1} s", r.seconds))
+            .unwrap_or_default()
+    )
+}
+
+/// Fires a fault when its round is in progress, and restarts what it killed when due.
+fn step_fault(
+    a: &mut Armed,
+    cluster: &mut Cluster,
+    statuses: &[Option<StatusReport>],
+    seen: &Observed,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let completed = seen.rounds.keys().copied().max().unwrap_or(0);
+    let round = a.fault.round();
+    let host = statuses.iter().flatten().find_map(|s| s.host.clone());
+    let host_idx = host
+        .as_ref()
+        .and_then(|h| cluster.nodes.iter().position(|n| &n.peer_id == h));
+    let host_phase = host_idx
+        .and_then(|h| statuses.get(h))
+        .and_then(|s| s.as_ref())
+        .and_then(|s| s.phase.clone());
+    let in_round =
+        completed + 1 == round && matches!(host_phase.as_deref(), Some("learn" | "aggregate"));
+    match a.fired_at {
+        None => {
+            if !in_round {
+                if completed >= round {
+                    // The round finished before the fault could land in it.
+                    a.done = true;
+                    a.record = Some(FaultRecord {
+                        kind: a.fault.kind().into(),
+                        round,
+                        nodes: vec![],
+                        at_seconds: t0.elapsed().as_secs_f64(),
+                        outcome: "round completed before the fault could fire".into(),
+                    });
+                }
+                return Ok(());
+            }
+            let Some(h) = host_idx else { return Ok(()) };
+            let at = t0.elapsed().as_secs_f64();
+            match a.fault {
+                Fault::KillHost { .. } => {
+                    cluster.nodes[h].sigkill();
+                    a.down = vec![h];
+                    a.killed_host = host.clone();
+                    tracing::info!(node = h, round, "fault: SIGKILL the host");
+                }
+                Fault::Drop { count, .. } => {
+                    let victims: Vec<usize> = (0..cluster.nodes.len())
+                        .rev()
+                        .filter(|&i| i != h && cluster.nodes[i].running())
+                        .take(count)
+                        .collect();
+                    for &v in &victims {
+                        cluster.nodes[v].sigkill();
+                    }
+                    a.down = victims;
+                    tracing::info!(nodes = ?a.down, round, "fault: SIGKILL clients");
+                }
+                Fault::Restart { node, .. } => {
+                    cluster.nodes[node].sigkill();
+                    std::thread::sleep(Duration::from_millis(300));
+                    cluster.start(node)?;
+                    tracing::info!(node, round, "fault: SIGKILL and restart");
+                }
+            }
+            a.fired_at = Some(Instant::now());
+            a.record = Some(FaultRecord {
+                kind: a.fault.kind().into(),
+                round,
+                nodes: match a.fault {
+                    Fault::Restart { node, .. } => vec![node],
+                    _ => a.down.clone(),
+                },
+                at_seconds: at,
+                outcome: String::new(),
+            });
+            if matches!(a.fault, Fault::Restart { .. }) {
+                a.done = true;
+                if let Some(r) = a.record.as_mut() {
+                    r.outcome = "killed and restarted; ledger checked at the end".into();
+                }
+            }
+            Ok(())
+        }
+        Some(fired) => match a.fault {
+            Fault::KillHost { .. } => {
+                let killed = a.killed_host.clone().unwrap_or_default();
+                let live: Vec<&StatusReport> = statuses.iter().flatten().collect();
+                let new_host = !live.is_empty()
+                    && live
+                        .iter()
+                        .all(|s| s.host.as_ref().is_some_and(|h| *h != killed));
+                if !a.down.is_empty() && new_host {
+                    let secs = fired.elapsed().as_secs_f64();
+                    for &d in &a.down {
+                        cluster.start(d)?;
+                    }
+                    a.down.clear();
+                    a.reelection = Some(secs);
+                    if let Some(r) = a.record.as_mut() {
+                        r.outcome = format!(
+                            "new host elected after {secs:.2} s; the killed node restarted as a client"
+                        );
+                    }
+                }
+                if a.down.is_empty() && completed >= round {
+                    a.done = true;
+                    let secs = fired.elapsed().as_secs_f64();
+                    a.recovery = Some(secs);
+                    if let Some(r) = a.record.as_mut() {
+                        r.outcome.push_str(&format!(
+                            "; round {round} completed {secs:.2} s after the kill"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Fault::Drop { count, .. } => {
+                let abandoned = host_phase.as_deref() == Some("abandoned");
+                if completed >= round || abandoned {
+                    for &d in &a.down {
+                        cluster.start(d)?;
+                    }
+                    a.down.clear();
+                    a.done = true;
+                    let outcome = match seen.rounds.get(&round) {
+                        Some(r) => format!(
+                            "round {round} completed with {} participants after {count} were killed",
+                            r.participants
+                        ),
+                        None => format!(
+                            "round {round}'s attempt aborted below the threshold; the killed clients restarted and the round was retried"
+                        ),
+                    };
+                    if let Some(r) = a.record.as_mut() {
+                        r.outcome = outcome;
+                    }
+                }
+                Ok(())
+            }
+            Fault::Restart { .. } => Ok(()),
+        },
+    }
+}
