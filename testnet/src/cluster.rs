@@ -289,12 +289,25 @@ fn spawn(bin: &Path, n: &mut NodeProc) -> anyhow::Result<()> {
         .create(true)
         .append(true)
         .open(&n.log)?;
-    let mut child = Command::new(bin)
-        .args(["run", "--gpu", "off", "--data-dir"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--gpu", "off", "--data-dir"])
         .arg(&n.dir)
         .env("RUST_LOG", "info,libp2p=warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
+        .stderr(Stdio::from(log));
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the node if
+        // the testnet dies without shutting it down (no orphans even after a SIGKILL of ours).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stdout = child

@@ -69,6 +69,13 @@ struct UpArgs {
     /// Give up after this many seconds (default: from the rounds and model size).
     #[arg(long)]
     timeout: Option<u64>,
+    /// Run the same config without faults first (into OUT/baseline) and check that the final
+    /// accuracies agree within --tolerance.
+    #[arg(long)]
+    baseline: bool,
+    /// Largest difference of final accuracies, in percentage points, that counts as noise.
+    #[arg(long, default_value_t = 5.0)]
+    tolerance: f64,
     /// The `fedmmkt` binary (default: next to this one, built first when run through cargo).
     #[arg(long)]
     fedmmkt: Option<PathBuf>,
@@ -103,6 +110,8 @@ fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout.unwrap_or(120 + per_round * a.rounds)),
         bin: node_binary(a.fedmmkt, &std::env::current_exe()?)?,
         progress: true,
+        baseline: a.baseline,
+        tolerance: a.tolerance / 100.0,
     };
     install_signal_handlers();
     let report = up(&cfg)?;

@@ -107,6 +107,23 @@ pub struct GenPoint {
     pub frechet: f64,
 }
 
+/// Final metrics of a fault-free run of the same seed next to this run's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Fault-free final mean client accuracy.
+    pub client_acc_mean: Option<f64>,
+    /// Fault-free final generator oracle accuracy.
+    pub gen_oracle_acc: Option<f64>,
+    /// This run's final mean client accuracy.
+    pub run_client_acc_mean: Option<f64>,
+    /// This run's final generator oracle accuracy.
+    pub run_gen_oracle_acc: Option<f64>,
+    /// Largest difference (fraction) counted as noise.
+    pub tolerance: f64,
+    /// Both differences are within the tolerance.
+    pub within_noise: bool,
+}
+
 /// Everything a run produced; serialised as `report.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TestnetReport {
@@ -152,6 +169,8 @@ pub struct TestnetReport {
     pub double_answered_attempts: usize,
     /// The intruder was refused (None: no intruder).
     pub intruder_refused: Option<bool>,
+    /// The same config without faults, for comparison (`--baseline`).
+    pub baseline: Option<Baseline>,
     /// Wall seconds of the whole run.
     pub wall_seconds: f64,
     /// Every invariant held and every requested round completed.

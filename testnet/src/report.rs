@@ -556,6 +556,41 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
         );
     }
 
+    if let Some(b) = &r.baseline {
+        let _ = writeln!(s, "\n## Against a fault-free run of the same seed\n");
+        let _ = writeln!(s, "| | fault-free | this run | difference | |");
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for (name, base, this) in [
+            (
+                "final client accuracy (mean)",
+                b.client_acc_mean,
+                b.run_client_acc_mean,
+            ),
+            (
+                "final generator oracle accuracy",
+                b.gen_oracle_acc,
+                b.run_gen_oracle_acc,
+            ),
+        ] {
+            let diff = match (base, this) {
+                (Some(x), Some(y)) => format!("{:+.1} points", 100.0 * (y - x)),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {diff} | |",
+                base.map_or_else(|| "–".into(), |v| format!("{:.1}%", 100.0 * v)),
+                this.map_or_else(|| "–".into(), |v| format!("{:.1}%", 100.0 * v)),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nWithin noise (±{:.1} points): {}",
+            100.0 * b.tolerance,
+            if b.within_noise { "✓" } else { "✗" }
+        );
+    }
+
     if !grid_rounds.is_empty() {
         let _ = writeln!(s, "\n## Generated images\n");
         if !class_names.is_empty() {
@@ -680,6 +715,14 @@ mod tests {
             double_counted_rounds: 0,
             double_answered_attempts: 0,
             intruder_refused: Some(true),
+            baseline: Some(crate::record::Baseline {
+                client_acc_mean: Some(0.62),
+                gen_oracle_acc: Some(0.80),
+                run_client_acc_mean: Some(0.60),
+                run_gen_oracle_acc: Some(0.81),
+                tolerance: 0.05,
+                within_noise: true,
+            }),
             wall_seconds: 61.0,
             ok,
             failures: if ok {
@@ -756,6 +799,10 @@ mod tests {
         assert!(md.contains("| 1 | n0 | `12D3Ko…000000` |"), "{md}");
         assert!(md.contains("| 2 | n1 | `12D3Ko…111111` |"), "{md}");
         assert!(md.contains("**FAILED**"), "{md}");
+        assert!(
+            md.contains("| final client accuracy (mean) | 62.0% | 60.0% | -2.0 points | |"),
+            "{md}"
+        );
         assert!(md.contains("## Failures"), "{md}");
         assert!(md.contains("- round 3 was completed by two hosts"), "{md}");
         assert!(md.contains("![round 0](grid_round_0.png)"), "{md}");

@@ -17,7 +17,7 @@ use rand::RngCore;
 use crate::cluster::{Cluster, NodeSettings};
 use crate::evaluate::Evaluator;
 use crate::faults::Fault;
-use crate::record::{FaultRecord, NodeSummary, RoundRecord, TermRecord, TestnetReport};
+use crate::record::{Baseline, FaultRecord, NodeSummary, RoundRecord, TermRecord, TestnetReport};
 use crate::report::{write_report, GridImages};
 
 /// What to run.
@@ -49,6 +49,10 @@ pub struct UpConfig {
     pub bin: PathBuf,
     /// Show a progress bar (off in tests).
     pub progress: bool,
+    /// Also run the same config without faults (into `out/baseline`) and compare.
+    pub baseline: bool,
+    /// Largest difference of final accuracies (fraction) that counts as noise.
+    pub tolerance: f64,
 }
 
 /// Set by SIGINT/SIGTERM; the run stops, shuts its nodes down and still writes a report.
@@ -129,6 +133,21 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             );
         }
     }
+    let baseline = if cfg.baseline && (!cfg.faults.is_empty() || cfg.intruder) {
+        let clean = UpConfig {
+            faults: Vec::new(),
+            intruder: false,
+            baseline: false,
+            out: cfg.out.join("baseline"),
+            ..cfg.clone()
+        };
+        if cfg.progress {
+            eprintln!("fault-free baseline run first ({})", clean.out.display());
+        }
+        Some(up(&clean)?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     let out = &cfg.out;
     if out.join("nodes").exists() {
@@ -332,6 +351,37 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     bar.finish_and_clear();
 
     let rounds_completed = seen.rounds.keys().copied().max().unwrap_or(0);
+    let last_of = |r: &TestnetReport| -> (Option<f64>, Option<f64>) {
+        r.rounds
+            .last()
+            .map_or((None, None), |l| (l.client_acc_mean, l.gen_oracle_acc))
+    };
+    let final_run = seen
+        .rounds
+        .values()
+        .next_back()
+        .map_or((None, None), |l| (l.client_acc_mean, l.gen_oracle_acc));
+    let baseline = baseline.map(|b| {
+        let (client, gen) = last_of(&b);
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= cfg.tolerance,
+            _ => false,
+        };
+        Baseline {
+            client_acc_mean: client,
+            gen_oracle_acc: gen,
+            run_client_acc_mean: final_run.0,
+            run_gen_oracle_acc: final_run.1,
+            tolerance: cfg.tolerance,
+            within_noise: close(client, final_run.0) && close(gen, final_run.1),
+        }
+    });
+    if baseline.as_ref().is_some_and(|b| !b.within_noise) {
+        failures.push(format!(
+            "final metrics differ from the fault-free run by more than {:.1} points",
+            100.0 * cfg.tolerance
+        ));
+    }
     if rounds_completed < cfg.rounds && failures.is_empty() {
         failures.push(format!(
             "only {rounds_completed}/{} rounds completed",
@@ -392,6 +442,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         double_counted_rounds: seen.double_counted.len(),
         double_answered_attempts: double_answered,
         intruder_refused,
+        baseline,
         wall_seconds: t0.elapsed().as_secs_f64(),
         ok: failures.is_empty(),
         failures,

@@ -26,6 +26,8 @@ fn a_host_kill_and_an_intruder_leave_every_invariant_intact() {
         timeout: Duration::from_secs(100),
         bin,
         progress: false,
+        baseline: false,
+        tolerance: 0.05,
     };
     let report = up(&cfg).unwrap();
     assert!(report.ok, "{:?}", report.failures);

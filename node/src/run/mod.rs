@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState, PeerInfo, StatusReport};
 use crate::config::NodeConfig;
+use crate::net::rate::RateWindow;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
 use client::ClientSide;
@@ -67,7 +68,7 @@ struct Peer {
     last_completed_round: u64,
     last_seen: Option<Instant>,
     /// Requests in the current one-second window (rate limit).
-    window: (Instant, u32),
+    window: RateWindow,
 }
 
 impl Peer {
@@ -80,7 +81,7 @@ impl Peer {
             memory_mb: 0,
             last_completed_round: 0,
             last_seen: None,
-            window: (Instant::now(), 0),
+            window: RateWindow::new(Instant::now()),
         }
     }
 }
@@ -810,13 +811,7 @@ impl Node {
     /// Per-peer request rate limit; true when the request may proceed.
     fn within_rate(&mut self, peer: PeerId) -> bool {
         let limit = self.cfg.network.requests_per_second.max(1);
-        let p = self.peer_mut(peer);
-        let now = Instant::now();
-        if now.duration_since(p.window.0) >= Duration::from_secs(1) {
-            p.window = (now, 0);
-        }
-        p.window.1 += 1;
-        p.window.1 <= limit
+        self.peer_mut(peer).window.allow(Instant::now(), limit)
     }
 
     fn on_request(
