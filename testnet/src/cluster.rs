@@ -49,6 +49,19 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    fn new(index: usize, dir: PathBuf, peer_id: String, log: PathBuf) -> Self {
+        Self {
+            index,
+            dir,
+            peer_id,
+            addr: None,
+            child: None,
+            log,
+            kills: 0,
+            restarts: 0,
+        }
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -196,16 +209,12 @@ impl Cluster {
         for (index, _) in datasets.iter().enumerate() {
             let dir = root.join(format!("n{index}"));
             let peer_id = init(bin, &dir, psk, s.epsilon, s.delta)?;
-            nodes.push(NodeProc {
+            nodes.push(NodeProc::new(
                 index,
-                log: root.join(format!("n{index}.log")),
                 dir,
                 peer_id,
-                addr: None,
-                child: None,
-                kills: 0,
-                restarts: 0,
-            });
+                root.join(format!("n{index}.log")),
+            ));
         }
         let members: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
         for (n, ds) in nodes.iter().zip(datasets) {
@@ -222,16 +231,12 @@ impl Cluster {
                     datasets.first().map(|d| d.as_path()),
                     s,
                 )?;
-                Some(NodeProc {
-                    index: usize::MAX,
-                    log: root.join("intruder.log"),
+                Some(NodeProc::new(
+                    usize::MAX,
                     dir,
                     peer_id,
-                    addr: None,
-                    child: None,
-                    kills: 0,
-                    restarts: 0,
-                })
+                    root.join("intruder.log"),
+                ))
             }
             None => None,
         };

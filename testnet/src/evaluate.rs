@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use models::data::captions::all_captions;
 use models::data::Splits;
 use models::oracle::Oracle;
-use models::text::{BowTextEncoder, TextEncoder};
+use models::text::TextEncoder;
 use node::config::ModelConfig;
 use node::round::Host;
-use node::run::world::EMB_DIM;
+use node::run::world::federation_encoder;
 use node::simulate::setup::{eval_rng, sub_seed};
 
 use crate::record::GenPoint;
@@ -31,12 +30,7 @@ impl Evaluator {
     pub fn new(splits: Splits, model: ModelConfig, seed: u64, tiny: bool) -> anyhow::Result<Self> {
         let epochs = if tiny { 2 } else { 15 };
         let oracle = Oracle::train(&splits.oracle, &splits.test, epochs, sub_seed(seed, 3))?;
-        let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
-            .into_iter()
-            .map(|(c, _, t)| (c, t))
-            .collect();
-        let encoder: Arc<dyn TextEncoder> =
-            Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus));
+        let encoder = federation_encoder(&splits.host.classes, seed);
         Ok(Self {
             oracle,
             splits,

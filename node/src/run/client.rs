@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use privacy::ledger::ChargeContext;
 use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
 use privacy::secagg::{SecAggClient, ServerMessage};
+use protocol::election::Election;
 use protocol::round::client::ClientView;
 use protocol::round::{ClientRound, OfferDecision, SecAggDelivery};
 use protocol::wire::{CheckpointTransfer, Phase, Request, RoundOffer, SecAggPacket};
@@ -63,6 +64,20 @@ impl ClientSide {
     }
 }
 
+/// What an offer or checkpoint is checked against: this node, its election's view, its store.
+fn client_view<'a>(
+    me: &'a [u8],
+    election: &'a Election<Vec<u8>>,
+    store: &NodeStore,
+) -> Result<ClientView<'a>, String> {
+    Ok(ClientView {
+        me,
+        leader: election.leader().map(|l| l.as_slice()),
+        term: election.term(),
+        last_completed: store.last_completed_round().map_err(|e| e.to_string())?,
+    })
+}
+
 /// True when `identity` is the Ed25519 key of `peer`.
 fn identity_matches(peer: &[u8], identity: &[u8; 32]) -> bool {
     let Ok(key) = ed25519::PublicKey::try_from_bytes(identity) else {
@@ -93,16 +108,7 @@ impl Node {
             .store
             .answered(term, round, offer.attempt)
             .map_err(|e| e.to_string())?;
-        let last_completed = self
-            .store
-            .last_completed_round()
-            .map_err(|e| e.to_string())?;
-        let view = ClientView {
-            me: &self.me_bytes,
-            leader: self.election.leader().map(|l| l.as_slice()),
-            term: self.election.term(),
-            last_completed,
-        };
+        let view = client_view(&self.me_bytes, &self.election, &self.store)?;
         let decision = self
             .client
             .machine
@@ -324,16 +330,7 @@ impl Node {
         if self.host.is_some() {
             return Err("this node is the host".into());
         }
-        let last_completed = self
-            .store
-            .last_completed_round()
-            .map_err(|e| e.to_string())?;
-        let view = ClientView {
-            me: &self.me_bytes,
-            leader: self.election.leader().map(|l| l.as_slice()),
-            term: self.election.term(),
-            last_completed,
-        };
+        let view = client_view(&self.me_bytes, &self.election, &self.store)?;
         self.client
             .machine
             .checkpoint(&peer.to_bytes(), t.term, t.round, view)

@@ -778,25 +778,7 @@ impl Node {
     }
 
     fn on_election(&mut self, from: PeerId, msg: ElectionMessage<Vec<u8>>) -> anyhow::Result<()> {
-        let (cap, round) = match &msg {
-            ElectionMessage::RequestVote {
-                capability,
-                last_completed_round,
-                ..
-            }
-            | ElectionMessage::Heartbeat {
-                capability,
-                last_completed_round,
-                ..
-            }
-            | ElectionMessage::HeartbeatAck {
-                capability,
-                last_completed_round,
-                ..
-            } => (Some(*capability), *last_completed_round),
-            ElectionMessage::Vote { .. } => (None, 0),
-        };
-        if let Some(cap) = cap {
+        if let Some((cap, round)) = msg.advertised() {
             self.note_peer(from, cap, round)?;
         }
         match self.election.handle(&from.to_bytes(), msg) {

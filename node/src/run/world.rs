@@ -49,6 +49,15 @@ pub fn federation_splits(seed: u64) -> anyhow::Result<Splits> {
     Ok(Splits::carve(&embedded, &split, seed)?)
 }
 
+/// The caption encoder every node (and the testnet's evaluation) builds from `seed`.
+pub fn federation_encoder(classes: &[String], seed: u64) -> Arc<dyn TextEncoder> {
+    let corpus: Vec<(usize, String)> = all_captions(classes)
+        .into_iter()
+        .map(|(c, _, t)| (c, t))
+        .collect();
+    Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus))
+}
+
 /// The client pool split into `parts` label-skewed shards (Dirichlet α, at least 10 images each).
 pub fn partition(
     splits: &Splits,
@@ -76,12 +85,7 @@ impl World {
         alpha: f64,
     ) -> anyhow::Result<Self> {
         let splits = federation_splits(seed)?;
-        let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
-            .into_iter()
-            .map(|(c, _, t)| (c, t))
-            .collect();
-        let encoder: Arc<dyn TextEncoder> =
-            Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus));
+        let encoder = federation_encoder(&splits.host.classes, seed);
         let (private, private_origin, shard) = match dataset {
             Some(dir) => {
                 let src = DataSource::from_dir(dir)?;

@@ -71,6 +71,28 @@ impl<N> ElectionMessage<N> {
             Self::HeartbeatAck { from, .. } => from,
         }
     }
+
+    /// The sender's advertised capability and last completed round (every kind but `Vote`).
+    pub fn advertised(&self) -> Option<(Capability, u64)> {
+        match self {
+            Self::RequestVote {
+                capability,
+                last_completed_round,
+                ..
+            }
+            | Self::Heartbeat {
+                capability,
+                last_completed_round,
+                ..
+            }
+            | Self::HeartbeatAck {
+                capability,
+                last_completed_round,
+                ..
+            } => Some((*capability, *last_completed_round)),
+            Self::Vote { .. } => None,
+        }
+    }
 }
 
 /// State that must survive restarts, or a restarted node could vote twice in one term.

@@ -421,23 +421,9 @@ impl<N: NodeId> Election<N> {
     }
 
     fn learn_from(&mut self, from: &N, msg: &ElectionMessage<N>) {
-        match msg {
-            ElectionMessage::RequestVote {
-                capability,
-                last_completed_round,
-                ..
-            }
-            | ElectionMessage::Heartbeat {
-                capability,
-                last_completed_round,
-                ..
-            }
-            | ElectionMessage::HeartbeatAck {
-                capability,
-                last_completed_round,
-                ..
-            } => self.record_peer(from, *capability, *last_completed_round),
-            ElectionMessage::Vote { .. } => {
+        match msg.advertised() {
+            Some((capability, round)) => self.record_peer(from, capability, round),
+            None => {
                 if let Some(p) = self.peers.get_mut(from) {
                     p.last_heard = self.now;
                 }
