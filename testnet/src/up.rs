@@ -556,11 +556,23 @@ fn progress_line(
         .and_then(|s| s.as_ref())
         .and_then(|s| s.phase.clone())
         .unwrap_or_else(|| "–".into());
-    let busy = statuses
+    // One letter per node: H the host, then the client's phase; x down.
+    let nodes: String = statuses
         .iter()
-        .flatten()
-        .filter(|s| matches!(s.phase.as_deref(), Some("learn" | "judge" | "aggregate")))
-        .count();
+        .enumerate()
+        .map(|(i, s)| match s {
+            None => 'x',
+            Some(_) if Some(i) == h => 'H',
+            Some(s) => match s.phase.as_deref() {
+                Some("learn") => 'l',
+                Some("judge") => 'j',
+                Some("aggregate") => 'a',
+                Some("complete") => 'c',
+                Some("abandoned") => '!',
+                _ => '.',
+            },
+        })
+        .collect();
     let eps = statuses
         .iter()
         .flatten()
@@ -574,7 +586,7 @@ fn progress_line(
         .unwrap_or_else(|| "–".into());
     let last = seen.rounds.values().next_back();
     format!(
-        "{up}/{} up · host n{} · {phase} · {busy} nodes busy · ε max {eps:.2} · client acc {acc}{}",
+        "{up}/{} up · host n{} · {phase} · nodes [{nodes}] · ε max {eps:.2} · client acc {acc}{}",
         statuses.len(),
         h.map(|h| h.to_string()).unwrap_or_else(|| "?".into()),
         last.map(|r| format!(" · last round {:.1} s", r.seconds))

@@ -399,6 +399,28 @@ impl Node {
         Ok(())
     }
 
+    /// A participant lost its last connection: the round stops waiting for it (secure
+    /// aggregation treats it as a dropout) instead of running into the stage deadline.
+    pub(super) fn participant_gone(&mut self, peer: PeerId) -> anyhow::Result<()> {
+        let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
+            return Ok(());
+        };
+        let (term, round) = (active.machine.term(), active.machine.round());
+        if !matches!(active.machine.stage(), HostStage::Aggregate(_))
+            || active
+                .machine
+                .abstain(&peer.to_bytes(), term, round)
+                .is_err()
+        {
+            return Ok(());
+        }
+        tracing::warn!(peer = %peer, round, "a participant disconnected: not waiting for it");
+        if active.machine.stage_complete() {
+            self.advance_stage()?;
+        }
+        Ok(())
+    }
+
     /// An offer was refused or could not be delivered.
     pub(super) fn offer_refused(
         &mut self,

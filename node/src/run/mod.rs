@@ -603,6 +603,7 @@ impl Node {
                     p.connected = false;
                 }
                 tracing::info!(peer = %peer_id, "disconnected");
+                self.participant_gone(peer_id)?;
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
