@@ -416,6 +416,9 @@ pub struct Guidance<'a> {
     pub labels: &'a [u8],
     /// Step size of the guidance term.
     pub scale: f64,
+    /// Weight β of the classifier's entropy in the objective log p(y|x) + β·H(p(·|x)): above
+    /// zero, samples stay their class but move towards where the classifier is less sure.
+    pub entropy: f64,
 }
 
 impl FlowGenerator {
@@ -460,8 +463,8 @@ impl FlowGenerator {
                         .iter()
                         .map(|&l| l as u32)
                         .collect();
-                    v = (&v
-                        + (self.guidance_gradient(&x, &v, t, g.classifier, &labels)? * g.scale)?)?;
+                    let grad = self.guidance_gradient(&x, &v, t, g, &labels)?;
+                    v = (&v + (grad * g.scale)?)?;
                 }
                 x = (x + (v * dt as f64)?)?.detach();
             }
@@ -473,16 +476,18 @@ impl FlowGenerator {
         Ok(out)
     }
 
-    /// ∇ₓ Σ log p(label | decode(x + (1 − t)·v)): the direction that makes each sample's
-    /// predicted end point look more like its prompted class to `classifier`.
+    /// ∇ₓ Σ [log p(label | x̂) + β·H(p(·|x̂))], x̂ = decode(x + (1 − t)·v): the direction that
+    /// makes each sample's predicted end point look more like its prompted class to the
+    /// guidance classifier (and, with β > 0, less certain of it).
     fn guidance_gradient(
         &self,
         x: &Tensor,
         v: &Tensor,
         t: f32,
-        classifier: &TaskModel,
+        guidance: &Guidance,
         labels: &[u32],
     ) -> Result<Tensor> {
+        let classifier = guidance.classifier;
         let xv = candle_core::Var::from_tensor(x)?;
         let end = (xv.as_tensor() + (v * (1.0 - t) as f64)?)?;
         let pixels = match &self.codec {
@@ -491,7 +496,11 @@ impl FlowGenerator {
         };
         let logp = candle_nn::ops::log_softmax(&classifier.logits(&pixels)?, 1)?;
         let idx = Tensor::from_slice(labels, (labels.len(), 1), x.device())?;
-        let objective = logp.gather(&idx, 1)?.sum_all()?;
+        let mut objective = logp.gather(&idx, 1)?.sum_all()?;
+        if guidance.entropy > 0.0 {
+            let entropy = (logp.exp()? * &logp)?.sum_all()?.neg()?;
+            objective = (objective + (entropy * guidance.entropy)?)?;
+        }
         let grads = objective.backward()?;
         let g = grads
             .get(xv.as_tensor())
@@ -639,16 +648,62 @@ mod tests {
             classifier: &clf,
             labels: &want,
             scale: 5.0,
+            entropy: 0.0,
         };
         let steered = g
             .sample_guided(&emb, 40, Some(&guide), &mut ChaCha8Rng::seed_from_u64(8))
             .unwrap();
         let (p, s) = (matches(&plain), matches(&steered));
         assert!(s >= 36 && s > p + 8, "guided {s}/40 vs unguided {p}/40");
+        // The entropy term: with a classifier that is not saturated (freshly initialised, so
+        // its gradients do not vanish), plain guidance raises its belief in the prompted class
+        // and the entropy term holds that belief back.
+        let mut unsure = TaskModel::new(Arch::Mlp, 28, 2, 1, 1e-3, 9).unwrap();
+        let brief = ClientTrainConfig { epochs: 1, ..tc };
+        train_client(
+            &mut unsure,
+            &ds,
+            &vec![0.0; labels.len()],
+            None,
+            &brief,
+            &mut rng,
+        )
+        .unwrap();
+        let belief = |out: &[u8]| {
+            let p = unsure.predict_proba(out, 40).unwrap();
+            p.chunks_exact(2)
+                .zip(&want)
+                .map(|(row, &l)| row[l as usize])
+                .sum::<f32>()
+                / 40.0
+        };
+        let sample = |entropy: f64| {
+            let guide = Guidance {
+                classifier: &unsure,
+                labels: &want,
+                scale: 5.0,
+                entropy,
+            };
+            g.sample_guided(&emb, 40, Some(&guide), &mut ChaCha8Rng::seed_from_u64(8))
+                .unwrap()
+        };
+        let (b_none, b_plain, b_soft) =
+            (belief(&plain), belief(&sample(0.0)), belief(&sample(4.0)));
+        let seen = format!("belief unguided {b_none:.3}, guided {b_plain:.3}, entropy {b_soft:.3}");
+        assert!(b_plain > b_none + 0.3, "{seen}");
+        assert!(
+            b_soft > b_none + 0.3,
+            "the entropy term undid the guidance: {seen}"
+        );
+        assert!(
+            b_soft < b_plain - 0.03,
+            "the entropy term changed nothing: {seen}"
+        );
         let bad = Guidance {
             classifier: &clf,
             labels: &want[..3],
             scale: 1.0,
+            entropy: 0.0,
         };
         assert!(g.sample_guided(&emb, 40, Some(&bad), &mut rng).is_err());
     }

@@ -196,6 +196,8 @@ pub struct ModelConfig {
     pub critic_steps: usize,
     /// Strength of the critic's guidance when sampling (0: no critic).
     pub guidance_scale: f64,
+    /// Weight of the critic's entropy when guiding the clients' synthetic set.
+    pub guidance_entropy: f64,
     /// Reward threshold θ for keeping a synthetic sample.
     pub keep_threshold: f64,
     /// Hidden width of the generator's flow.
@@ -228,6 +230,7 @@ impl Default for ModelConfig {
             finetune_steps: host.finetune_steps,
             critic_steps: host.critic_steps,
             guidance_scale: host.guidance_scale,
+            guidance_entropy: host.guidance_entropy,
             keep_threshold: short_f64(host.keep_threshold),
             flow_hidden: host.flow.hidden,
             flow_blocks: host.flow.blocks,
@@ -251,6 +254,7 @@ impl ModelConfig {
             finetune_steps: self.finetune_steps,
             critic_steps: self.critic_steps,
             guidance_scale: self.guidance_scale,
+            guidance_entropy: self.guidance_entropy,
             keep_threshold: self.keep_threshold as f32,
             ..HostConfig::default()
         };
@@ -368,6 +372,7 @@ const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
             ("finetune_steps", "Generator fine-tuning steps per round (0: improve through the critic only)."),
             ("critic_steps", "Critic training steps per round."),
             ("guidance_scale", "Strength of the critic's guidance when sampling (0: no critic)."),
+            ("guidance_entropy", "Weight of the critic's entropy when guiding the clients' synthetic set (0: plain guidance; > 0: samples nearer the class boundaries)."),
             ("keep_threshold", "Reward threshold θ in [0, 1] for keeping a synthetic sample."),
             ("flow_hidden", "Hidden width of the generator's flow network."),
             ("flow_blocks", "Residual blocks of the flow network."),
@@ -508,6 +513,11 @@ impl NodeConfig {
             m.guidance_scale.is_finite() && m.guidance_scale >= 0.0,
             "model.guidance_scale",
             || format!("must be a finite number ≥ 0, got {}", m.guidance_scale),
+        )?;
+        ensure(
+            m.guidance_entropy.is_finite() && m.guidance_entropy >= 0.0,
+            "model.guidance_entropy",
+            || format!("must be a finite number ≥ 0, got {}", m.guidance_entropy),
         )?;
         ensure(m.lr.is_finite() && m.lr > 0.0, "model.lr", || {
             format!("must be a finite number > 0, got {}", m.lr)

@@ -47,6 +47,11 @@ pub struct HostConfig {
     pub prompt_mix: f32,
     /// Strength of the critic's guidance when sampling (0: the flow alone).
     pub guidance_scale: f64,
+    /// Weight of the critic's entropy when guiding the clients' synthetic set (0: plain
+    /// guidance): the host asks for samples that stay their class but sit nearer the
+    /// boundaries, where the ensemble's soft labels carry the most knowledge.
+    #[serde(default)]
+    pub guidance_entropy: f64,
     /// Critic training steps per round (the critic distils the clients' ensemble teacher).
     pub critic_steps: usize,
     /// Most (image, teacher) pairs the critic remembers, newest first.
@@ -67,6 +72,7 @@ impl Default for HostConfig {
             public_weight: 1.0,
             prompt_mix: 0.0,
             guidance_scale: 2.0,
+            guidance_entropy: 0.6,
             critic_steps: 150,
             critic_memory: 5000,
             flow: FlowConfig::default(),
@@ -164,13 +170,19 @@ impl Host {
             .collect();
         let texts = random_captions(&self.classes, &labels, rng);
         let emb = self.encoder.encode(&texts)?;
-        let images = self.sample(&emb, &labels, rng)?;
+        let images = self.sample(&emb, &labels, 0.0, rng)?;
         Ok((images, labels))
     }
 
     /// The generator's samples: the flow, steered by the critic once it has learnt from the
     /// clients (the critic and guidance are part of the host's generator).
-    fn sample(&self, emb: &[f32], labels: &[u8], rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<u8>> {
+    fn sample(
+        &self,
+        emb: &[f32],
+        labels: &[u8],
+        entropy: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<Vec<u8>> {
         let guidance = self
             .critic
             .as_ref()
@@ -179,6 +191,7 @@ impl Host {
                 classifier,
                 labels,
                 scale: self.cfg.guidance_scale,
+                entropy,
             });
         Ok(self
             .generator
@@ -291,7 +304,7 @@ impl Host {
         let text_emb = self.encoder.encode(&texts)?;
         let labels: Vec<u8> = prompt_class.iter().map(|&c| c as u8).collect();
         let mut rng = self.rng.clone();
-        let images = self.sample(&text_emb, &labels, &mut rng)?;
+        let images = self.sample(&text_emb, &labels, self.cfg.guidance_entropy, &mut rng)?;
         self.rng = rng;
         let start = RoundStart {
             round,

@@ -117,6 +117,10 @@ pub struct SimConfig {
     pub threads: usize,
     /// Clip and noise every upload, with a budget ledger per client (None: no DP).
     pub dp: Option<DpConfig>,
+    /// Report client accuracy on the oracle split instead of the test split, so design
+    /// choices can be made without looking at the test set (no client or host trains on it).
+    #[serde(default)]
+    pub validation: bool,
 }
 
 impl Default for SimConfig {
@@ -141,6 +145,7 @@ impl Default for SimConfig {
             eval_per_class: 50,
             threads: 2,
             dp: None,
+            validation: false,
         }
     }
 }
@@ -154,6 +159,10 @@ impl SimConfig {
             "--alpha must be > 0"
         );
         anyhow::ensure!(self.rounds >= 1, "--rounds must be at least 1");
+        anyhow::ensure!(
+            self.host.guidance_entropy.is_finite() && self.host.guidance_entropy >= 0.0,
+            "--guidance-entropy must be a finite number ≥ 0"
+        );
         anyhow::ensure!(self.emb_dim >= 2, "embedding width must be at least 2");
         anyhow::ensure!(
             self.host.samples_per_class >= 1,

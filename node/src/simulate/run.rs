@@ -256,8 +256,13 @@ pub fn run(
         let seconds = ph.generate + ph.learn + ph.judge + ph.aggregate + ph.improve;
         progress(r, "evaluate");
         let t = Instant::now();
+        let eval_set = if cfg.validation {
+            &setup.splits.oracle
+        } else {
+            &setup.splits.test
+        };
         let client_acc = map_clients(&mut clients, cfg.threads, |c| {
-            Ok(accuracy(c.model(), &setup.splits.test)?)
+            Ok(accuracy(c.model(), eval_set)?)
         })?;
         let (mut gen_oracle_acc, mut gen_frechet, mut gen_per_class_acc) = (None, None, None);
         if let Some(h) = &host {
