@@ -303,6 +303,7 @@ impl Node {
             Err(e) => return Err(e.into()),
         };
         self.store.mark_answered(term, round, attempt)?;
+        self.refresh_ledger_view();
         let noised: Vec<f32> = charged
             .noise_f32(&upload)?
             .into_iter()

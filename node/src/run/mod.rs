@@ -86,6 +86,14 @@ impl Peer {
     }
 }
 
+/// The ledger as the admin endpoint shows it (ε spent, budget, audit), read when it changes.
+#[derive(Debug, Clone, Default)]
+struct LedgerView {
+    spent: f64,
+    budget: f64,
+    audit: Option<serde_json::Value>,
+}
+
 /// What an outbound request was for, to act on its response.
 #[derive(Debug, Clone)]
 enum Pending {
@@ -125,6 +133,7 @@ pub struct Node {
     client: ClientSide,
     admin: watch::Sender<AdminState>,
     last_metrics: Option<serde_json::Value>,
+    ledger_view: LedgerView,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
 }
@@ -351,10 +360,12 @@ pub async fn run(
         client: ClientSide::default(),
         admin: admin_tx,
         last_metrics: None,
+        ledger_view: LedgerView::default(),
         bootstrap,
         ticks: 0,
     };
     node.last_metrics = node.store.metrics()?;
+    node.refresh_ledger_view();
     node.publish_admin();
 
     let mut ticker = tokio::time::interval(TICK);
@@ -894,21 +905,34 @@ impl Node {
         }
     }
 
+    /// Re-reads the ledger (verifying its chain) for the admin endpoint; called when it changed,
+    /// so the per-second status refresh never re-verifies every entry.
+    fn refresh_ledger_view(&mut self) {
+        let delta = self.cfg.privacy.delta;
+        self.ledger_view = LedgerView {
+            spent: self
+                .ledger
+                .epsilon_spent(delta)
+                .map(|e| e.epsilon)
+                .unwrap_or(f64::NAN),
+            budget: self
+                .ledger
+                .budget()
+                .ok()
+                .flatten()
+                .map(|b| b.epsilon)
+                .unwrap_or(self.cfg.privacy.epsilon),
+            audit: self
+                .ledger
+                .audit()
+                .ok()
+                .and_then(|a| serde_json::to_value(a).ok()),
+        };
+    }
+
     /// Refreshes what the admin endpoint answers.
     fn publish_admin(&self) {
         let delta = self.cfg.privacy.delta;
-        let spent = self
-            .ledger
-            .epsilon_spent(delta)
-            .map(|e| e.epsilon)
-            .unwrap_or(f64::NAN);
-        let budget = self
-            .ledger
-            .budget()
-            .ok()
-            .flatten()
-            .map(|b| b.epsilon)
-            .unwrap_or(self.cfg.privacy.epsilon);
         let phase = self.store.phase().ok().flatten().map(|p| p.phase);
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let mut peers: Vec<PeerInfo> = self
@@ -945,20 +969,15 @@ impl Node {
                 .filter(|p| p.connected)
                 .map(|p| p.peer_id.clone())
                 .collect(),
-            epsilon_spent: spent,
-            epsilon_budget: budget,
+            epsilon_spent: self.ledger_view.spent,
+            epsilon_budget: self.ledger_view.budget,
             delta,
             last_metrics: self.last_metrics.clone(),
         };
-        let audit = self
-            .ledger
-            .audit()
-            .ok()
-            .and_then(|a| serde_json::to_value(a).ok());
         let _ = self.admin.send(AdminState {
             status,
             peers,
-            audit,
+            audit: self.ledger_view.audit.clone(),
         });
     }
 
