@@ -13,8 +13,7 @@ use privacy::ledger::{Budget, Ledger};
 use crate::config::{load_psk, ConfigError, NodeConfig};
 use crate::store::{create_identity, write_atomic, DataDir, NodeStore, StoreError, SWARM_KEY_FILE};
 
-/// Exit code for bad arguments and an already initialised directory.
-const EXIT_USAGE: u8 = 2;
+use super::EXIT_USAGE;
 
 /// Arguments of `fedmmkt init`.
 #[derive(clap::Args, Debug)]

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::admin::{query_peers, PeerInfo};
-use crate::store::{DataDir, NodeStore, StoreError};
-
-/// Exit code when the directory is not an initialised node.
-const EXIT_USAGE: u8 = 2;
+use crate::store::NodeStore;
 
 /// Arguments of `fedmmkt peers`.
 #[derive(clap::Args, Debug)]
@@ -26,16 +23,10 @@ pub struct PeersArgs {
 
 /// Runs `fedmmkt peers`.
 pub fn run(args: PeersArgs) -> anyhow::Result<ExitCode> {
-    let data = DataDir::new(&args.data_dir);
-    if !data.is_initialised() {
-        eprintln!(
-            "error: {}",
-            StoreError::NotInitialised {
-                dir: args.data_dir.clone()
-            }
-        );
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
+    let data = match super::initialised_dir(&args.data_dir) {
+        Ok(data) => data,
+        Err(code) => return Ok(code),
+    };
     let (running, peers) = match query_peers(data.root())? {
         Some(peers) => (true, peers),
         None => {

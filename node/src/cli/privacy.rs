@@ -12,8 +12,7 @@ use privacy::accountant::{epsilon_for, noise_multiplier_for};
 use privacy::error::PrivacyError;
 use privacy::ledger::{AuditReport, Budget, Ledger};
 
-/// Exit code for bad arguments (same as clap's own usage errors).
-const EXIT_USAGE: u8 = 2;
+use super::EXIT_USAGE;
 /// Exit code when the ledger does not verify.
 const EXIT_CHAIN_BROKEN: u8 = 3;
 

@@ -14,9 +14,6 @@ use crate::admin::{query_status, StatusReport};
 use crate::config::NodeConfig;
 use crate::store::{is_lock_error, load_identity, DataDir, NodeStore, StoreError};
 
-/// Exit code when the directory is not an initialised node.
-const EXIT_USAGE: u8 = 2;
-
 /// Arguments of `fedmmkt status`.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -30,16 +27,10 @@ pub struct StatusArgs {
 
 /// Runs `fedmmkt status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let data = DataDir::new(&args.data_dir);
-    if !data.is_initialised() {
-        eprintln!(
-            "error: {}",
-            StoreError::NotInitialised {
-                dir: args.data_dir.clone()
-            }
-        );
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
+    let data = match super::initialised_dir(&args.data_dir) {
+        Ok(data) => data,
+        Err(code) => return Ok(code),
+    };
     let report = match query_status(data.root())? {
         Some(report) => report,
         None => offline_report(&data)?,
