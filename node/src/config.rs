@@ -11,6 +11,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::paths::UserPath;
 use crate::round::{ClientConfig, HostConfig};
 
 /// File name of the config inside the data directory.
@@ -105,7 +106,7 @@ pub struct NetworkConfig {
     pub max_connections_per_peer: u32,
     /// Per-peer rate limit on inbound requests.
     pub requests_per_second: u32,
-    /// The private-network pre-shared key file, relative to the data directory.
+    /// The private-network pre-shared key file (relative to the config file's directory).
     pub psk_file: Option<String>,
 }
 
@@ -159,8 +160,10 @@ impl Default for PrivacyConfig {
 pub struct RoundConfig {
     /// Rounds the federation runs (0 = no limit).
     pub rounds: u64,
-    /// Fewest clients a round starts with (secure aggregation needs at least 3).
-    pub min_clients: u32,
+    /// Fewest contributors a round starts with, the host included (at least 3: the host and
+    /// two others, so a sum never exposes one node's upload to the host).
+    #[serde(alias = "min_clients")]
+    pub min_contributors: u32,
     /// Seconds a stage may take before the round is aborted.
     pub stage_timeout_secs: u64,
     /// Seconds between the end of a round and the start of the next.
@@ -173,7 +176,7 @@ impl Default for RoundConfig {
     fn default() -> Self {
         Self {
             rounds: 10,
-            min_clients: 3,
+            min_contributors: 3,
             stage_timeout_secs: 30,
             round_interval_secs: 2,
             seed: 0,
@@ -303,8 +306,8 @@ fn short_f64(x: f32) -> f64 {
 pub struct NodeSettings {
     /// `"auto"` uses a GPU when one is found; `"off"` never does.
     pub gpu: String,
-    /// Directory with IDX files and classes.txt (none: a shard of the embedded data chosen
-    /// from the peer id).
+    /// Directory with IDX files and classes.txt, relative to the config file's directory
+    /// (none: a shard of the embedded data chosen from the peer id).
     pub dataset: Option<String>,
     /// Shards the embedded data is split into when no dataset is given.
     pub embedded_shards: u32,
@@ -342,7 +345,7 @@ const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
             ("max_connections", "Most connections in total."),
             ("max_connections_per_peer", "Most connections per peer."),
             ("requests_per_second", "Per-peer rate limit on inbound requests; a peer above it is refused."),
-            ("psk_file", "Private-network pre-shared key file, relative to the data directory (unset: no PSK)."),
+            ("psk_file", "Private-network pre-shared key file; a relative path is relative to this file's directory (unset: no PSK)."),
         ],
     ),
     (
@@ -358,7 +361,7 @@ const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
         "round",
         &[
             ("rounds", "Rounds the federation runs (0 = no limit)."),
-            ("min_clients", "Fewest clients a round starts with (secure aggregation needs at least 3)."),
+            ("min_contributors", "Fewest contributors a round starts with, the host included (at least 3: the host and two others, so a sum never exposes one node's upload to the host)."),
             ("stage_timeout_secs", "Seconds a round stage may take before the round is aborted."),
             ("round_interval_secs", "Seconds between the end of one round and the start of the next."),
             ("seed", "Seed of the federation's random draws."),
@@ -389,7 +392,7 @@ const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
         "node",
         &[
             ("gpu", "\"auto\" uses a GPU when one is found; \"off\" never does."),
-            ("dataset", "Directory with IDX image/label files and classes.txt (unset: a shard of the embedded data chosen from the peer id)."),
+            ("dataset", "Directory with IDX image/label files and classes.txt; a relative path is relative to this file's directory (unset: a shard of the embedded data chosen from the peer id)."),
             ("embedded_shards", "Shards the embedded data is split into when no dataset is set."),
             ("alpha", "Dirichlet concentration α of the embedded shards' label skew (smaller = more skewed)."),
         ],
@@ -481,12 +484,17 @@ impl NodeConfig {
             "must be at least 1".into()
         })?;
         let r = &self.round;
-        ensure(r.min_clients >= 3, "round.min_clients", || {
-            format!(
-                "secure aggregation needs at least 3 clients, got {}",
-                r.min_clients
-            )
-        })?;
+        ensure(
+            r.min_contributors as usize >= protocol::round::MIN_CONTRIBUTORS,
+            "round.min_contributors",
+            || {
+                format!(
+                    "a round needs at least {} contributors (the host and two others), got {}",
+                    protocol::round::MIN_CONTRIBUTORS,
+                    r.min_contributors
+                )
+            },
+        )?;
         ensure(
             r.stage_timeout_secs >= 1,
             "round.stage_timeout_secs",
@@ -561,14 +569,16 @@ impl NodeConfig {
             .collect()
     }
 
-    /// Path of the PSK file (relative paths are relative to `data_dir`), if one is set.
-    pub fn psk_path(&self, data_dir: &Path) -> Option<PathBuf> {
-        self.network.psk_file.as_ref().map(|f| data_dir.join(f))
+    /// Path of the PSK file, if one is set (a relative path is relative to `data_dir`, the
+    /// directory of the config file).
+    pub fn psk_path(&self, data_dir: &Path) -> Option<UserPath> {
+        (self.network.psk_file.as_ref()).map(|f| UserPath::relative_to(data_dir, Path::new(f)))
     }
 
-    /// Path of the dataset directory (relative paths are relative to `data_dir`), if set.
-    pub fn dataset_path(&self, data_dir: &Path) -> Option<PathBuf> {
-        self.node.dataset.as_ref().map(|d| data_dir.join(d))
+    /// Path of the dataset directory, if set (a relative path is relative to `data_dir`, the
+    /// directory of the config file).
+    pub fn dataset_path(&self, data_dir: &Path) -> Option<UserPath> {
+        (self.node.dataset.as_ref()).map(|d| UserPath::relative_to(data_dir, Path::new(d)))
     }
 
     /// The host's knobs (see [`ModelConfig::host_config`]).
@@ -762,7 +772,7 @@ mod tests {
             |c| c.network.listen = vec!["not an addr".into()],
             |c| c.network.bootstrap = vec!["/ip4/1.2.3.4/tcp/x".into()],
             |c| c.network.members = vec!["12D3KooWnotapeer".into()],
-            |c| c.round.min_clients = 2,
+            |c| c.round.min_contributors = 2,
             |c| c.node.gpu = "cuda".into(),
             |c| c.model.keep_threshold = 1.5,
         ];

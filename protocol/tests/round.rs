@@ -916,6 +916,7 @@ impl Counts {
             Err(RoundError::WrongSender(_)) => self.wrong_sender += 1,
             Err(RoundError::AlreadyDone(_)) => self.already_done += 1,
             Err(RoundError::Unexpected(_)) => self.unexpected += 1,
+            Err(RoundError::TooFewContributors { .. }) => self.unexpected += 1,
             Ok(_) => {}
         }
     }

@@ -30,7 +30,7 @@ enum Command {
 /// Arguments of `fedmmkt-testnet up`.
 #[derive(Debug, Args)]
 struct UpArgs {
-    /// Node processes (one becomes the host, the rest are clients; at least 4).
+    /// Node processes (one is elected host; every node, the host too, contributes its own data; at least 3).
     #[arg(long, default_value_t = 4)]
     nodes: usize,
     /// FedMMKT rounds.

@@ -105,9 +105,17 @@ fn pct(x: f64) -> String {
 
 /// Runs a testnet; returns its report (also written to `cfg.out`).
 pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
+    // Every path handed to a node (its data directory, dataset, key) is absolute, so it means
+    // the same from the node's working directory as from the one the testnet was started in.
+    let cfg = &UpConfig {
+        out: std::path::absolute(&cfg.out)
+            .with_context(|| format!("resolving --out {}", cfg.out.display()))?,
+        ..cfg.clone()
+    };
     anyhow::ensure!(
-        cfg.nodes >= 4,
-        "a testnet needs at least 4 nodes (a host and 3 clients for secure aggregation), got {}",
+        cfg.nodes >= protocol::round::MIN_CONTRIBUTORS,
+        "a testnet needs at least {} nodes (the host and two others contribute to every round), got {}",
+        protocol::round::MIN_CONTRIBUTORS,
         cfg.nodes
     );
     anyhow::ensure!(cfg.rounds >= 1, "rounds must be at least 1");
@@ -129,7 +137,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         if let Fault::Drop { count, .. } = f {
             anyhow::ensure!(
                 *count < cfg.nodes - 1,
-                "--drop {count} would leave no client"
+                "--drop {count} would leave no node besides the host"
             );
         }
     }
@@ -472,12 +480,11 @@ fn observe(
         let Some(m) = &s.last_metrics else { continue };
         let round = m["round"].as_u64().unwrap_or(0);
         let term = m["term"].as_u64().unwrap_or(0);
+        // Every node learns, the host too: its accuracy comes with the round's host metrics.
+        if let Some(acc) = m["test_acc"].as_f64() {
+            seen.client_acc.entry(round).or_default().insert(i, acc);
+        }
         match m["role"].as_str() {
-            Some("client") => {
-                if let Some(acc) = m["test_acc"].as_f64() {
-                    seen.client_acc.entry(round).or_default().insert(i, acc);
-                }
-            }
             Some("host") if round > 0 => {
                 if let Some(prev) = seen.rounds.get(&round) {
                     if prev.term != term {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use privacy::ledger::{Budget, Ledger};
 
 use crate::config::{load_psk, ConfigError, NodeConfig};
+use crate::paths::UserPath;
 use crate::store::{create_identity, write_atomic, DataDir, NodeStore, StoreError, SWARM_KEY_FILE};
 
 use super::EXIT_USAGE;
@@ -42,7 +43,11 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {msg}");
         Ok(ExitCode::from(EXIT_USAGE))
     };
-    let data = DataDir::new(&args.data_dir);
+    let dir = match UserPath::from_cwd("--data-dir", &args.data_dir) {
+        Ok(p) => p,
+        Err(e) => return usage(e.to_string()),
+    };
+    let data = DataDir::new(dir.resolved());
     if data.has_any_node_file() {
         return usage(format!(
             "{} is already initialised (it holds a node's identity, config or store); \
@@ -60,10 +65,19 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let psk = match &args.psk_file {
         None => None,
-        Some(f) => match load_psk(f) {
-            Ok(k) => Some(k),
-            Err(e) => return usage(e.to_string()),
-        },
+        Some(f) => {
+            let path = match UserPath::from_cwd("--psk-file", f) {
+                Ok(p) => p,
+                Err(e) => return usage(e.to_string()),
+            };
+            match load_psk(path.resolved()) {
+                Ok(k) => Some(k),
+                Err(ConfigError::Io { source, .. }) => {
+                    return usage(format!("--psk-file {path}: {source}"))
+                }
+                Err(e) => return usage(e.to_string()),
+            }
+        }
     };
     if psk.is_some() {
         cfg.network.psk_file = Some(SWARM_KEY_FILE.into());

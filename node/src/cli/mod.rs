@@ -15,15 +15,20 @@ pub const EXIT_USAGE: u8 = 2;
 pub fn initialised_dir(
     dir: &std::path::Path,
 ) -> Result<crate::store::DataDir, std::process::ExitCode> {
-    let data = crate::store::DataDir::new(dir);
+    let path = match crate::paths::UserPath::from_cwd("--data-dir", dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(std::process::ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let data = crate::store::DataDir::new(path.resolved());
     if data.is_initialised() {
         return Ok(data);
     }
     eprintln!(
-        "error: {}",
-        crate::store::StoreError::NotInitialised {
-            dir: dir.to_path_buf()
-        }
+        "error: --data-dir {path} is not an initialised fedmmkt data directory (run `fedmmkt init --data-dir {}` first)",
+        dir.display()
     );
     Err(std::process::ExitCode::from(EXIT_USAGE))
 }

@@ -171,11 +171,12 @@ fn noise(a: &NoiseArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let written = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let path = crate::paths::UserPath::from_cwd("--data-dir", &written)?;
+    let dir = path.resolved().to_path_buf();
     if !Ledger::db_path(&dir).exists() {
         anyhow::bail!(
-            "no privacy ledger in {} (set a budget with `fedmmkt privacy budget` or run the node first)",
-            dir.display()
+            "no privacy ledger in --data-dir {path} (set a budget with `fedmmkt privacy budget` or run the node first)"
         );
     }
     let report = match Ledger::open_existing(&dir) {

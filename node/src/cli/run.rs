@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use libp2p::Multiaddr;
 
+use crate::paths::UserPath;
 use crate::run::{self, RunOptions};
 
 /// Whether the node may use a GPU.
@@ -48,11 +49,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let opts = RunOptions {
-        data_dir: args.data_dir,
+        data_dir: UserPath::from_cwd("--data-dir", &args.data_dir)?,
         listen: args.listen,
         bootstrap: args.bootstrap,
         mdns: args.mdns,
-        dataset: args.dataset,
+        dataset: (args.dataset.as_deref())
+            .map(|d| UserPath::from_cwd("--dataset", d))
+            .transpose()?,
         gpu: args.gpu == GpuMode::Auto,
     };
     runtime.block_on(run::run(opts, shutdown_signal()))?;

@@ -16,7 +16,7 @@ use protocol::AbstainReason;
 
 use super::host::round_params;
 use super::ml::Job;
-use super::{Node, Pending};
+use super::Node;
 use crate::store::NodeStore;
 
 /// The client role's state across round attempts.
@@ -24,9 +24,9 @@ use crate::store::NodeStore;
 pub(super) struct ClientSide {
     machine: ClientRound,
     secagg: Option<SecAggClient>,
-    /// (host, participants, threshold, dimension, bound) of the attempt in progress.
+    /// The attempt in progress: its host, size, DP noise shares, dimension and bound.
     attempt: Option<Attempt>,
-    /// Calibrated noise multipliers by (participants, threshold).
+    /// Calibrated noise multipliers by (participants, noise shares unknown to the host).
     noise: HashMap<(u32, u32), f64>,
 }
 
@@ -34,7 +34,8 @@ struct Attempt {
     host: PeerId,
     attempt: u32,
     participants: u32,
-    threshold: u32,
+    /// Noise shares of a released sum the host does not know (what the noise is calibrated to).
+    noise_shares: u32,
     dim: usize,
     bound: f32,
 }
@@ -57,10 +58,21 @@ impl ClientSide {
                 updated_unix_ms: super::now_ms(),
             })?;
         }
+        self.leave();
+        Ok(())
+    }
+
+    /// Round `round` completed or was abandoned: leave it if this node took part.
+    pub(super) fn leave_round(&mut self, round: u64) {
+        if self.machine.engaged().is_some_and(|(_, r, _)| r == round) {
+            self.leave();
+        }
+    }
+
+    fn leave(&mut self) {
         self.machine.leave();
         self.secagg = None;
         self.attempt = None;
-        Ok(())
     }
 }
 
@@ -89,7 +101,7 @@ fn identity_matches(peer: &[u8], identity: &[u8; 32]) -> bool {
 impl Node {
     /// A host's round offer.
     pub(super) fn on_offer(&mut self, peer: PeerId, offer: RoundOffer) -> Result<(), String> {
-        if self.host.is_some() {
+        if self.host.is_some() && peer != self.me {
             return Err("this node is the host".into());
         }
         offer.validate().map_err(|e| e.to_string())?;
@@ -128,11 +140,15 @@ impl Node {
             host: peer,
             attempt: offer.attempt,
             participants: n,
-            threshold: offer.secagg.threshold,
+            noise_shares: protocol::round::noise_shares_unknown_to_host(
+                offer.secagg.threshold,
+                offer.participants.iter().any(|p| p.peer == peer.to_bytes()),
+            )
+            .min(n),
             dim: offer.secagg.dim as usize,
             bound: offer.secagg.bound,
         });
-        self.request(
+        self.request_host(
             peer,
             Request::SecAgg(SecAggPacket {
                 term,
@@ -140,9 +156,8 @@ impl Node {
                 attempt: offer.attempt,
                 payload: advert.encode(round),
             }),
-            Pending::Other,
         );
-        self.set_phase(term, round, Phase::Learn, "client")
+        self.client_phase(term, round, Phase::Learn)
             .map_err(|e| format!("{e:#}"))?;
         self.ml.send(Job::Learn {
             term,
@@ -196,7 +211,7 @@ impl Node {
                 return Err("no round in progress".into());
             };
             let reply = secagg.handle(msg).map_err(|e| e.to_string())?;
-            self.request(
+            self.request_host(
                 host,
                 Request::SecAgg(SecAggPacket {
                     term,
@@ -204,7 +219,6 @@ impl Node {
                     attempt,
                     payload: reply.encode(round),
                 }),
-                Pending::Other,
             );
         }
         Ok(())
@@ -227,22 +241,26 @@ impl Node {
             tracing::debug!(term, round, "judged a round this node already left");
             return Ok(());
         }
-        self.last_metrics = Some(serde_json::json!({
-            "role": "client",
-            "round": round,
-            "term": term,
-            "test_acc": test_acc,
-            "learn_seconds": seconds,
-        }));
-        if let Some(m) = &self.last_metrics {
-            self.store.set_metrics(m)?;
+        if self.host.is_some() {
+            // The host's metrics of the round carry its own accuracy when the round completes.
+            self.own_contribution(round, test_acc);
+        } else {
+            let metrics = serde_json::json!({
+                "role": "client",
+                "round": round,
+                "term": term,
+                "test_acc": test_acc,
+                "learn_seconds": seconds,
+            });
+            self.store.set_metrics(&metrics)?;
+            self.last_metrics = Some(metrics);
         }
         tracing::info!(round, test_acc, seconds, "learned and judged");
-        self.set_phase(term, round, Phase::Judge, "client")?;
+        self.client_phase(term, round, Phase::Judge)?;
         let Some(a) = self.client.attempt.as_ref() else {
             return Ok(());
         };
-        let (host, n, t, dim, bound) = (a.host, a.participants, a.threshold, a.dim, a.bound);
+        let (host, n, t, dim, bound) = (a.host, a.participants, a.noise_shares, a.dim, a.bound);
         anyhow::ensure!(
             upload.len() == dim,
             "upload of {} values for a round of dimension {dim}",
@@ -288,7 +306,7 @@ impl Node {
             Err(e) if e.is_budget_exceeded() => {
                 tracing::info!(round, "privacy budget exhausted: sitting the round out");
                 self.store.mark_answered(term, round, attempt)?;
-                self.request(
+                self.request_host(
                     host,
                     Request::Abstain {
                         term,
@@ -296,7 +314,6 @@ impl Node {
                         attempt,
                         reason: AbstainReason::BudgetExhausted,
                     },
-                    Pending::Other,
                 );
                 return self.client.abandon(&self.store, "budget exhausted");
             }
@@ -313,7 +330,7 @@ impl Node {
             secagg.set_input(&noised)?;
         }
         let held = self.client.machine.input_ready(term, round);
-        self.set_phase(term, round, Phase::Aggregate, "client")?;
+        self.client_phase(term, round, Phase::Aggregate)?;
         if let Err(e) = self.deliver(term, round, held) {
             tracing::warn!(round, "secure aggregation failed: {e}");
             self.client
@@ -357,16 +374,17 @@ impl Node {
         );
         self.set_phase(t.term, t.round, Phase::Complete, "client")
             .map_err(|e| format!("{e:#}"))?;
-        if self
-            .client
-            .machine
-            .engaged()
-            .is_some_and(|(_, r, _)| r == t.round)
-        {
-            self.client.machine.leave();
-            self.client.secagg = None;
-            self.client.attempt = None;
-        }
+        self.client.leave_round(t.round);
         Ok(())
+    }
+
+    /// Records the client side's phase; on the host, whose own phase describes the round, the
+    /// client side's is only logged.
+    fn client_phase(&self, term: u64, round: u64, phase: Phase) -> anyhow::Result<()> {
+        if self.host.is_some() {
+            tracing::debug!(term, round, phase = phase.name(), "own contribution");
+            return Ok(());
+        }
+        self.set_phase(term, round, phase, "client")
     }
 }

@@ -70,6 +70,8 @@ pub(super) struct ActiveRound {
     generated_in: f64,
     /// (hash, kept samples, mean reward) once the generator was improved.
     checkpoint: Option<([u8; 32], usize, f32)>,
+    /// This node's own test accuracy after learning in this round (it contributes too).
+    own_test_acc: Option<f64>,
 }
 
 /// The host role: present while this node holds the term's leadership.
@@ -136,6 +138,7 @@ impl Node {
             active.machine.abandon();
             let (term, round) = (active.machine.term(), active.machine.round());
             tracing::warn!(term, round, "round abandoned: {reason}");
+            self.client.leave_round(round);
             self.set_phase(term, round, Phase::Abandoned, "host")?;
             self.announce(term, round, Phase::Abandoned, 0);
         }
@@ -175,14 +178,19 @@ impl Node {
         if limit > 0 && last >= limit {
             return Ok(());
         }
-        let live = self.live_clients().len();
-        let min = self.cfg.round.min_clients.max(3) as usize;
+        let live = self.live_contributors().len();
+        let min = self.min_contributors();
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
         if live < min {
             if self.ticks.is_multiple_of(50) {
-                tracing::info!(live, min, "waiting for enough clients");
+                tracing::info!(
+                    live,
+                    min,
+                    "waiting for enough contributors (this node and {} other members)",
+                    min - 1
+                );
             }
             return Ok(());
         }
@@ -234,8 +242,8 @@ impl Node {
     fn open_round(&mut self, start: Box<RoundStart>) -> anyhow::Result<()> {
         let interval = self.round_interval();
         let stage = self.stage_ticks();
-        let clients = self.live_clients();
-        let min = self.cfg.round.min_clients.max(3) as usize;
+        let clients = self.live_contributors();
+        let min = self.min_contributors();
         let members = self.election.members().len();
         let Some(host) = self.host.as_mut() else {
             return Ok(());
@@ -247,7 +255,7 @@ impl Node {
                 round = start.round,
                 live = clients.len(),
                 min,
-                "waiting for enough clients"
+                "waiting for enough contributors"
             );
             host.next_start = Instant::now() + interval.max(std::time::Duration::from_secs(1));
             return Ok(());
@@ -313,6 +321,7 @@ impl Node {
             included: Vec::new(),
             generated_in: host.generated_in,
             checkpoint: None,
+            own_test_acc: None,
         });
         for peer in clients.keys() {
             self.request(
@@ -330,6 +339,15 @@ impl Node {
         self.set_phase(term, round, Phase::Learn, "host")?;
         self.announce(term, round, Phase::Learn, n);
         Ok(())
+    }
+
+    /// This node's own client side learned in round `round` and reached `test_acc`.
+    pub(super) fn own_contribution(&mut self, round: u64, test_acc: f64) {
+        if let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) {
+            if active.machine.round() == round {
+                active.own_test_acc = Some(test_acc);
+            }
+        }
     }
 
     /// A client's secure-aggregation message.
@@ -453,10 +471,13 @@ impl Node {
         match active.aggregator.advance() {
             Ok(Step::Send(messages)) => {
                 let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
-                active.machine.advance(ids);
+                active.machine.advance(ids.iter().copied());
                 // The masked inputs are in once the unmask stage opens: learning is over.
                 let unmasking = active.machine.stage() == HostStage::Aggregate(3);
                 if unmasking {
+                    if let Err(e) = active.machine.check_contributors(&self.me_bytes, ids) {
+                        return self.abandon_round(&format!("not unmasking: {e}"));
+                    }
                     active.clock.enter(Phase::Aggregate);
                 }
                 let phase = active.clock.phase;
@@ -610,6 +631,7 @@ impl Node {
         let bytes = active.clock.total_bytes();
         self.store.set_last_completed_round(round)?;
         self.election.set_last_completed_round(round);
+        self.client.leave_round(round);
         let (hash, kept, mean_reward) = active.checkpoint.unwrap_or(([0; 32], 0, 0.0));
         let metrics = serde_json::json!({
             "role": "host",
@@ -623,6 +645,7 @@ impl Node {
             "phase_seconds": active.clock.seconds,
             "phase_bytes": active.clock.bytes,
             "checkpoint": crate::store::to_hex(&hash),
+            "test_acc": active.own_test_acc,
         });
         self.store.set_metrics(&metrics)?;
         self.last_metrics = Some(metrics);

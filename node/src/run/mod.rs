@@ -9,8 +9,7 @@ mod host;
 pub mod ml;
 pub mod world;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,6 +29,7 @@ use crate::admin::{self, AdminState, PeerInfo, StatusReport};
 use crate::config::NodeConfig;
 use crate::net::rate::RateWindow;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
 use client::ClientSide;
 use host::HostSide;
@@ -43,7 +43,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The node's data directory (from `fedmmkt init`).
-    pub data_dir: PathBuf,
+    pub data_dir: UserPath,
     /// Listen addresses (empty: the config's).
     pub listen: Vec<Multiaddr>,
     /// Extra bootstrap peers.
@@ -51,7 +51,7 @@ pub struct RunOptions {
     /// Enable mDNS (also enabled by the config).
     pub mdns: bool,
     /// Private dataset directory (overrides the config's).
-    pub dataset: Option<PathBuf>,
+    pub dataset: Option<UserPath>,
     /// Use a GPU when one is usable.
     pub gpu: bool,
 }
@@ -111,6 +111,16 @@ enum Pending {
     Other,
 }
 
+/// A request between this node's own host and client sides (the host is a participant of its
+/// own rounds): carried out by the event loop after the current event, never over the network.
+#[derive(Debug)]
+enum Local {
+    /// From the host side to this node's client side; the response goes to `Pending`.
+    ToClient(Request, Pending),
+    /// From the client side to this node's host side.
+    ToHost(Request),
+}
+
 /// The running node.
 pub struct Node {
     swarm: Swarm<Behaviour>,
@@ -125,8 +135,12 @@ pub struct Node {
     members: Vec<PeerId>,
     open_membership: bool,
     signing: ring::signature::Ed25519KeyPair,
+    /// This node's Ed25519 public key (its secure-aggregation identity).
+    identity: [u8; 32],
     peers: HashMap<PeerId, Peer>,
     pending: HashMap<OutboundRequestId, Pending>,
+    /// Requests between this node's host and client sides, in the order they were made.
+    local: VecDeque<Local>,
     topic: IdentTopic,
     ml: Ml,
     host: Option<HostSide>,
@@ -174,12 +188,12 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let dir = DataDir::new(&opts.data_dir);
+    let dir = DataDir::new(opts.data_dir.resolved());
     anyhow::ensure!(
         dir.is_initialised(),
-        "{} is not an initialised node directory (run `fedmmkt init --data-dir {}` first)",
-        opts.data_dir.display(),
-        opts.data_dir.display()
+        "--data-dir {} is not an initialised node directory (run `fedmmkt init --data-dir {}` first)",
+        opts.data_dir,
+        opts.data_dir.resolved().display()
     );
     let mut cfg = NodeConfig::load(&dir.config())?;
     if opts.mdns {
@@ -197,10 +211,17 @@ pub async fn run(
         ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
             .map_err(|e| anyhow::anyhow!("identity key rejected by ring: {e}"))?
     };
-    let psk = match cfg.psk_path(dir.root()) {
-        Some(path) => Some(crate::config::load_psk(&path)?),
-        None => None,
-    };
+    let identity: [u8; 32] = ring::signature::KeyPair::public_key(&signing)
+        .as_ref()
+        .try_into()
+        .context("an Ed25519 public key has 32 bytes")?;
+    let psk =
+        match cfg.psk_path(dir.root()) {
+            Some(path) => Some(crate::config::load_psk(path.resolved()).with_context(|| {
+                format!("network.psk_file {path} in {}", dir.config().display())
+            })?),
+            None => None,
+        };
     let members = cfg.member_ids()?;
     let store = NodeStore::open(dir.root())?;
     let ledger = Ledger::open(&dir.ledger())?;
@@ -307,10 +328,16 @@ pub async fn run(
     )?;
     election.set_last_completed_round(last_completed);
 
-    let dataset = opts
-        .dataset
-        .clone()
-        .or_else(|| cfg.dataset_path(dir.root()));
+    let dataset = match &opts.dataset {
+        Some(path) => Some(path.existing_dir("--dataset")?.to_path_buf()),
+        None => match cfg.dataset_path(dir.root()) {
+            Some(path) => Some(
+                path.existing_dir(&format!("node.dataset in {}", dir.config().display()))?
+                    .to_path_buf(),
+            ),
+            None => None,
+        },
+    };
     let world = World::build(
         &me.to_bytes(),
         dataset.as_deref(),
@@ -352,8 +379,10 @@ pub async fn run(
         members,
         open_membership,
         signing,
+        identity,
         peers: HashMap::new(),
         pending: HashMap::new(),
+        local: VecDeque::new(),
         topic,
         ml,
         host: None,
@@ -389,6 +418,9 @@ pub async fn run(
                     break Err(e);
                 }
             }
+        }
+        if let Err(e) = node.drain_local() {
+            break Err(e);
         }
     };
     admin_task.abort();
@@ -535,9 +567,72 @@ impl Node {
         Ok(())
     }
 
+    /// Sends a request to `peer`; one addressed to this node goes to its own client side.
     fn request(&mut self, peer: PeerId, req: Request, pending: Pending) {
+        if peer == self.me {
+            self.local.push_back(Local::ToClient(req, pending));
+            return;
+        }
         let id = self.swarm.behaviour_mut().rr.send_request(&peer, req);
         self.pending.insert(id, pending);
+    }
+
+    /// Sends a client-side request to the round's host, which may be this node itself.
+    fn request_host(&mut self, host: PeerId, req: Request) {
+        if host == self.me {
+            self.local.push_back(Local::ToHost(req));
+        } else {
+            self.request(host, req, Pending::Other);
+        }
+    }
+
+    /// Carries out the requests between this node's own host and client sides, as a peer's
+    /// would be (each may queue more: the secure-aggregation stages follow one another).
+    fn drain_local(&mut self) -> anyhow::Result<()> {
+        let me = self.me;
+        while let Some(local) = self.local.pop_front() {
+            match local {
+                Local::ToClient(req, pending) => {
+                    let result = match req {
+                        Request::Offer(offer) => self.on_offer(me, *offer),
+                        Request::SecAgg(packet) => self.client_secagg(me, packet),
+                        other => Err(format!(
+                            "{:?} is not for this node's client side",
+                            other.kind()
+                        )),
+                    };
+                    let response = match result {
+                        Ok(()) => Response::Ack,
+                        Err(reason) => {
+                            tracing::warn!(
+                                "this node's client side refused its own host: {reason}"
+                            );
+                            Response::Rejected(reason)
+                        }
+                    };
+                    self.on_local_response(pending, response)?;
+                }
+                Local::ToHost(req) => {
+                    let result = match req {
+                        Request::SecAgg(packet) => self.host_secagg(me, packet),
+                        Request::Abstain {
+                            term,
+                            round,
+                            attempt,
+                            ..
+                        } => self.host_abstain(me, term, round, attempt),
+                        other => Err(format!(
+                            "{:?} is not for this node's host side",
+                            other.kind()
+                        )),
+                    };
+                    if let Err(reason) = result {
+                        tracing::warn!("this node's host side refused its own client: {reason}");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn respond(&mut self, channel: ResponseChannel<Response>, res: Response) {
@@ -862,6 +957,12 @@ impl Node {
         response: Response,
     ) -> anyhow::Result<()> {
         let pending = self.pending.remove(&id).unwrap_or(Pending::Other);
+        tracing::trace!(peer = %peer, "response");
+        self.on_local_response(pending, response)
+    }
+
+    /// Acts on the response to a request made for `pending` (from a peer or this node).
+    fn on_local_response(&mut self, pending: Pending, response: Response) -> anyhow::Result<()> {
         match (pending, response) {
             (Pending::Checkpoint { peer, term, round }, Response::Ack) => {
                 self.host_replica(peer, term, round)
@@ -876,7 +977,7 @@ impl Node {
                 Response::Rejected(reason),
             ) => self.offer_refused(peer, term, round, attempt, &reason),
             (_, Response::Rejected(reason)) => {
-                tracing::debug!(peer = %peer, "peer refused a request: {reason}");
+                tracing::debug!("peer refused a request: {reason}");
                 Ok(())
             }
             _ => Ok(()),
@@ -981,10 +1082,12 @@ impl Node {
         });
     }
 
-    /// Connected members with a verified identity key, heard from recently: who a host invites.
-    fn live_clients(&self) -> BTreeMap<PeerId, [u8; 32]> {
+    /// Who a host invites: this node itself (the host contributes to its own rounds) and the
+    /// connected members with a verified identity key, heard from recently.
+    fn live_contributors(&self) -> BTreeMap<PeerId, [u8; 32]> {
         let fresh = Duration::from_secs(self.cfg.round.stage_timeout_secs.max(5));
-        self.peers
+        let mut live: BTreeMap<PeerId, [u8; 32]> = self
+            .peers
             .iter()
             .filter(|(id, p)| {
                 p.connected
@@ -992,6 +1095,13 @@ impl Node {
                     && p.last_seen.is_some_and(|t| t.elapsed() < fresh)
             })
             .filter_map(|(id, p)| p.identity.map(|k| (*id, k)))
-            .collect()
+            .collect();
+        live.insert(self.me, self.identity);
+        live
+    }
+
+    /// Fewest contributors, this node included, a round is offered to.
+    fn min_contributors(&self) -> usize {
+        (self.cfg.round.min_contributors as usize).max(protocol::round::MIN_CONTRIBUTORS)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::RoundError;
+use super::{RoundError, MIN_OTHER_CONTRIBUTORS};
 use crate::wire::PeerBytes;
 
 /// Where the host's round is.
@@ -152,6 +152,25 @@ impl HostRound {
         }
     }
 
+    /// Checks that the masked inputs of `inputs` (participant ids) may be unmasked: at least
+    /// [`MIN_OTHER_CONTRIBUTORS`] of them are not `host`, so the sum never exposes one node's
+    /// upload to a host that subtracts its own. Returns how many others contributed.
+    pub fn check_contributors(
+        &self,
+        host: &[u8],
+        inputs: impl IntoIterator<Item = u32>,
+    ) -> Result<usize, RoundError> {
+        let others = inputs
+            .into_iter()
+            .filter_map(|id| self.participants.get(id as usize))
+            .filter(|p| p.as_slice() != host)
+            .count();
+        if others < MIN_OTHER_CONTRIBUTORS {
+            return Err(RoundError::TooFewContributors { others });
+        }
+        Ok(others)
+    }
+
     /// The generator was improved and the checkpoint sent out: wait for replicas for `ticks`.
     pub fn replicating(&mut self, ticks: u64) {
         if self.stage == HostStage::Improve {
@@ -257,6 +276,24 @@ mod tests {
         r.advance([]);
         assert_eq!(r.stage(), HostStage::Improve);
         assert!(r.accept(&[0], 4, 7).is_err());
+    }
+
+    #[test]
+    fn a_sum_is_released_only_with_two_contributors_besides_the_host() {
+        let r = round();
+        // Participant 0 is the host: itself plus one other could be subtracted to one upload.
+        assert_eq!(
+            r.check_contributors(&[0], [0, 1]),
+            Err(RoundError::TooFewContributors { others: 1 })
+        );
+        assert_eq!(r.check_contributors(&[0], [0, 1, 2]), Ok(2));
+        assert_eq!(r.check_contributors(&[0], [1, 2]), Ok(2));
+        // A host outside the participants: every input counts; ids past the end do not.
+        assert_eq!(r.check_contributors(&[9], [0, 2]), Ok(2));
+        assert_eq!(
+            r.check_contributors(&[9], [0, 7]),
+            Err(RoundError::TooFewContributors { others: 1 })
+        );
     }
 
     #[test]

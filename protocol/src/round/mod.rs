@@ -8,6 +8,41 @@ pub mod host;
 pub use client::{ClientRound, OfferDecision, SecAggDelivery};
 pub use host::{HostRound, HostStage};
 
+/// Fewest contributors besides the host whose inputs a released sum must hold: with one, the
+/// host could subtract its own input and read that one node's upload.
+pub const MIN_OTHER_CONTRIBUTORS: usize = 2;
+
+/// Fewest contributors (the host included) a round is offered to.
+pub const MIN_CONTRIBUTORS: usize = MIN_OTHER_CONTRIBUTORS + 1;
+
+/// Fewest noise shares in a released sum that the host does not know, for a round with
+/// secure-aggregation `threshold`: a sum holds at least `threshold` inputs, and a host that
+/// contributes knows its own share, but the host releases no sum with fewer than
+/// [`MIN_OTHER_CONTRIBUTORS`] others. Distributed noise is calibrated to this many shares.
+pub fn noise_shares_unknown_to_host(threshold: u32, host_contributes: bool) -> u32 {
+    let others = MIN_OTHER_CONTRIBUTORS as u32;
+    if host_contributes {
+        threshold.saturating_sub(1).max(others)
+    } else {
+        threshold.max(others)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contributing_host_knows_its_own_noise_share() {
+        // 3 contributors, threshold 2: the host plus at least two others are in every sum.
+        assert_eq!(noise_shares_unknown_to_host(2, true), 2);
+        assert_eq!(noise_shares_unknown_to_host(3, true), 2);
+        assert_eq!(noise_shares_unknown_to_host(6, true), 5);
+        assert_eq!(noise_shares_unknown_to_host(6, false), 6);
+        assert_eq!(noise_shares_unknown_to_host(2, false), 2);
+    }
+}
+
 /// Why a round message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoundError {
@@ -33,6 +68,12 @@ pub enum RoundError {
     /// The round was already completed or uploaded to: never twice.
     #[error("round {0} was already completed or answered")]
     AlreadyDone(u64),
+    /// Too few inputs besides the host's reached the sum: unmasking it would expose one node.
+    #[error("only {others} contributor(s) besides the host sent a masked input; at least {MIN_OTHER_CONTRIBUTORS} are needed to release a sum")]
+    TooFewContributors {
+        /// Contributors other than the host whose masked input arrived.
+        others: usize,
+    },
     /// The receiver is not in a state that accepts this message.
     #[error("unexpected {0} in this state")]
     Unexpected(&'static str),
