@@ -10,6 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use node::admin::StatusReport;
 use node::config::ModelConfig;
+use node::round::PretrainCache;
 use node::run::world::{federation_splits, partition};
 use privacy::ledger::Ledger;
 use rand::RngCore;
@@ -201,6 +202,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         seed: cfg.seed,
         tiny: cfg.tiny,
         stage_timeout_secs: if cfg.tiny { 5 } else { 20 },
+        cache_dir: std::path::absolute(out.join("cache"))?,
     };
     bar.set_message("initialising nodes");
     let mut cluster = Cluster::init(
@@ -323,7 +325,8 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         tiny: cfg.tiny,
         ..ModelConfig::default()
     };
-    let evaluator = Evaluator::new(splits, model, cfg.seed, cfg.tiny)?;
+    let evaluator = Evaluator::new(splits, model, cfg.seed, cfg.tiny)?
+        .with_cache(PretrainCache::new(&settings.cache_dir));
     let (start, first_grid) = evaluator.score(0, None)?;
     let mut grids: Vec<GridImages> = vec![first_grid];
     let last = seen.rounds.keys().copied().max();
