@@ -554,10 +554,11 @@ fn progress_line(
         return format!("{up}/{} nodes up, electing a host", statuses.len());
     };
     let h = index_of(&host);
+    // While the host prepares its generator, say how (pre-training, from the cache, resuming).
     let phase = h
         .and_then(|h| statuses.get(h))
         .and_then(|s| s.as_ref())
-        .and_then(|s| s.phase.clone())
+        .and_then(|s| s.preparing.clone().or_else(|| s.phase.clone()))
         .unwrap_or_else(|| "–".into());
     // One letter per node: H the host, then the client's phase; x down.
     let nodes: String = statuses
@@ -738,5 +739,26 @@ fn step_fault(
             }
             Fault::Restart { .. } => Ok(()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_says_how_the_host_prepares() {
+        let host = |preparing: Option<&str>| StatusReport {
+            peer_id: "h".into(),
+            host: Some("h".into()),
+            phase: Some("generate".into()),
+            preparing: preparing.map(String::from),
+            ..StatusReport::default()
+        };
+        let index_of = |peer: &str| (peer == "h").then_some(0);
+        let line = |s: StatusReport| progress_line(&[Some(s)], &Observed::default(), &index_of);
+        assert!(line(host(Some("pre-training (cached)"))).contains(" · pre-training (cached) · "));
+        assert!(line(host(Some("pre-training"))).contains(" · pre-training · "));
+        assert!(line(host(None)).contains(" · generate · "));
     }
 }
