@@ -111,6 +111,10 @@ pub struct StatusReport {
     pub delta: f64,
     /// Metrics of the last completed round.
     pub last_metrics: Option<Value>,
+    /// What the host does before its first round, while it does it: "pre-training",
+    /// "pre-training (cached)" or "resuming".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preparing: Option<String>,
 }
 
 /// A peer and its capabilities, as `fedmmkt peers` reports it.

@@ -313,6 +313,8 @@ pub struct NodeSettings {
     pub embedded_shards: u32,
     /// Dirichlet concentration α of the embedded shards' label skew.
     pub alpha: f64,
+    /// Directory of the pre-training cache (none: `cache` in the data directory).
+    pub cache_dir: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -322,6 +324,7 @@ impl Default for NodeSettings {
             dataset: None,
             embedded_shards: 10,
             alpha: 0.5,
+            cache_dir: None,
         }
     }
 }
@@ -395,6 +398,7 @@ const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
             ("dataset", "Directory with IDX image/label files and classes.txt; a relative path is relative to this file's directory (unset: a shard of the embedded data chosen from the peer id)."),
             ("embedded_shards", "Shards the embedded data is split into when no dataset is set."),
             ("alpha", "Dirichlet concentration α of the embedded shards' label skew (smaller = more skewed)."),
+            ("cache_dir", "Directory of the host's pre-training cache, relative to the data directory (unset: <data dir>/cache)."),
         ],
     ),
 ];
@@ -404,6 +408,7 @@ fn example_for(section: &str, field: &str) -> Option<&'static str> {
     match (section, field) {
         ("network", "psk_file") => Some("\"swarm.key\""),
         ("node", "dataset") => Some("\"/path/to/dataset\""),
+        ("node", "cache_dir") => Some("\"cache\""),
         _ => None,
     }
 }
@@ -579,6 +584,12 @@ impl NodeConfig {
     /// directory of the config file).
     pub fn dataset_path(&self, data_dir: &Path) -> Option<UserPath> {
         (self.node.dataset.as_ref()).map(|d| UserPath::relative_to(data_dir, Path::new(d)))
+    }
+
+    /// Directory of the pre-training cache (relative paths are relative to `data_dir`;
+    /// unset: `data_dir/cache`).
+    pub fn cache_path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(self.node.cache_dir.as_deref().unwrap_or("cache"))
     }
 
     /// The host's knobs (see [`ModelConfig::host_config`]).

@@ -38,7 +38,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing();
+    node::logging::init("info");
     let result = match cli.command {
         Command::Simulate(args) => cli::simulate::run(*args),
         Command::Privacy(args) => cli::privacy::run(args),

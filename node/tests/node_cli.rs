@@ -279,6 +279,7 @@ fn admin_endpoint_round_trip() {
             epsilon_budget: 8.0,
             delta: 1e-5,
             last_metrics: Some(serde_json::json!({"mean_accuracy": 0.7})),
+            preparing: Some("pre-training (cached)".into()),
         },
         peers: vec![PeerInfo {
             peer_id: "p1".into(),
@@ -312,6 +313,7 @@ fn admin_endpoint_round_trip() {
     assert_eq!(v["running"], true);
     assert_eq!(v["term"], 7);
     assert_eq!(v["phase"], "judge");
+    assert_eq!(v["preparing"], "pre-training (cached)");
     let p = json(&["peers", "--data-dir", path(tmp.path()), "--json"]);
     assert_eq!(p["running"], true);
     assert_eq!(p["peers"][0]["connected"], true);

@@ -28,6 +28,8 @@ pub struct NodeSettings {
     pub tiny: bool,
     /// Stage timeout in seconds.
     pub stage_timeout_secs: u64,
+    /// The pre-training cache every node shares (absolute: nodes resolve it from their dir).
+    pub cache_dir: PathBuf,
 }
 
 /// One node process.
@@ -181,6 +183,7 @@ fn configure(
     cfg.network.mdns = false;
     cfg.node.dataset = dataset.map(|d| d.to_string_lossy().into_owned());
     cfg.node.gpu = "off".into();
+    cfg.node.cache_dir = Some(s.cache_dir.to_string_lossy().into_owned());
     cfg.model.tiny = s.tiny;
     cfg.round.rounds = s.rounds;
     cfg.round.seed = s.seed;

@@ -8,7 +8,7 @@ use models::data::Splits;
 use models::oracle::Oracle;
 use models::text::TextEncoder;
 use node::config::ModelConfig;
-use node::round::Host;
+use node::round::{pretrained_host, Host, PretrainCache};
 use node::run::world::federation_encoder;
 use node::simulate::setup::{eval_rng, sub_seed};
 
@@ -23,6 +23,7 @@ pub struct Evaluator {
     model: ModelConfig,
     seed: u64,
     per_class: usize,
+    cache: Option<PretrainCache>,
 }
 
 impl Evaluator {
@@ -38,7 +39,14 @@ impl Evaluator {
             model,
             seed,
             per_class: if tiny { 10 } else { 50 },
+            cache: None,
         })
+    }
+
+    /// Loads round 0's pre-training from `cache` (and stores it there) instead of recomputing.
+    pub fn with_cache(mut self, cache: PretrainCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The oracle's accuracy on real test images.
@@ -53,18 +61,18 @@ impl Evaluator {
         round: u64,
         checkpoint: Option<&[u8]>,
     ) -> anyhow::Result<(GenPoint, GridImages)> {
-        let mut host = Host::new(
-            self.model.host_config(),
-            self.encoder.clone(),
-            &self.splits.host,
-            sub_seed(self.seed, 4),
-        )?;
-        match checkpoint {
-            Some(bytes) => host.restore(bytes)?,
-            None => {
-                host.pretrain()?;
+        let (cfg, seed) = (self.model.host_config(), sub_seed(self.seed, 4));
+        let host = match checkpoint {
+            Some(bytes) => {
+                let mut host = Host::new(cfg, self.encoder.clone(), &self.splits.host, seed)?;
+                host.restore(bytes)?;
+                host
             }
-        }
+            None => {
+                let cache = self.cache.as_ref();
+                pretrained_host(cfg, self.encoder.clone(), &self.splits.host, seed, cache)?.0
+            }
+        };
         let (pixels, labels) =
             host.sample_per_class(self.per_class, &mut eval_rng(self.seed, 0))?;
         let s = self.oracle.score(&pixels, &labels)?;

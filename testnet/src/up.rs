@@ -10,6 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use node::admin::StatusReport;
 use node::config::ModelConfig;
+use node::round::PretrainCache;
 use node::run::world::{federation_splits, partition};
 use privacy::ledger::Ledger;
 use rand::RngCore;
@@ -209,6 +210,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         seed: cfg.seed,
         tiny: cfg.tiny,
         stage_timeout_secs: if cfg.tiny { 5 } else { 20 },
+        cache_dir: std::path::absolute(out.join("cache"))?,
     };
     bar.set_message("initialising nodes");
     let mut cluster = Cluster::init(
@@ -331,7 +333,8 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         tiny: cfg.tiny,
         ..ModelConfig::default()
     };
-    let evaluator = Evaluator::new(splits, model, cfg.seed, cfg.tiny)?;
+    let evaluator = Evaluator::new(splits, model, cfg.seed, cfg.tiny)?
+        .with_cache(PretrainCache::new(&settings.cache_dir));
     let (start, first_grid) = evaluator.score(0, None)?;
     let mut grids: Vec<GridImages> = vec![first_grid];
     let last = seen.rounds.keys().copied().max();
@@ -558,10 +561,11 @@ fn progress_line(
         return format!("{up}/{} nodes up, electing a host", statuses.len());
     };
     let h = index_of(&host);
+    // While the host prepares its generator, say how (pre-training, from the cache, resuming).
     let phase = h
         .and_then(|h| statuses.get(h))
         .and_then(|s| s.as_ref())
-        .and_then(|s| s.phase.clone())
+        .and_then(|s| s.preparing.clone().or_else(|| s.phase.clone()))
         .unwrap_or_else(|| "–".into());
     // One letter per node: H the host, then the client's phase; x down.
     let nodes: String = statuses
@@ -742,5 +746,26 @@ fn step_fault(
             }
             Fault::Restart { .. } => Ok(()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_says_how_the_host_prepares() {
+        let host = |preparing: Option<&str>| StatusReport {
+            peer_id: "h".into(),
+            host: Some("h".into()),
+            phase: Some("generate".into()),
+            preparing: preparing.map(String::from),
+            ..StatusReport::default()
+        };
+        let index_of = |peer: &str| (peer == "h").then_some(0);
+        let line = |s: StatusReport| progress_line(&[Some(s)], &Observed::default(), &index_of);
+        assert!(line(host(Some("pre-training (cached)"))).contains(" · pre-training (cached) · "));
+        assert!(line(host(Some("pre-training"))).contains(" · pre-training · "));
+        assert!(line(host(None)).contains(" · generate · "));
     }
 }

@@ -80,6 +80,7 @@ pub fn offline_report(data: &DataDir) -> anyhow::Result<StatusReport> {
         epsilon_budget,
         delta,
         last_metrics: store.metrics()?,
+        preparing: None,
     })
 }
 

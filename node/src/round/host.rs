@@ -149,6 +149,11 @@ impl Host {
             .train(&public, self.cfg.pretrain_steps, &mut self.rng)?)
     }
 
+    /// The encoder's embeddings of the public set's captions (what pre-training conditions on).
+    pub fn public_embeddings(&self) -> &[f32] {
+        &self.public.emb
+    }
+
     /// The generator (to save, load or score it).
     pub fn generator(&self) -> &FlowGenerator {
         &self.generator
@@ -388,28 +393,32 @@ impl Host {
     }
 }
 
+/// A tiny public set, encoder and config for the host's tests (and the pre-training cache's).
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use models::text::BowTextEncoder;
 
-    fn tiny_host(cfg: HostConfig) -> Host {
+    /// Eight 28×28 images of two classes.
+    pub(crate) fn public() -> Dataset {
         let n = 8;
-        let public = Dataset {
+        Dataset {
             images: (0..n * 784).map(|i| (i % 251) as u8).collect(),
             labels: (0..n).map(|i| (i % 2) as u8).collect(),
             rows: 28,
             cols: 28,
             classes: vec!["a".into(), "b".into()],
-        };
-        let corpus = vec![(0, "a".to_string()), (1, "b".to_string())];
-        let enc: Arc<dyn TextEncoder> = Arc::new(BowTextEncoder::new(4, 0, &corpus));
-        let mut host = Host::new(cfg, enc, &public, 1).unwrap();
-        host.pretrain().unwrap();
-        host
+        }
     }
 
-    fn config() -> HostConfig {
+    /// A bag-of-words encoder over the two class names, drawn from `seed`.
+    pub(crate) fn encoder(seed: u64) -> Arc<dyn TextEncoder> {
+        let corpus = vec![(0, "a".to_string()), (1, "b".to_string())];
+        Arc::new(BowTextEncoder::new(4, seed, &corpus))
+    }
+
+    /// A host config small enough to pre-train in milliseconds.
+    pub(crate) fn config() -> HostConfig {
         let mut cfg = HostConfig {
             samples_per_class: 2,
             keep_threshold: 0.6,
@@ -423,6 +432,18 @@ mod tests {
         cfg.flow.latent_dim = 4;
         cfg.flow.sample_steps = 2;
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{config, encoder, public};
+    use super::*;
+
+    fn tiny_host(cfg: HostConfig) -> Host {
+        let mut host = Host::new(cfg, encoder(0), &public(), 1).unwrap();
+        host.pretrain().unwrap();
+        host
     }
 
     #[test]

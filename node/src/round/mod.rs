@@ -4,6 +4,8 @@
 
 pub mod client;
 pub mod host;
+pub mod pretrain_cache;
 
 pub use client::{Client, ClientConfig};
 pub use host::{Host, HostConfig, RoundOutcome};
+pub use pretrain_cache::{pretrained_host, PretrainCache, Pretraining};

@@ -112,7 +112,10 @@ impl Node {
         });
         let round = self.store.last_completed_round()? + 1;
         self.set_phase(term, round, Phase::Generate, "host")?;
-        self.ml.send(Job::HostInit { checkpoint });
+        self.ml.send(Job::HostInit {
+            checkpoint,
+            cache_dir: self.cfg.cache_path(self.dir.root()),
+        });
         Ok(())
     }
 
@@ -211,9 +214,10 @@ impl Node {
         match outcome {
             Outcome::HostReady {
                 resumed_from,
+                cached,
                 seconds,
             } => {
-                tracing::info!(resumed_from, seconds, "generator ready");
+                tracing::info!(resumed_from, cached, seconds, "generator ready");
                 host.ready = true;
                 host.busy = false;
                 host.next_start = Instant::now() + interval;

@@ -1,7 +1,8 @@
 //! The node's model work on its own thread, so training never stalls the network loop:
 //! jobs go in over a channel, results come back over another.
 
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use models::classifier::Arch;
@@ -10,15 +11,18 @@ use protocol::RoundStart;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::world::World;
-use crate::round::{Client, ClientConfig, Host, HostConfig};
+use crate::round::{Client, ClientConfig, Host, HostConfig, PretrainCache, Pretraining};
 use crate::simulate::setup::sub_seed;
 
 /// Work for the model thread.
 pub enum Job {
-    /// Become the host: pre-train, or resume from a checkpoint of a completed round.
+    /// Become the host: pre-train (or load the pre-training from the cache), or resume from
+    /// a checkpoint of a completed round.
     HostInit {
         /// (round, checkpoint bytes) of the last completed round, if any.
         checkpoint: Option<(u64, Vec<u8>)>,
+        /// Directory of the pre-training cache.
+        cache_dir: PathBuf,
     },
     /// Step 1: sample round `round`'s synthetic set.
     Generate {
@@ -51,6 +55,8 @@ pub enum Outcome {
     HostReady {
         /// Last completed round the generator reflects.
         resumed_from: u64,
+        /// True when the pre-training came from the cache.
+        cached: bool,
         /// Seconds spent.
         seconds: f64,
     },
@@ -98,9 +104,35 @@ pub enum Outcome {
     },
 }
 
+/// What the host's model work is doing before its first round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPrep {
+    /// Pre-training the generator on the public set.
+    Pretraining,
+    /// Loading the pre-trained generator from the cache.
+    Cached,
+    /// Resuming from the checkpoint of a completed round.
+    Resuming,
+}
+
+impl HostPrep {
+    /// How the status report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pretraining => "pre-training",
+            Self::Cached => "pre-training (cached)",
+            Self::Resuming => "resuming",
+        }
+    }
+}
+
+/// What the model thread is preparing, shared with the handle for the status report.
+type Preparing = Arc<Mutex<Option<HostPrep>>>;
+
 /// The handle the network loop keeps.
 pub struct Ml {
     jobs: mpsc::Sender<Job>,
+    preparing: Preparing,
 }
 
 impl Ml {
@@ -126,10 +158,20 @@ impl Ml {
             client_cfg,
             sub_seed(seed, 5),
         )?;
+        let preparing = Preparing::default();
+        let shared = preparing.clone();
         std::thread::Builder::new()
             .name("fedmmkt-models".into())
-            .spawn(move || worker(world, host_cfg, client, seed, rx, out))?;
-        Ok(Self { jobs })
+            .spawn(move || worker(world, host_cfg, client, seed, rx, out, shared))?;
+        Ok(Self { jobs, preparing })
+    }
+
+    /// What the host is doing before its first round, while it does it (`None` otherwise).
+    pub fn preparing(&self) -> Option<HostPrep> {
+        *self
+            .preparing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a job (dropped silently when the thread is gone: the node is shutting down).
@@ -145,7 +187,10 @@ fn worker(
     seed: u64,
     rx: mpsc::Receiver<Job>,
     out: UnboundedSender<Outcome>,
+    preparing: Preparing,
 ) {
+    let set_preparing =
+        |p: Option<HostPrep>| *preparing.lock().unwrap_or_else(PoisonError::into_inner) = p;
     let mut host: Option<Host> = None;
     while let Ok(job) = rx.recv() {
         let t0 = Instant::now();
@@ -157,26 +202,41 @@ fn worker(
             Job::Learn { .. } => "learn",
         };
         let result: anyhow::Result<Option<Outcome>> = (|| match job {
-            Job::HostInit { checkpoint } => {
-                let mut h = Host::new(
-                    host_cfg,
-                    world.encoder.clone(),
-                    &world.host_public,
-                    sub_seed(seed, 4),
-                )?;
-                let resumed_from = match checkpoint {
+            Job::HostInit {
+                checkpoint,
+                cache_dir,
+            } => {
+                let seed = sub_seed(seed, 4);
+                let (h, resumed_from, cached) = match checkpoint {
                     Some((round, bytes)) => {
+                        set_preparing(Some(HostPrep::Resuming));
+                        let mut h =
+                            Host::new(host_cfg, world.encoder.clone(), &world.host_public, seed)?;
                         h.restore(&bytes)?;
-                        round
+                        (h, round, false)
                     }
                     None => {
-                        h.pretrain()?;
-                        0
+                        let cache = PretrainCache::new(cache_dir);
+                        let prep = Pretraining::start(
+                            host_cfg,
+                            world.encoder.clone(),
+                            &world.host_public,
+                            seed,
+                            Some(&cache),
+                        )?;
+                        let cached = prep.cached();
+                        set_preparing(Some(if cached {
+                            HostPrep::Cached
+                        } else {
+                            HostPrep::Pretraining
+                        }));
+                        (prep.finish()?, 0, cached)
                     }
                 };
                 host = Some(h);
                 Ok(Some(Outcome::HostReady {
                     resumed_from,
+                    cached,
                     seconds: t0.elapsed().as_secs_f64(),
                 }))
             }
@@ -226,6 +286,7 @@ fn worker(
                 }))
             }
         })();
+        set_preparing(None);
         let report = match result {
             Ok(Some(o)) => o,
             Ok(None) => continue,

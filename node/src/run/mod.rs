@@ -1074,6 +1074,7 @@ impl Node {
             epsilon_budget: self.ledger_view.budget,
             delta,
             last_metrics: self.last_metrics.clone(),
+            preparing: self.ml.preparing().map(|p| p.label().to_string()),
         };
         let _ = self.admin.send(AdminState {
             status,
