@@ -186,14 +186,14 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     let last_round = rounds.iter().map(|r| r.round).max().unwrap_or(0) as f64;
 
     if let Some(series) = non_empty(vec![
-        Series {
-            label: "mean".into(),
-            points: per_round(rounds, |r| r.client_acc_mean.map(|a| 100.0 * a)),
-        },
-        Series {
-            label: "worst".into(),
-            points: per_round(rounds, |r| r.client_acc_min.map(|a| 100.0 * a)),
-        },
+        Series::line(
+            "mean",
+            per_round(rounds, |r| r.client_acc_mean.map(|a| 100.0 * a)),
+        ),
+        Series::line(
+            "worst",
+            per_round(rounds, |r| r.client_acc_min.map(|a| 100.0 * a)),
+        ),
     ]) {
         out.push(Chart {
             file: "client_accuracy.png",
@@ -212,20 +212,17 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             .map(|g| (0.0, 100.0 * g.oracle_acc))
             .collect();
         points.extend(gen_acc);
-        let mut series = vec![Series {
-            label: "generated (oracle)".into(),
-            points,
-        }];
+        let mut series = vec![Series::line("generated (oracle)", points)];
         if let Some(real) = report.oracle_acc_real {
             let x0 = if report.gen_start.is_some() {
                 0.0
             } else {
                 rounds.iter().map(|r| r.round).min().unwrap_or(0) as f64
             };
-            series.push(Series {
-                label: "oracle on real images".into(),
-                points: vec![(x0, 100.0 * real), (last_round, 100.0 * real)],
-            });
+            series.push(Series::reference(
+                "oracle on real images",
+                vec![(x0, 100.0 * real), (last_round, 100.0 * real)],
+            ));
         }
         out.push(Chart {
             file: "generator_accuracy.png",
@@ -246,10 +243,7 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             title: "Fréchet distance in oracle feature space",
             x_label: "round",
             y_label: "Fréchet distance",
-            series: vec![Series {
-                label: "generated vs real test".into(),
-                points,
-            }],
+            series: vec![Series::line("generated vs real test", points)],
         });
     }
 
@@ -260,17 +254,19 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if !eps_nodes.is_empty() {
         let mut series: Vec<Series> = eps_nodes
             .iter()
-            .map(|&n| Series {
-                label: format!("n{n}"),
-                points: per_round(rounds, |r| r.epsilon.get(&n).copied()),
+            .map(|&n| {
+                Series::line(
+                    format!("n{n}"),
+                    per_round(rounds, |r| r.epsilon.get(&n).copied()),
+                )
             })
             .collect();
         if report.dp_epsilon > 0.0 {
             let first = rounds.iter().map(|r| r.round).min().unwrap_or(0) as f64;
-            series.push(Series {
-                label: "budget".into(),
-                points: vec![(first, report.dp_epsilon), (last_round, report.dp_epsilon)],
-            });
+            series.push(Series::reference(
+                "budget",
+                vec![(first, report.dp_epsilon), (last_round, report.dp_epsilon)],
+            ));
         }
         out.push(Chart {
             file: "epsilon.png",
@@ -285,9 +281,11 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if let Some(series) = non_empty(
         phases
             .iter()
-            .map(|p| Series {
-                label: p.clone(),
-                points: per_round(rounds, |r| r.phase_seconds.get(p).copied()),
+            .map(|p| {
+                Series::line(
+                    p.clone(),
+                    per_round(rounds, |r| r.phase_seconds.get(p).copied()),
+                )
             })
             .collect(),
     ) {
@@ -302,9 +300,11 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if let Some(series) = non_empty(
         phases
             .iter()
-            .map(|p| Series {
-                label: p.clone(),
-                points: per_round(rounds, |r| r.phase_bytes.get(p).map(|&b| mb(b))),
+            .map(|p| {
+                Series::line(
+                    p.clone(),
+                    per_round(rounds, |r| r.phase_bytes.get(p).map(|&b| mb(b))),
+                )
             })
             .collect(),
     ) {
