@@ -15,7 +15,7 @@ use privacy::ledger::Ledger;
 use rand::RngCore;
 
 use crate::cluster::{Cluster, NodeSettings};
-use crate::evaluate::Evaluator;
+use crate::evaluate::{Evaluator, LocalOnlyJob};
 use crate::faults::Fault;
 use crate::record::{Baseline, FaultRecord, NodeSummary, RoundRecord, TermRecord, TestnetReport};
 use crate::report::{write_report, GridImages};
@@ -317,8 +317,14 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         });
     }
 
-    // The generator after each round, judged by the oracle.
-    bar.set_message("scoring the generator");
+    // Every node's model trained on its own data alone, the reference for its accuracy: on
+    // its own thread while the oracle scores the generator.
+    let node_dirs: Vec<PathBuf> = cluster.nodes.iter().map(|n| n.dir.clone()).collect();
+    let trained = seen.rounds.keys().copied().max().unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
+    let local_job = LocalOnlyJob::spawn(node_dirs, trained, threads.max(1))?;
+
+    bar.set_message(format!("scoring the generator · {}", local_job.progress()));
     let model = ModelConfig {
         tiny: cfg.tiny,
         ..ModelConfig::default()
@@ -328,6 +334,10 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     let mut grids: Vec<GridImages> = vec![first_grid];
     let last = seen.rounds.keys().copied().max();
     for (round, path) in &seen.checkpoints {
+        bar.set_message(format!(
+            "scoring the generator after round {round} · {}",
+            local_job.progress()
+        ));
         let bytes = std::fs::read(path)?;
         let (score, grid) = evaluator.score(*round, Some(&bytes))?;
         if let Some(r) = seen.rounds.get_mut(round) {
@@ -347,6 +357,14 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             }
             r.client_acc = accs.clone();
         }
+    }
+    while !local_job.is_finished() {
+        bar.set_message(local_job.progress());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (local_curves, local_only_seconds) = local_job.join()?;
+    for r in seen.rounds.values_mut() {
+        r.set_local_only(&local_curves);
     }
     bar.finish_and_clear();
 
@@ -434,6 +452,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         rounds: seen.rounds.values().cloned().collect(),
         gen_start: Some(start),
         oracle_acc_real: Some(evaluator.oracle_acc_real()?),
+        local_only_seconds: Some(local_only_seconds),
         faults: armed.iter().filter_map(|a| a.record.clone()).collect(),
         host_kill_recovery_seconds: armed.iter().find_map(|a| a.recovery),
         reelection_seconds: armed.iter().find_map(|a| a.reelection),
