@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use models::classifier::Arch;
@@ -142,60 +141,6 @@ pub fn local_only(node_dir: &Path, rounds: u64) -> anyhow::Result<Vec<f64>> {
             Ok(accuracy(client.model(), &world.test)?)
         })
         .collect()
-}
-
-/// The local-only reference trained on a thread of its own, so it overlaps other work
-/// (the generator scoring).
-pub struct LocalOnlyJob {
-    handle: std::thread::JoinHandle<anyhow::Result<Vec<Vec<f64>>>>,
-    done: Arc<AtomicUsize>,
-    nodes: usize,
-    started: Instant,
-}
-
-impl LocalOnlyJob {
-    /// Starts [`local_only_all`] over `node_dirs` for `rounds` rounds on `threads` threads.
-    pub fn spawn(node_dirs: Vec<PathBuf>, rounds: u64, threads: usize) -> anyhow::Result<Self> {
-        let done = Arc::new(AtomicUsize::new(0));
-        let counter = done.clone();
-        let nodes = node_dirs.len();
-        let handle = std::thread::Builder::new()
-            .name("local-only".into())
-            .spawn(move || {
-                local_only_all(&node_dirs, rounds, threads, &|n| {
-                    counter.store(n, Ordering::SeqCst)
-                })
-            })?;
-        Ok(Self {
-            handle,
-            done,
-            nodes,
-            started: Instant::now(),
-        })
-    }
-
-    /// "local-only reference k/N nodes", for a progress line.
-    pub fn progress(&self) -> String {
-        format!(
-            "local-only reference {}/{} nodes",
-            self.done.load(Ordering::SeqCst),
-            self.nodes
-        )
-    }
-
-    /// Whether the training has finished (successfully or not).
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
-    /// Waits for every node's curve; returns them with the wall seconds since the start.
-    pub fn join(self) -> anyhow::Result<(Vec<Vec<f64>>, f64)> {
-        let curves = self
-            .handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("the local-only training thread panicked"))??;
-        Ok((curves, self.started.elapsed().as_secs_f64()))
-    }
 }
 
 /// [`local_only`] for every node directory, on up to `threads` threads; `progress` gets the

@@ -191,7 +191,7 @@ pub struct TestnetReport {
     /// The oracle's accuracy on real test images.
     pub oracle_acc_real: Option<f64>,
     /// Wall seconds spent training every node's model on its own data alone (the local-only
-    /// reference in `rounds[].local_acc*`), after the nodes stopped, alongside the scoring.
+    /// reference in `rounds[].local_acc*`), after the nodes stopped.
     #[serde(default)]
     pub local_only_seconds: Option<f64>,
     /// Injected faults.
