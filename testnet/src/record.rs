@@ -61,6 +61,17 @@ pub struct RoundRecord {
     pub client_acc_min: Option<f64>,
     /// Accuracy by node index.
     pub client_acc: BTreeMap<usize, f64>,
+    /// Local-only reference: mean accuracy of the same nodes as `client_acc_mean` (every
+    /// node when none reported) with their models trained on their own data alone, for as
+    /// many rounds with the same local steps.
+    #[serde(default)]
+    pub local_acc_mean: Option<f64>,
+    /// Worst of those nodes, local only.
+    #[serde(default)]
+    pub local_acc_min: Option<f64>,
+    /// Local-only accuracy of every node by node index.
+    #[serde(default)]
+    pub local_acc: BTreeMap<usize, f64>,
     /// Oracle conditional accuracy of the generator's samples after the round.
     pub gen_oracle_acc: Option<f64>,
     /// Fréchet distance of those samples in the oracle's feature space.
@@ -81,6 +92,32 @@ pub struct RoundRecord {
     pub epsilon: BTreeMap<usize, f64>,
     /// SHA-256 of the round's checkpoint.
     pub checkpoint: String,
+}
+
+impl RoundRecord {
+    /// Sets the local-only reference of this round from `curves[node][round − 1]` (every
+    /// node's accuracy after each round of training on its own data alone).
+    pub fn set_local_only(&mut self, curves: &[Vec<f64>]) {
+        let Some(at) = (self.round as usize).checked_sub(1) else {
+            return;
+        };
+        self.local_acc = curves
+            .iter()
+            .enumerate()
+            .filter_map(|(node, c)| c.get(at).map(|&a| (node, a)))
+            .collect();
+        let same: Vec<f64> = if self.client_acc.is_empty() {
+            self.local_acc.values().copied().collect()
+        } else {
+            self.client_acc
+                .keys()
+                .filter_map(|n| self.local_acc.get(n).copied())
+                .collect()
+        };
+        self.local_acc_mean =
+            (!same.is_empty()).then(|| same.iter().sum::<f64>() / same.len() as f64);
+        self.local_acc_min = same.iter().copied().reduce(f64::min);
+    }
 }
 
 /// An injected fault and what followed.
@@ -153,6 +190,10 @@ pub struct TestnetReport {
     pub gen_start: Option<GenPoint>,
     /// The oracle's accuracy on real test images.
     pub oracle_acc_real: Option<f64>,
+    /// Wall seconds spent training every node's model on its own data alone (the local-only
+    /// reference in `rounds[].local_acc*`), after the nodes stopped.
+    #[serde(default)]
+    pub local_only_seconds: Option<f64>,
     /// Injected faults.
     pub faults: Vec<FaultRecord>,
     /// Seconds from the host's SIGKILL to the next completed round.
@@ -177,4 +218,43 @@ pub struct TestnetReport {
     pub ok: bool,
     /// What failed, if anything.
     pub failures: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_only_mean_is_over_the_nodes_that_reported() {
+        let curves = vec![vec![0.1, 0.2], vec![0.3, 0.4], vec![0.5, 0.6], vec![0.7]];
+        let mut r = RoundRecord {
+            round: 2,
+            client_acc: [(1, 0.9), (2, 0.8)].into_iter().collect(),
+            ..RoundRecord::default()
+        };
+        r.set_local_only(&curves);
+        // Node 3 trained for one round only: no round-2 value.
+        let want: BTreeMap<usize, f64> = [(0, 0.2), (1, 0.4), (2, 0.6)].into_iter().collect();
+        assert_eq!(r.local_acc, want);
+        assert!((r.local_acc_mean.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(r.local_acc_min, Some(0.4));
+        // No client accuracy observed: every node counts.
+        let mut r = RoundRecord {
+            round: 1,
+            ..RoundRecord::default()
+        };
+        r.set_local_only(&curves);
+        assert!((r.local_acc_mean.unwrap() - 0.4).abs() < 1e-12);
+        assert_eq!(r.local_acc_min, Some(0.1));
+        // Round 0 and rounds past the curves have no reference.
+        let mut r = RoundRecord::default();
+        r.set_local_only(&curves);
+        assert_eq!((r.local_acc_mean, r.local_acc.len()), (None, 0));
+        let mut r = RoundRecord {
+            round: 9,
+            ..RoundRecord::default()
+        };
+        r.set_local_only(&curves);
+        assert_eq!(r.local_acc_mean, None);
+    }
 }

@@ -99,6 +99,11 @@ fn opt_pct(x: Option<f64>) -> String {
     x.map_or_else(|| "–".into(), pct)
 }
 
+/// A difference of two accuracies in percentage points, signed.
+fn points(diff: f64) -> String {
+    format!("{:+.1} points", 100.0 * diff)
+}
+
 fn opt_f2(x: Option<f64>) -> String {
     x.map_or_else(|| "–".into(), |v| format!("{v:.2}"))
 }
@@ -186,14 +191,18 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     let last_round = rounds.iter().map(|r| r.round).max().unwrap_or(0) as f64;
 
     if let Some(series) = non_empty(vec![
-        Series {
-            label: "mean".into(),
-            points: per_round(rounds, |r| r.client_acc_mean.map(|a| 100.0 * a)),
-        },
-        Series {
-            label: "worst".into(),
-            points: per_round(rounds, |r| r.client_acc_min.map(|a| 100.0 * a)),
-        },
+        Series::line(
+            "mean",
+            per_round(rounds, |r| r.client_acc_mean.map(|a| 100.0 * a)),
+        ),
+        Series::line(
+            "worst",
+            per_round(rounds, |r| r.client_acc_min.map(|a| 100.0 * a)),
+        ),
+        Series::reference(
+            "local only (mean)",
+            per_round(rounds, |r| r.local_acc_mean.map(|a| 100.0 * a)),
+        ),
     ]) {
         out.push(Chart {
             file: "client_accuracy.png",
@@ -212,20 +221,17 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             .map(|g| (0.0, 100.0 * g.oracle_acc))
             .collect();
         points.extend(gen_acc);
-        let mut series = vec![Series {
-            label: "generated (oracle)".into(),
-            points,
-        }];
+        let mut series = vec![Series::line("generated (oracle)", points)];
         if let Some(real) = report.oracle_acc_real {
             let x0 = if report.gen_start.is_some() {
                 0.0
             } else {
                 rounds.iter().map(|r| r.round).min().unwrap_or(0) as f64
             };
-            series.push(Series {
-                label: "oracle on real images".into(),
-                points: vec![(x0, 100.0 * real), (last_round, 100.0 * real)],
-            });
+            series.push(Series::reference(
+                "oracle on real images",
+                vec![(x0, 100.0 * real), (last_round, 100.0 * real)],
+            ));
         }
         out.push(Chart {
             file: "generator_accuracy.png",
@@ -246,10 +252,7 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             title: "Fréchet distance in oracle feature space",
             x_label: "round",
             y_label: "Fréchet distance",
-            series: vec![Series {
-                label: "generated vs real test".into(),
-                points,
-            }],
+            series: vec![Series::line("generated vs real test", points)],
         });
     }
 
@@ -260,17 +263,19 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if !eps_nodes.is_empty() {
         let mut series: Vec<Series> = eps_nodes
             .iter()
-            .map(|&n| Series {
-                label: format!("n{n}"),
-                points: per_round(rounds, |r| r.epsilon.get(&n).copied()),
+            .map(|&n| {
+                Series::line(
+                    format!("n{n}"),
+                    per_round(rounds, |r| r.epsilon.get(&n).copied()),
+                )
             })
             .collect();
         if report.dp_epsilon > 0.0 {
             let first = rounds.iter().map(|r| r.round).min().unwrap_or(0) as f64;
-            series.push(Series {
-                label: "budget".into(),
-                points: vec![(first, report.dp_epsilon), (last_round, report.dp_epsilon)],
-            });
+            series.push(Series::reference(
+                "budget",
+                vec![(first, report.dp_epsilon), (last_round, report.dp_epsilon)],
+            ));
         }
         out.push(Chart {
             file: "epsilon.png",
@@ -285,9 +290,11 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if let Some(series) = non_empty(
         phases
             .iter()
-            .map(|p| Series {
-                label: p.clone(),
-                points: per_round(rounds, |r| r.phase_seconds.get(p).copied()),
+            .map(|p| {
+                Series::line(
+                    p.clone(),
+                    per_round(rounds, |r| r.phase_seconds.get(p).copied()),
+                )
             })
             .collect(),
     ) {
@@ -302,9 +309,11 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
     if let Some(series) = non_empty(
         phases
             .iter()
-            .map(|p| Series {
-                label: p.clone(),
-                points: per_round(rounds, |r| r.phase_bytes.get(p).map(|&b| mb(b))),
+            .map(|p| {
+                Series::line(
+                    p.clone(),
+                    per_round(rounds, |r| r.phase_bytes.get(p).map(|&b| mb(b))),
+                )
             })
             .collect(),
     ) {
@@ -405,8 +414,8 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
     } else {
         let _ = writeln!(
             s,
-            "| round | term | host | participants | client acc mean | client acc worst | generator oracle acc | Fréchet | seconds | MB | kept |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|"
+            "| round | term | host | participants | client acc mean | client acc worst | local only mean | generator oracle acc | Fréchet | seconds | MB | kept |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rounds {
             let nodes: Vec<String> = x
@@ -425,18 +434,37 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
                 x.round,
                 x.term,
                 host,
                 participants,
                 opt_pct(x.client_acc_mean),
                 opt_pct(x.client_acc_min),
+                opt_pct(x.local_acc_mean),
                 opt_pct(x.gen_oracle_acc),
                 opt_f2(x.gen_frechet),
                 x.seconds,
                 mb(x.bytes),
                 x.kept
+            );
+        }
+        if let Some((last, local)) = r
+            .rounds
+            .iter()
+            .rev()
+            .find_map(|x| x.local_acc_mean.map(|l| (x, l)))
+        {
+            let _ = writeln!(
+                s,
+                "\nLocal only: each node's model trained on its own data alone, with the same local steps for as many rounds and no federation{}. After round {}: {} local only against {} in the federation ({}).",
+                r.local_only_seconds
+                    .map_or_else(String::new, |t| format!(" (trained after the nodes stopped, in {t:.1} s)")),
+                last.round,
+                pct(local),
+                opt_pct(last.client_acc_mean),
+                last.client_acc_mean
+                    .map_or_else(|| "–".into(), |m| points(m - local)),
             );
         }
         if let Some(g) = r.gen_start {
@@ -500,12 +528,32 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
         let _ = writeln!(s, "\n## Nodes\n");
         let _ = writeln!(
             s,
-            "| node | peer id | images | kills | restarts | running at end |\n|---|---|---|---|---|---|"
+            "Client accuracy in the last round each node learned in, next to the same model trained on its own data alone for as many rounds (local only).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| node | peer id | images | client acc | local only | gain | kills | restarts | running at end |\n|---|---|---|---|---|---|---|---|---|"
         );
         for p in &r.peers {
+            let last = r
+                .rounds
+                .iter()
+                .rev()
+                .find_map(|x| x.client_acc.get(&p.index).map(|&a| (x, a)));
+            let (acc, local, gain) = match last {
+                Some((x, acc)) => {
+                    let local = x.local_acc.get(&p.index).copied();
+                    (
+                        format!("{} (round {})", pct(acc), x.round),
+                        opt_pct(local),
+                        local.map_or_else(|| "–".into(), |l| points(acc - l)),
+                    )
+                }
+                None => ("–".into(), "–".into(), "–".into()),
+            };
             let _ = writeln!(
                 s,
-                "| n{} | `{}` | {} | {} | {} | {} |",
+                "| n{} | `{}` | {} | {acc} | {local} | {gain} | {} | {} | {} |",
                 p.index,
                 short_peer(&p.peer_id),
                 p.images,
@@ -657,6 +705,9 @@ mod tests {
                     participant_nodes,
                     client_acc_mean: Some(0.5 + 0.1 * round as f64),
                     client_acc_min: Some(0.4 + 0.1 * round as f64),
+                    local_acc_mean: Some(0.4 + 0.05 * round as f64),
+                    local_acc_min: Some(0.3 + 0.05 * round as f64),
+                    local_acc: (0..4).map(|n| (n, 0.4 + 0.05 * round as f64)).collect(),
                     gen_oracle_acc: Some(0.3 + 0.1 * round as f64),
                     gen_frechet: Some(20.0 - round as f64),
                     kept: 50,
@@ -701,6 +752,7 @@ mod tests {
                 frechet: 25.0,
             }),
             oracle_acc_real: Some(0.95),
+            local_only_seconds: Some(4.5),
             faults: vec![FaultRecord {
                 kind: "kill-host".into(),
                 round: 2,
@@ -792,7 +844,7 @@ mod tests {
         assert_eq!(json["budget_exceeded"], false);
         assert_eq!(json["double_counted_rounds"], 0);
         assert_eq!(json["intruder_refused"], true);
-        let back: TestnetReport = serde_json::from_value(json).unwrap();
+        let back: TestnetReport = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back.rounds.len(), 3);
 
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -810,12 +862,62 @@ mod tests {
         assert!(md.contains("(client_accuracy.png)"), "{md}");
         assert!(md.contains("| kill-host | 2 | n0 | 21.50 | n1 elected in term 2 |"));
         assert!(md.contains("14.25 s"), "{md}");
-        // Round 3: mean 80.0%, worst 70.0%, generator 60.0%, Fréchet 17.00, 13.00 s, 2.50 MB.
+        // Round 3: mean 80.0%, worst 70.0%, local only 55.0%, generator 60.0%, Fréchet 17.00,
+        // 13.00 s, 2.50 MB.
         assert!(
-            md.contains("| 3 | 2 | n1 | 3 (n0, n2, n3) | 80.0% | 70.0% | 60.0% | 17.00 | 13.00 | 2.50 | 50 |"),
+            md.contains("| 3 | 2 | n1 | 3 (n0, n2, n3) | 80.0% | 70.0% | 55.0% | 60.0% | 17.00 | 13.00 | 2.50 | 50 |"),
             "{md}"
         );
         assert!(md.contains("| intruder refused | yes | ✓ |"), "{md}");
+        // The local-only reference: a sentence, and per node next to its last client accuracy
+        // (n1 hosted rounds 2–3, so its last is round 1).
+        assert!(
+            md.contains(
+                "After round 3: 55.0% local only against 80.0% in the federation (+25.0 points)."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("(trained after the nodes stopped, in 4.5 s)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| n0 | `12D3Ko…000000` | 100 | 65.0% (round 3) | 55.0% | +10.0 points |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| n1 | `12D3Ko…111111` | 101 | 55.0% (round 1) | 45.0% | +10.0 points |"),
+            "{md}"
+        );
+        let r3 = &json["rounds"][2];
+        assert!((r3["local_acc_mean"].as_f64().unwrap() - 0.55).abs() < 1e-12);
+        assert!((r3["local_acc_min"].as_f64().unwrap() - 0.45).abs() < 1e-12);
+        assert_eq!(r3["local_acc"].as_object().unwrap().len(), 4);
+        assert_eq!(json["local_only_seconds"], 4.5);
+    }
+
+    #[test]
+    fn client_chart_draws_local_only_as_a_dashed_reference() {
+        let report = synthetic(true);
+        let charts = super::charts(&report);
+        let client = charts
+            .iter()
+            .find(|c| c.file == "client_accuracy.png")
+            .unwrap();
+        let dashed: Vec<&Series> = client.series.iter().filter(|s| s.dashed).collect();
+        assert_eq!(dashed.len(), 1);
+        assert_eq!(dashed[0].label, "local only (mean)");
+        let ys: Vec<f64> = dashed[0].points.iter().map(|p| p.1).collect();
+        for (y, want) in ys.iter().zip([45.0, 50.0, 55.0]) {
+            assert!((y - want).abs() < 1e-9, "{ys:?}");
+        }
+        // Without the reference (an older report.json) the chart has no dashed line.
+        let mut old = synthetic(true);
+        for r in &mut old.rounds {
+            r.local_acc_mean = None;
+        }
+        let charts = super::charts(&old);
+        assert!(charts[0].series.iter().all(|s| !s.dashed));
     }
 
     #[test]

@@ -52,6 +52,29 @@ fn a_host_kill_and_an_intruder_leave_every_invariant_intact() {
         );
         assert!(r.client_acc_mean.is_some() && r.gen_oracle_acc.is_some());
     }
+    // The local-only reference: every node's model on its own data alone, every round.
+    let local_secs = report.local_only_seconds.unwrap();
+    assert!(local_secs > 0.0 && local_secs < 60.0, "{local_secs}");
+    for r in &report.rounds {
+        assert_eq!(r.local_acc.len(), 4, "{r:?}");
+        assert!(
+            r.local_acc.values().all(|a| (0.0..=1.0).contains(a)),
+            "{r:?}"
+        );
+        let (mean, min) = (r.local_acc_mean.unwrap(), r.local_acc_min.unwrap());
+        assert!(min <= mean && mean <= 1.0, "{r:?}");
+    }
+    // Round 1 has no teacher yet, so a client learns in it exactly what it learns alone: the
+    // reference must reproduce the node's own measurement (it trains the same model).
+    let r1 = &report.rounds[0];
+    assert!(
+        r1.client_acc
+            .iter()
+            .any(|(n, a)| r1.local_acc.get(n).is_some_and(|l| (l - a).abs() < 1e-12)),
+        "round 1: nodes {:?}, local only {:?}",
+        r1.client_acc,
+        r1.local_acc
+    );
     let killed = report.peers.iter().find(|p| p.kills == 1).unwrap();
     assert_eq!(killed.restarts, 1);
     assert!(report
@@ -72,8 +95,15 @@ fn a_host_kill_and_an_intruder_leave_every_invariant_intact() {
         "budget_exceeded",
         "double_counted_rounds",
         "intruder_refused",
+        "local_only_seconds",
     ] {
         assert!(json.get(key).is_some(), "report.json lacks {key}");
+    }
+    for key in ["local_acc_mean", "local_acc_min", "local_acc"] {
+        assert!(
+            json["rounds"][0].get(key).is_some(),
+            "rounds[0] lacks {key}"
+        );
     }
     for png in [
         "client_accuracy.png",

@@ -206,6 +206,48 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs `f` under a progress bar named `name` (a line per round when stderr is no terminal),
+/// and leaves the bar with the run's final numbers.
+fn with_bar<T>(
+    name: &str,
+    rounds: usize,
+    f: impl FnOnce(simulate::run::Progress) -> anyhow::Result<(simulate::RunReport, T)>,
+) -> anyhow::Result<(simulate::RunReport, T)> {
+    let bar = ProgressBar::new((rounds * PHASES) as u64).with_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:30}] round {msg} [{elapsed}<{eta}]")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    let progress = |round: usize, phase: &str| {
+        bar.set_position(((round - 1) * PHASES) as u64 + phase_index(phase));
+        bar.set_message(format!("{round}/{rounds}: {phase}"));
+        if bar.is_hidden() && phase == "evaluate" {
+            eprintln!("{name}: round {round}/{rounds} done");
+        }
+    };
+    let out = f(&progress)?;
+    let summary = match out.0.rounds.last() {
+        Some(l) => format!(
+            "{}/{rounds} done: clients {:.1}% mean / {:.1}% worst{}{}",
+            l.round,
+            100.0 * l.client_acc_mean,
+            100.0 * l.client_acc_min,
+            l.gen_oracle_acc
+                .map_or(String::new(), |g| format!(", generator {:.1}%", 100.0 * g)),
+            l.epsilon.as_ref().map_or(String::new(), |e| format!(
+                ", max ε spent {:.3}",
+                e.iter().copied().fold(0.0, f64::max)
+            ))
+        ),
+        None => "no rounds".into(),
+    };
+    if bar.is_hidden() {
+        eprintln!("{name}: {summary}");
+    }
+    bar.finish_with_message(summary);
+    Ok(out)
+}
+
 /// One seed's run(s) of `fedmmkt simulate` into `out`; returns the reports by run name.
 fn run_seed(
     args: &SimulateArgs,
@@ -274,9 +316,10 @@ fn run_seed(
             runs.push((format!("eps-{epsilon}"), Method::Fedmmkt, None, c));
         }
     } else if args.compare {
+        // Local first: every later run of the same architectures takes it as its reference.
         for m in [
-            Method::Fedmmkt,
             Method::Local,
+            Method::Fedmmkt,
             Method::Fedavg,
             Method::Fedmd,
         ] {
@@ -297,40 +340,42 @@ fn run_seed(
     let several = runs.len() > 1;
     let classes = setup.splits.test.classes.clone();
     let mut reports = BTreeMap::new();
+    // Local-only runs of this seed, one per assignment of architectures (every run here
+    // shares the splits, seeds and client config; DP does not touch local training).
+    let mut references: Vec<simulate::RunReport> = Vec::new();
     for (name, method, ablation, run_cfg) in runs {
-        let bar = ProgressBar::new((run_cfg.rounds * PHASES) as u64).with_style(
-            ProgressStyle::with_template("{prefix:>16} [{bar:30}] round {msg} [{elapsed}<{eta}]")?
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(name.clone());
-        let progress = |round: usize, phase: &str| {
-            bar.set_position(((round - 1) * PHASES) as u64 + phase_index(phase));
-            bar.set_message(format!("{round}/{}: {phase}", run_cfg.rounds));
-            if bar.is_hidden() && phase == "evaluate" {
-                eprintln!("{name}: round {round}/{} done", run_cfg.rounds);
+        let reference = if method == Method::Local {
+            None
+        } else {
+            let archs = simulate::client_archs(&run_cfg, method);
+            match references.iter().position(|r| r.client_archs == archs) {
+                Some(i) => Some(i),
+                None => {
+                    let (local, ()) = with_bar("local-only", run_cfg.rounds, |progress| {
+                        Ok((
+                            simulate::local_reference(&run_cfg, &setup, method, progress)?,
+                            (),
+                        ))
+                    })?;
+                    references.push(local);
+                    Some(references.len() - 1)
+                }
             }
         };
-        let (report, images) = simulate::run(&run_cfg, &setup, method, ablation, &progress)?;
-        let summary = match report.rounds.last() {
-            Some(l) => format!(
-                "{}/{} done: clients {:.1}% mean / {:.1}% worst{}{}",
-                l.round,
-                run_cfg.rounds,
-                100.0 * l.client_acc_mean,
-                100.0 * l.client_acc_min,
-                l.gen_oracle_acc
-                    .map_or(String::new(), |g| format!(", generator {:.1}%", 100.0 * g)),
-                l.epsilon.as_ref().map_or(String::new(), |e| format!(
-                    ", max ε spent {:.3}",
-                    e.iter().copied().fold(0.0, f64::max)
-                ))
-            ),
-            None => "no rounds".into(),
-        };
-        if bar.is_hidden() {
-            eprintln!("{name}: {summary}");
+        let (mut report, images) = with_bar(&name, run_cfg.rounds, |progress| {
+            simulate::run(&run_cfg, &setup, method, ablation, progress)
+        })?;
+        match reference.and_then(|i| references.get(i)) {
+            Some(local) => report.set_local_reference(local),
+            None => {
+                if !references
+                    .iter()
+                    .any(|r| r.client_archs == report.client_archs)
+                {
+                    references.push(report.clone());
+                }
+            }
         }
-        bar.finish_with_message(summary);
         let dir = if several {
             out.join(&name)
         } else {

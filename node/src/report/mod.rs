@@ -9,7 +9,7 @@ use std::path::Path;
 
 use plots::{line_chart, Series};
 
-use crate::simulate::{RunImages, RunReport};
+use crate::simulate::{Method, RoundReport, RunImages, RunReport};
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
@@ -17,6 +17,34 @@ fn pct(x: f64) -> String {
 
 fn opt_pct(x: Option<f64>) -> String {
     x.map_or("–".into(), pct)
+}
+
+/// A difference of two accuracies in percentage points, signed.
+fn points(diff: f64) -> String {
+    format!("{:+.1} points", 100.0 * diff)
+}
+
+/// (round, value) of every round where `f` has a value.
+fn per_round(report: &RunReport, f: &dyn Fn(&RoundReport) -> Option<f64>) -> Vec<(f64, f64)> {
+    report
+        .rounds
+        .iter()
+        .filter_map(|r| f(r).map(|y| (r.round as f64, y)))
+        .collect()
+}
+
+/// The lines of the client accuracy chart: mean, worst and, dashed, the local-only mean.
+fn client_series(report: &RunReport) -> Vec<Series> {
+    let xs = |f: &dyn Fn(&RoundReport) -> Option<f64>| per_round(report, f);
+    let mut series = vec![
+        Series::line("mean", xs(&|r| Some(r.client_acc_mean))),
+        Series::line("worst", xs(&|r| Some(r.client_acc_min))),
+    ];
+    let local = xs(&|r| r.local_acc_mean);
+    if !local.is_empty() {
+        series.push(Series::reference("local only (mean)", local));
+    }
+    series
 }
 
 /// Writes `report.json`, `report.md`, the plots and the image grids of one run into `dir`.
@@ -31,28 +59,13 @@ pub fn write_run(
         dir.join("report.json"),
         serde_json::to_string_pretty(report)?,
     )?;
-    let xs = |f: &dyn Fn(&crate::simulate::RoundReport) -> Option<f64>| -> Vec<(f64, f64)> {
-        report
-            .rounds
-            .iter()
-            .filter_map(|r| f(r).map(|y| (r.round as f64, y)))
-            .collect()
-    };
+    let xs = |f: &dyn Fn(&RoundReport) -> Option<f64>| per_round(report, f);
     line_chart(
         &dir.join("client_accuracy.png"),
         &format!("{}: client accuracy on real test images", report.method),
         "round",
         "accuracy",
-        &[
-            Series {
-                label: "mean".into(),
-                points: xs(&|r| Some(r.client_acc_mean)),
-            },
-            Series {
-                label: "worst".into(),
-                points: xs(&|r| Some(r.client_acc_min)),
-            },
-        ],
+        &client_series(report),
     )?;
     if report.rounds.iter().any(|r| r.gen_oracle_acc.is_some()) {
         let mut acc = vec![(0.0, report.gen_oracle_acc_start)];
@@ -65,17 +78,14 @@ pub fn write_run(
             "round",
             "oracle accuracy",
             &[
-                Series {
-                    label: "generated".into(),
-                    points: acc,
-                },
-                Series {
-                    label: "oracle on real images".into(),
-                    points: vec![
+                Series::line("generated", acc),
+                Series::reference(
+                    "oracle on real images",
+                    vec![
                         (0.0, report.oracle_acc_real),
                         (report.rounds.len() as f64, report.oracle_acc_real),
                     ],
-                },
+                ),
             ],
         )?;
         line_chart(
@@ -86,10 +96,7 @@ pub fn write_run(
             ),
             "round",
             "Fréchet distance",
-            &[Series {
-                label: "generated vs real test".into(),
-                points: fd,
-            }],
+            &[Series::line("generated vs real test", fd)],
         )?;
     }
     for (name, set) in [
@@ -121,12 +128,38 @@ pub fn run_markdown(r: &RunReport, classes: &[String]) -> String {
         r.config.clients, r.config.alpha, r.config.rounds, r.seed, r.data, r.total_seconds
     );
     let _ = writeln!(s, "Oracle accuracy on real test images: {}. Generator before round 1: oracle accuracy {}, Fréchet {:.2}.\n", pct(r.oracle_acc_real), pct(r.gen_oracle_acc_start), r.gen_frechet_start);
-    let _ = writeln!(s, "| round | client acc mean | client acc worst | generator oracle acc | Fréchet | kept | mean ρ | seconds | down MB | up MB |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-    for x in &r.rounds {
+    let has_local = r.rounds.iter().any(|x| x.local_acc_mean.is_some());
+    if let Some((last, local)) = r
+        .rounds
+        .last()
+        .and_then(|l| l.local_acc_mean.map(|m| (l, m)))
+    {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
+            "Local-only reference (the same clients trained on their own data alone for as many rounds: method local, same config and seed): {} mean / {} worst after round {}; {} adds {} to the mean client accuracy.\n",
+            pct(local),
+            opt_pct(last.local_acc_min),
+            last.round,
+            r.method,
+            points(last.client_acc_mean - local)
+        );
+    }
+    let local_head = if has_local { " local only mean |" } else { "" };
+    let _ = writeln!(s, "| round | client acc mean | client acc worst |{local_head} generator oracle acc | Fréchet | kept | mean ρ | seconds | down MB | up MB |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|{}---|---|---|---|---|---|---|",
+        if has_local { "---|" } else { "" }
+    );
+    for x in &r.rounds {
+        let local = if has_local {
+            format!(" {} |", opt_pct(x.local_acc_mean))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |{local} {} | {} | {} | {} | {:.1} | {:.2} | {:.2} |",
             x.round,
             pct(x.client_acc_mean),
             pct(x.client_acc_min),
@@ -141,16 +174,33 @@ pub fn run_markdown(r: &RunReport, classes: &[String]) -> String {
     }
     if let Some(last) = r.rounds.last() {
         let _ = writeln!(s, "\n## Clients after round {}\n", last.round);
-        let _ = writeln!(
-            s,
-            "| client | architecture | private images | accuracy |\n|---|---|---|---|"
-        );
+        match &last.local_acc {
+            Some(_) => {
+                let _ = writeln!(
+                    s,
+                    "| client | architecture | private images | accuracy | local only | gain |\n|---|---|---|---|---|---|"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| client | architecture | private images | accuracy |\n|---|---|---|---|"
+                );
+            }
+        }
         for (k, acc) in last.client_acc.iter().enumerate() {
+            let local = last.local_acc.as_ref().map_or(String::new(), |l| {
+                l.get(k).map_or(" – | – |".into(), |v| {
+                    format!(" {} | {} |", pct(*v), points(acc - v))
+                })
+            });
             let _ = writeln!(
                 s,
-                "| {k} | {:?} | {} | {} |",
-                r.client_archs[k],
-                r.client_sizes[k],
+                "| {k} | {} | {} | {} |{local}",
+                r.client_archs
+                    .get(k)
+                    .map_or("–".into(), |a| format!("{a:?}")),
+                r.client_sizes.get(k).map_or("–".into(), usize::to_string),
                 pct(*acc)
             );
         }
@@ -186,13 +236,18 @@ pub fn write_compare(dir: &Path, runs: &BTreeMap<String, RunReport>) -> anyhow::
     )?;
     let series: Vec<Series> = runs
         .iter()
-        .map(|(name, r)| Series {
-            label: name.clone(),
-            points: r
+        .map(|(name, r)| {
+            let points = r
                 .rounds
                 .iter()
                 .map(|x| (x.round as f64, x.client_acc_mean))
-                .collect(),
+                .collect();
+            // The local-only run is every other run's reference.
+            if r.method == Method::Local.name() {
+                Series::reference(name.clone(), points)
+            } else {
+                Series::line(name.clone(), points)
+            }
         })
         .collect();
     line_chart(
@@ -212,10 +267,7 @@ pub fn write_compare(dir: &Path, runs: &BTreeMap<String, RunReport>) -> anyhow::
                     .iter()
                     .filter_map(|x| x.gen_oracle_acc.map(|a| (x.round as f64, a))),
             );
-            Series {
-                label: name.clone(),
-                points,
-            }
+            Series::line(name.clone(), points)
         })
         .collect();
     line_chart(
@@ -244,8 +296,8 @@ pub fn compare_markdown(runs: &BTreeMap<String, RunReport>) -> String {
             pct(r.oracle_acc_real)
         );
     }
-    let _ = writeln!(s, "| run | client acc mean | client acc worst | generator oracle acc (start → end) | Fréchet (start → end) | seconds |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| run | client acc mean | client acc worst | vs local only | generator oracle acc (start → end) | Fréchet (start → end) | seconds |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for (name, r) in runs {
         let Some(last) = r.rounds.last() else {
             continue;
@@ -256,9 +308,12 @@ pub fn compare_markdown(runs: &BTreeMap<String, RunReport>) -> String {
         let fd = last.gen_frechet.map_or("–".into(), |f| {
             format!("{:.2} → {f:.2}", r.gen_frechet_start)
         });
+        let vs_local = last
+            .local_acc_mean
+            .map_or("–".into(), |l| points(last.client_acc_mean - l));
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {gen} | {fd} | {:.0} |",
+            "| {name} | {} | {} | {vs_local} | {gen} | {fd} | {:.0} |",
             pct(last.client_acc_mean),
             pct(last.client_acc_min),
             r.total_seconds
@@ -266,7 +321,7 @@ pub fn compare_markdown(runs: &BTreeMap<String, RunReport>) -> String {
     }
     let _ = writeln!(
         s,
-        "\n![compare](compare.png) ![generator](compare_generator.png)"
+        "\n\"vs local only\": final mean client accuracy minus that of the same clients (architectures, seeds, data) trained on their own data alone: the local run (dashed in compare.png), or for FedAvg a local run of its one architecture.\n\n![compare](compare.png) ![generator](compare_generator.png)"
     );
     s
 }
@@ -477,4 +532,123 @@ pub fn seeds_markdown(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Strin
         let _ = writeln!(s, "\nOracle accuracy on real test images: {o}.");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::run::PhaseSeconds;
+    use crate::simulate::SimConfig;
+    use models::classifier::Arch;
+
+    /// A 2-round, 2-client run; `local` adds a local-only reference 20 points below.
+    fn report(method: &str, local: bool) -> RunReport {
+        let rounds = (1..=2)
+            .map(|round| {
+                let acc = vec![0.5 + 0.1 * round as f64, 0.3 + 0.1 * round as f64];
+                let reference: Vec<f64> = acc.iter().map(|a| a - 0.2).collect();
+                RoundReport {
+                    round,
+                    client_acc_mean: (acc[0] + acc[1]) / 2.0,
+                    client_acc_min: acc[1],
+                    client_acc: acc,
+                    gen_oracle_acc: None,
+                    gen_frechet: None,
+                    gen_per_class_acc: None,
+                    kept: None,
+                    mean_reward: None,
+                    seconds: 1.0,
+                    phases: PhaseSeconds::default(),
+                    downlink_bytes: 0,
+                    uplink_bytes: 0,
+                    participants: 2,
+                    abstained: 0,
+                    epsilon: None,
+                    local_acc_mean: local.then(|| (reference[0] + reference[1]) / 2.0),
+                    local_acc_min: local.then_some(reference[1]),
+                    local_acc: local.then_some(reference),
+                }
+            })
+            .collect();
+        RunReport {
+            method: method.into(),
+            seed: 0,
+            rounds,
+            gen_oracle_acc_start: 0.5,
+            gen_frechet_start: 10.0,
+            gen_per_class_acc_start: vec![],
+            oracle_acc_real: 0.9,
+            client_archs: vec![Arch::Mlp, Arch::SmallCnn],
+            client_sizes: vec![100, 200],
+            data: "test".into(),
+            image_side: 28,
+            config: SimConfig::default(),
+            total_seconds: 3.0,
+            dp_noise_multiplier: None,
+            ledgers_verified: None,
+        }
+    }
+
+    #[test]
+    fn the_local_only_reference_is_a_column_a_gain_and_a_dashed_line() {
+        let md = run_markdown(&report("fedmmkt", true), &[]);
+        // Round 2: mean 60.0%, worst 50.0%, local-only mean 40.0%.
+        assert!(
+            md.contains("| client acc worst | local only mean |"),
+            "{md}"
+        );
+        assert!(md.contains("| 2 | 60.0% | 50.0% | 40.0% | – |"), "{md}");
+        assert!(md.contains("fedmmkt adds +20.0 points"), "{md}");
+        // Client 0 after round 2: 70.0% federated, 50.0% alone.
+        assert!(
+            md.contains("| 0 | Mlp | 100 | 70.0% | 50.0% | +20.0 points |"),
+            "{md}"
+        );
+        let series = client_series(&report("fedmmkt", true));
+        let dashed: Vec<&Series> = series.iter().filter(|s| s.dashed).collect();
+        assert_eq!(dashed.len(), 1);
+        let want = [(1.0, 0.3), (2.0, 0.4)];
+        assert_eq!(dashed[0].points.len(), want.len());
+        for (got, want) in dashed[0].points.iter().zip(want) {
+            assert!(got.0 == want.0 && (got.1 - want.1).abs() < 1e-12, "{got:?}");
+        }
+
+        let plain = run_markdown(&report("local", false), &[]);
+        assert!(!plain.contains("local only"), "{plain}");
+        assert!(plain.contains("| 2 | 60.0% | 50.0% | – |"), "{plain}");
+        assert!(client_series(&report("local", false))
+            .iter()
+            .all(|s| !s.dashed));
+
+        let dir = tempfile::tempdir().unwrap();
+        let images = RunImages {
+            start: None,
+            end: None,
+        };
+        write_run(dir.path(), &report("fedmmkt", true), &images, &[]).unwrap();
+        assert!(dir.path().join("client_accuracy.png").is_file());
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        let r2 = &json["rounds"][1];
+        assert!((r2["local_acc_mean"].as_f64().unwrap() - 0.4).abs() < 1e-12);
+        assert!((r2["local_acc_min"].as_f64().unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(r2["local_acc"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn compare_shows_each_run_against_local_only() {
+        let runs: BTreeMap<String, RunReport> = [
+            ("fedmmkt".to_string(), report("fedmmkt", true)),
+            ("local".to_string(), report("local", false)),
+        ]
+        .into_iter()
+        .collect();
+        let md = compare_markdown(&runs);
+        assert!(
+            md.contains("| fedmmkt | 60.0% | 50.0% | +20.0 points |"),
+            "{md}"
+        );
+        assert!(md.contains("| local | 60.0% | 50.0% | – |"), "{md}");
+    }
 }

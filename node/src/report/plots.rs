@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 /// One named line.
@@ -10,7 +11,39 @@ pub struct Series {
     pub label: String,
     /// (x, y) points.
     pub points: Vec<(f64, f64)>,
+    /// Drawn dashed, without point markers: a reference to compare the solid lines with.
+    pub dashed: bool,
 }
+
+impl Series {
+    /// A solid line with a marker at every point.
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self {
+            label: label.into(),
+            points,
+            dashed: false,
+        }
+    }
+
+    /// A dashed reference line.
+    pub fn reference(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self {
+            label: label.into(),
+            points,
+            dashed: true,
+        }
+    }
+}
+
+/// Dash length and gap of reference lines, in pixels.
+const DASH: (u32, u32) = (10, 6);
+
+/// Colours of reference lines, in order: dark, so they read against the white background.
+const REFERENCE_COLORS: [RGBColor; 3] = [
+    RGBColor(60, 60, 60),
+    RGBColor(0, 90, 160),
+    RGBColor(150, 60, 0),
+];
 
 /// Draws `series` as a line chart with a legend.
 pub fn line_chart(
@@ -55,21 +88,47 @@ pub fn line_chart(
         .y_desc(y_label)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
+    let (mut solid, mut dashed) = (0, 0);
+    // References last, so they stay visible where a line runs along them.
+    let ordered = series
+        .iter()
+        .filter(|s| !s.dashed)
+        .chain(series.iter().filter(|s| s.dashed));
+    for s in ordered {
+        let color = if s.dashed {
+            dashed += 1;
+            REFERENCE_COLORS[(dashed - 1) % REFERENCE_COLORS.len()].to_rgba()
+        } else {
+            solid += 1;
+            Palette99::pick(solid - 1).to_rgba()
+        };
+        let style = color.stroke_width(2);
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(
                 s.points.iter().copied(),
-                color.stroke_width(2),
+                DASH.0,
+                DASH.1,
+                style,
             ))
+        } else {
+            chart.draw_series(LineSeries::new(s.points.iter().copied(), style))
+        };
+        let dashed = s.dashed;
+        drawn
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(s.label.clone())
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                if dashed {
+                    DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, style).into_dyn()
+                } else {
+                    PathElement::new(vec![(x, y), (x + 20, y)], style).into_dyn()
+                }
             });
-        chart
-            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !dashed {
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
     chart
         .configure_series_labels()

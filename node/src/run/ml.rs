@@ -129,6 +129,25 @@ impl HostPrep {
 /// What the model thread is preparing, shared with the handle for the status report.
 type Preparing = Arc<Mutex<Option<HostPrep>>>;
 
+/// The learner a node trains on its own data (its architecture from its embedded shard, or
+/// the first one with a dataset of its own); the testnet's local-only reference builds the same.
+pub fn node_client(world: &World, cfg: ClientConfig, seed: u64) -> anyhow::Result<Client> {
+    let shard = world.shard.unwrap_or(0);
+    let arch = match shard % 3 {
+        0 => Arch::Mlp,
+        1 => Arch::SmallCnn,
+        _ => Arch::WideCnn,
+    };
+    Client::new(
+        shard,
+        arch,
+        world.private.clone(),
+        &world.encoder,
+        cfg,
+        sub_seed(seed, 5),
+    )
+}
+
 /// The handle the network loop keeps.
 pub struct Ml {
     jobs: mpsc::Sender<Job>,
@@ -145,19 +164,7 @@ impl Ml {
         out: UnboundedSender<Outcome>,
     ) -> anyhow::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let arch = match world.shard.unwrap_or(0) % 3 {
-            0 => Arch::Mlp,
-            1 => Arch::SmallCnn,
-            _ => Arch::WideCnn,
-        };
-        let client = Client::new(
-            world.shard.unwrap_or(0),
-            arch,
-            world.private.clone(),
-            &world.encoder,
-            client_cfg,
-            sub_seed(seed, 5),
-        )?;
+        let client = node_client(&world, client_cfg, seed)?;
         let preparing = Preparing::default();
         let shared = preparing.clone();
         std::thread::Builder::new()

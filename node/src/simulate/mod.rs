@@ -8,5 +8,5 @@ pub mod run;
 pub mod setup;
 
 pub use config::{Ablation, DpConfig, Method, SimConfig, TextEncoderKind};
-pub use run::{run, RoundReport, RunImages, RunReport};
+pub use run::{client_archs, local_reference, run, RoundReport, RunImages, RunReport};
 pub use setup::Setup;

@@ -68,6 +68,13 @@ pub struct RoundReport {
     pub abstained: usize,
     /// ε spent by each client so far (DP runs).
     pub epsilon: Option<Vec<f64>>,
+    /// Mean accuracy of the same clients trained on their own data alone for as many rounds
+    /// (the local-only reference; None in a local run, which is its own reference).
+    pub local_acc_mean: Option<f64>,
+    /// Worst client of the local-only reference.
+    pub local_acc_min: Option<f64>,
+    /// Every client's local-only accuracy.
+    pub local_acc: Option<Vec<f64>>,
 }
 
 /// Everything a run produced; serialised as `report.json`.
@@ -116,12 +123,71 @@ pub struct RunImages {
 /// Progress callback: (round, phase).
 pub type Progress<'a> = &'a (dyn Fn(usize, &str) + Sync);
 
+/// The architecture of each client in a run of `method`: one shared architecture under
+/// FedAvg, else round-robin over every architecture.
+pub fn client_archs(cfg: &SimConfig, method: Method) -> Vec<Arch> {
+    (0..cfg.clients)
+        .map(|k| {
+            if method == Method::Fedavg {
+                cfg.fedavg_arch
+            } else {
+                Arch::ALL[k % Arch::ALL.len()]
+            }
+        })
+        .collect()
+}
+
 /// Runs `method` (with `ablation`) for `cfg.rounds` rounds on the shared `setup`.
 pub fn run(
     cfg: &SimConfig,
     setup: &Setup,
     method: Method,
     ablation: Option<Ablation>,
+    progress: Progress,
+) -> anyhow::Result<(RunReport, RunImages)> {
+    run_clients(
+        cfg,
+        setup,
+        method,
+        ablation,
+        client_archs(cfg, method),
+        progress,
+    )
+}
+
+/// The local-only reference of a run of `method`: the same clients (architectures, seeds,
+/// private data) trained on their own data alone for as many rounds, i.e. a `local` run
+/// with the architectures of `method`.
+pub fn local_reference(
+    cfg: &SimConfig,
+    setup: &Setup,
+    method: Method,
+    progress: Progress,
+) -> anyhow::Result<RunReport> {
+    let archs = client_archs(cfg, method);
+    Ok(run_clients(cfg, setup, Method::Local, None, archs, progress)?.0)
+}
+
+impl RunReport {
+    /// Copies the client accuracies of `local` (a local run of the same clients) into this
+    /// run's rounds as the local-only reference, round by round.
+    pub fn set_local_reference(&mut self, local: &RunReport) {
+        for r in &mut self.rounds {
+            let same = local.rounds.iter().find(|l| l.round == r.round);
+            r.local_acc_mean = same.map(|l| l.client_acc_mean);
+            r.local_acc_min = same.map(|l| l.client_acc_min);
+            r.local_acc = same.map(|l| l.client_acc.clone());
+        }
+    }
+}
+
+/// [`run`] with the clients' architectures given.
+fn run_clients(
+    cfg: &SimConfig,
+    setup: &Setup,
+    method: Method,
+    ablation: Option<Ablation>,
+    archs: Vec<Arch>,
     progress: Progress,
 ) -> anyhow::Result<(RunReport, RunImages)> {
     let t0 = Instant::now();
@@ -137,15 +203,6 @@ pub fn run(
         host_cfg.prompt_mix = dp.prompt_mix;
     }
     let distill = ablation != Some(Ablation::NoDistill);
-    let archs: Vec<Arch> = (0..cfg.clients)
-        .map(|k| {
-            if method == Method::Fedavg {
-                cfg.fedavg_arch
-            } else {
-                Arch::ALL[k % Arch::ALL.len()]
-            }
-        })
-        .collect();
     let mut clients = Vec::with_capacity(cfg.clients);
     for (k, &arch) in archs.iter().enumerate() {
         let seed = sub_seed(cfg.seed, 100 + k as u64);
@@ -295,6 +352,9 @@ pub fn run(
             participants: traffic.participants.unwrap_or(cfg.clients),
             abstained: traffic.abstained,
             epsilon: dp.as_ref().map(DpClients::epsilon_spent).transpose()?,
+            local_acc_mean: None,
+            local_acc_min: None,
+            local_acc: None,
         });
     }
     if let Some(h) = &host {
@@ -528,7 +588,88 @@ fn for_each_client(
 
 #[cfg(test)]
 mod tests {
-    use super::sum_uploads;
+    use super::*;
+    use models::data::{DataSource, SplitConfig};
+
+    /// Tiny models and data (the sizes of node/tests/simulate.rs) and a setup in `dir`.
+    fn tiny(dir: &std::path::Path) -> (SimConfig, Setup) {
+        let full = DataSource::embedded().unwrap();
+        let idx: Vec<usize> = (0..1400).collect();
+        let src = DataSource {
+            train: None,
+            test: full.test.subset(&idx),
+            origin: "tiny".into(),
+        };
+        let mut cfg = SimConfig {
+            clients: 3,
+            alpha: 0.5,
+            rounds: 2,
+            seed: 7,
+            emb_dim: 8,
+            split: SplitConfig {
+                host_per_class: 5,
+                test_per_class: 10,
+                oracle_per_class: 10,
+                public_per_class: 4,
+            },
+            oracle_epochs: 1,
+            eval_per_class: 3,
+            threads: 2,
+            ..SimConfig::default()
+        };
+        cfg.host.samples_per_class = 4;
+        cfg.host.pretrain_steps = 10;
+        cfg.host.critic_steps = 5;
+        cfg.host.flow.hidden = 32;
+        cfg.host.flow.blocks = 1;
+        cfg.host.flow.latent_dim = 8;
+        cfg.host.flow.sample_steps = 4;
+        cfg.client.train.epochs = 1;
+        let setup = Setup::build(&cfg, &src, dir, &|_| {}).unwrap();
+        (cfg, setup)
+    }
+
+    #[test]
+    fn local_reference_is_the_same_clients_without_the_federation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, setup) = tiny(dir.path());
+        let reference = local_reference(&cfg, &setup, Method::Fedmmkt, &|_, _| {}).unwrap();
+        assert_eq!(reference.method, "local");
+        assert_eq!(reference.client_archs, client_archs(&cfg, Method::Fedmmkt));
+        assert!(reference.rounds.iter().all(|r| r.local_acc.is_none()));
+        // Deterministic for a seed, and exactly `--method local`.
+        let again = run(&cfg, &setup, Method::Local, None, &|_, _| {})
+            .unwrap()
+            .0;
+        for (a, b) in reference.rounds.iter().zip(&again.rounds) {
+            assert_eq!(a.client_acc, b.client_acc);
+        }
+        // Without distillation a FedMMKT client learns exactly what it would alone...
+        let (no_distill, _) = run(
+            &cfg,
+            &setup,
+            Method::Fedmmkt,
+            Some(Ablation::NoDistill),
+            &|_, _| {},
+        )
+        .unwrap();
+        for (a, b) in reference.rounds.iter().zip(&no_distill.rounds) {
+            assert_eq!(a.client_acc, b.client_acc, "round {}", a.round);
+        }
+        // ...and so does every FedMMKT client in round 1, before any teacher exists.
+        let (mut fedmmkt, _) = run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {}).unwrap();
+        assert_eq!(fedmmkt.rounds[0].client_acc, reference.rounds[0].client_acc);
+        fedmmkt.set_local_reference(&reference);
+        for (r, l) in fedmmkt.rounds.iter().zip(&reference.rounds) {
+            assert_eq!(r.local_acc.as_ref(), Some(&l.client_acc));
+            assert_eq!(r.local_acc_mean, Some(l.client_acc_mean));
+            assert_eq!(r.local_acc_min, Some(l.client_acc_min));
+        }
+        // FedAvg's reference trains FedAvg's one architecture.
+        let fedavg = local_reference(&cfg, &setup, Method::Fedavg, &|_, _| {}).unwrap();
+        assert!(fedavg.client_archs.iter().all(|&a| a == cfg.fedavg_arch));
+        assert_ne!(fedavg.rounds[0].client_acc, reference.rounds[0].client_acc);
+    }
 
     #[test]
     fn aggregate_is_the_elementwise_sum() {
