@@ -610,7 +610,7 @@ impl Node {
                             Response::Rejected(reason)
                         }
                     };
-                    self.on_local_response(pending, response)?;
+                    self.settle(me, pending, response)?;
                 }
                 Local::ToHost(req) => {
                     let result = match req {
@@ -957,12 +957,12 @@ impl Node {
         response: Response,
     ) -> anyhow::Result<()> {
         let pending = self.pending.remove(&id).unwrap_or(Pending::Other);
-        tracing::trace!(peer = %peer, "response");
-        self.on_local_response(pending, response)
+        self.settle(peer, pending, response)
     }
 
-    /// Acts on the response to a request made for `pending` (from a peer or this node).
-    fn on_local_response(&mut self, pending: Pending, response: Response) -> anyhow::Result<()> {
+    /// Acts on `from`'s response (a peer's, or this node's own client side) to a request made
+    /// for `pending`.
+    fn settle(&mut self, from: PeerId, pending: Pending, response: Response) -> anyhow::Result<()> {
         match (pending, response) {
             (Pending::Checkpoint { peer, term, round }, Response::Ack) => {
                 self.host_replica(peer, term, round)
@@ -977,7 +977,7 @@ impl Node {
                 Response::Rejected(reason),
             ) => self.offer_refused(peer, term, round, attempt, &reason),
             (_, Response::Rejected(reason)) => {
-                tracing::debug!("peer refused a request: {reason}");
+                tracing::debug!(peer = %from, "peer refused a request: {reason}");
                 Ok(())
             }
             _ => Ok(()),
