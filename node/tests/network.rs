@@ -105,9 +105,16 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// Kills the node; when the test is failing, prints the end of its log so CI shows why.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- last lines of {} ---\n{tail}", self.dir.display());
+        }
     }
 }
 
@@ -180,18 +187,20 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     });
     procs[victim].sigkill();
     procs[victim] = Proc::start(&dirs[victim]);
-    wait_for(
-        "round 2 after the client restart",
-        Duration::from_secs(40),
-        || procs.iter().all(|p| round_of(p) >= 2),
-    );
-
-    // The host is SIGKILLed during round 3: a new host resumes from the replicated checkpoint.
+    // On a loaded machine the restarted client may miss round 2 and catch up only with a later
+    // checkpoint, so only the host's progress is awaited here; the end checks the client's.
     let h = ids.iter().position(|id| *id == host).unwrap();
-    wait_for("the host in round 3", Duration::from_secs(30), || {
-        procs[h]
-            .status()
-            .is_some_and(|s| s.round == 2 && s.phase.as_deref() != Some("complete"))
+    wait_for("round 2 after the client restart", Duration::from_secs(60), || {
+        round_of(&procs[h]) >= 2
+    });
+
+    // The host is SIGKILLed in the middle of a later round (round 3, or round 4 if round 3 went
+    // by between two polls): a new host resumes from the replicated checkpoint.
+    wait_for("the host in round 3", Duration::from_secs(60), || {
+        procs[h].status().is_some_and(|s| {
+            (2..rounds).contains(&s.round)
+                && !matches!(s.phase.as_deref(), Some("complete" | "abandoned"))
+        })
     });
     let killed_at = Instant::now();
     procs[h].sigkill();
@@ -204,7 +213,7 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
         })
     });
     let reelected = killed_at.elapsed();
-    wait_for("all rounds", Duration::from_secs(60), || {
+    wait_for("all rounds", Duration::from_secs(90), || {
         alive.iter().all(|&i| round_of(&procs[i]) >= rounds)
     });
 
