@@ -190,9 +190,11 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     // On a loaded machine the restarted client may miss round 2 and catch up only with a later
     // checkpoint, so only the host's progress is awaited here; the end checks the client's.
     let h = ids.iter().position(|id| *id == host).unwrap();
-    wait_for("round 2 after the client restart", Duration::from_secs(60), || {
-        round_of(&procs[h]) >= 2
-    });
+    wait_for(
+        "round 2 after the client restart",
+        Duration::from_secs(60),
+        || round_of(&procs[h]) >= 2,
+    );
 
     // The host is SIGKILLed in the middle of a later round (round 3, or round 4 if round 3 went
     // by between two polls): a new host resumes from the replicated checkpoint.

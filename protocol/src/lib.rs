@@ -5,7 +5,9 @@ pub mod codec;
 pub mod election;
 pub mod error;
 pub mod messages;
+pub mod refusal;
 pub mod round;
+pub mod session;
 pub mod simnet;
 pub mod upload;
 pub mod wire;
@@ -14,4 +16,5 @@ pub use error::ProtocolError;
 pub use messages::{
     Abstain, AbstainReason, ClientUpload, RoundStart, TeacherTargets, PROTOCOL_VERSION,
 };
+pub use refusal::Refusal;
 pub use upload::{Teacher, UploadLayout};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::election::ElectionMessage;
 use crate::error::ProtocolError;
 use crate::messages::{AbstainReason, RoundStart, PROTOCOL_VERSION};
+use crate::refusal::Refusal;
 
 /// A member's id on the wire: its libp2p PeerId bytes.
 pub type PeerBytes = Vec<u8>;
@@ -17,7 +18,7 @@ pub const MAX_PEER_ID_BYTES: usize = 64;
 pub const MAX_PARTICIPANTS: usize = 1024;
 
 /// The kind of a request, sent before its body so the receiver can bound the read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Kind {
     /// Election traffic (votes, acks).
@@ -170,7 +171,7 @@ pub enum Response {
     /// Accepted.
     Ack,
     /// Refused, with the reason (also logged by the refuser).
-    Rejected(String),
+    Rejected(Refusal),
 }
 
 /// Round phases as announced to the federation (progress displays, `status`).
@@ -250,6 +251,18 @@ pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, ProtocolError> {
         version: PROTOCOL_VERSION,
         body,
     })
+    .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// The length of [`encode`]'s output, without building it (for byte counts).
+pub fn encoded_len<T: Serialize>(body: &T) -> Result<usize, ProtocolError> {
+    postcard::serialize_with_flavor(
+        &Envelope {
+            version: PROTOCOL_VERSION,
+            body,
+        },
+        postcard::ser_flavors::Size::default(),
+    )
     .map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 

@@ -9,9 +9,9 @@ use proptest::prelude::*;
 use protocol::election::{Capability, ElectionMessage};
 use protocol::messages::{AbstainReason, RoundStart, TeacherTargets};
 use protocol::round::client::ClientView;
-use protocol::round::host::SECAGG_STAGES;
 use protocol::round::{
-    ClientRound, HostRound, HostStage, OfferDecision, RoundError, SecAggDelivery,
+    ClientRound, HostRound, HostStage, OfferDecision, RoundError, SecAggDelivery, Sender,
+    Unexpected,
 };
 use protocol::simnet::{SimNet, SimNetConfig, SimNetStats};
 use protocol::wire::{
@@ -76,16 +76,94 @@ fn members(n: u32) -> Vec<Vec<u8>> {
     (1..=n).map(peer).collect()
 }
 
-fn host_round(n: u32, ticks: [u64; SECAGG_STAGES as usize], replicas: usize) -> HostRound {
-    HostRound::new(TERM, ROUND, members(n), ticks, replicas)
+/// The secure-aggregation stages that collect client messages (keys, shares, masked inputs,
+/// unmask).
+const SECAGG_STAGES: u8 = 4;
+
+/// Where a host's round is, with the open secure-aggregation stage's index: the host's
+/// bookkeeping state joined with the aggregator's, which these tests stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Aggregate(u8),
+    Improve,
+    Replicate,
+    Complete,
+    Abandoned,
+}
+
+/// A `HostRound` with the aggregator's stage index kept beside it, as a host session does
+/// (the session reads it from its aggregator).
+#[derive(Debug, Clone)]
+struct Staged {
+    round: HostRound,
+    stage: u8,
+    ticks: [u64; SECAGG_STAGES as usize],
+}
+
+impl Staged {
+    fn new(
+        term: u64,
+        round: u64,
+        members: Vec<Vec<u8>>,
+        ticks: [u64; SECAGG_STAGES as usize],
+        replicas: usize,
+    ) -> Self {
+        Self {
+            round: HostRound::new(term, round, members, ticks[0], replicas),
+            stage: 0,
+            ticks,
+        }
+    }
+
+    fn stage(&self) -> Stage {
+        match self.round.stage() {
+            HostStage::Aggregate => Stage::Aggregate(self.stage),
+            HostStage::Improve => Stage::Improve,
+            HostStage::Replicate => Stage::Replicate,
+            HostStage::Complete => Stage::Complete,
+            HostStage::Abandoned => Stage::Abandoned,
+        }
+    }
+
+    /// Closes the open stage as the aggregator would: the next one, or Improve after the last.
+    fn advance(&mut self, addressed: impl IntoIterator<Item = u32>) {
+        if self.round.stage() != HostStage::Aggregate {
+            return;
+        }
+        let next = self.stage + 1;
+        if next < SECAGG_STAGES {
+            self.stage = next;
+            self.round
+                .advance(Some(self.ticks[next as usize]), addressed);
+        } else {
+            self.round.advance(None, []);
+        }
+    }
+}
+
+impl std::ops::Deref for Staged {
+    type Target = HostRound;
+    fn deref(&self) -> &HostRound {
+        &self.round
+    }
+}
+
+impl std::ops::DerefMut for Staged {
+    fn deref_mut(&mut self) -> &mut HostRound {
+        &mut self.round
+    }
+}
+
+fn host_round(n: u32, ticks: [u64; SECAGG_STAGES as usize], replicas: usize) -> Staged {
+    Staged::new(TERM, ROUND, members(n), ticks, replicas)
 }
 
 /// Closes every aggregation stage with all of `n` addressed: the host is in Improve.
-fn to_improve(r: &mut HostRound, n: u32) {
+fn to_improve(r: &mut Staged, n: u32) {
     for _ in 0..SECAGG_STAGES {
         r.advance(0..n);
     }
-    assert_eq!(r.stage(), HostStage::Improve);
+    assert_eq!(r.stage(), Stage::Improve);
 }
 
 fn view<'a>(me: &'a [u8], leader: &'a [u8], term: u64, last: u64) -> ClientView<'a> {
@@ -104,12 +182,12 @@ fn view<'a>(me: &'a [u8], leader: &'a [u8], term: u64, last: u64) -> ClientView<
 #[test]
 fn host_accept_checks_term_then_round_then_sender_then_stage() {
     let r = host_round(3, [5; 4], 2);
-    assert_eq!(r.stage(), HostStage::Aggregate(0));
+    assert_eq!(r.stage(), Stage::Aggregate(0));
     assert_eq!((r.term(), r.round()), (TERM, ROUND));
     assert_eq!(r.participants(), members(3).as_slice());
     assert_eq!(
         r.accept(&peer(9), TERM, ROUND),
-        Err(RoundError::WrongSender("a participant of this round"))
+        Err(RoundError::WrongSender(Sender::Participant))
     );
     assert_eq!(
         r.accept(&peer(1), TERM - 1, ROUND),
@@ -155,7 +233,7 @@ fn host_accept_checks_term_then_round_then_sender_then_stage() {
     to_improve(&mut r, 3);
     assert_eq!(
         r.accept(&peer(1), TERM, ROUND),
-        Err(RoundError::Unexpected("secure-aggregation message")),
+        Err(RoundError::Unexpected(Unexpected::SecAggMessage)),
         "no secure-aggregation message once the sum is out"
     );
 }
@@ -181,7 +259,7 @@ fn host_stage_completes_only_when_every_distinct_expected_participant_was_heard(
     assert!(r.stage_complete());
 
     r.advance([1, 3]);
-    assert_eq!(r.stage(), HostStage::Aggregate(1));
+    assert_eq!(r.stage(), Stage::Aggregate(1));
     assert!(!r.stage_complete(), "heard sets start empty in every stage");
     r.heard(0);
     r.heard(2);
@@ -197,7 +275,7 @@ fn host_stage_completes_only_when_every_distinct_expected_participant_was_heard(
 
     // A stage addressed to nobody has nothing to wait for (the caller decides what that means).
     r.advance([]);
-    assert_eq!(r.stage(), HostStage::Aggregate(2));
+    assert_eq!(r.stage(), Stage::Aggregate(2));
     assert!(r.stage_complete());
 }
 
@@ -206,7 +284,7 @@ fn host_deadlines_fire_after_exactly_the_stage_ticks_and_reset_per_stage() {
     let ticks = [3, 2, 6, 1];
     let mut r = host_round(3, ticks, 2);
     for (s, &t) in ticks.iter().enumerate() {
-        assert_eq!(r.stage(), HostStage::Aggregate(s as u8));
+        assert_eq!(r.stage(), Stage::Aggregate(s as u8));
         for i in 1..t {
             assert!(
                 !r.tick(),
@@ -221,15 +299,15 @@ fn host_deadlines_fire_after_exactly_the_stage_ticks_and_reset_per_stage() {
         r.heard(0);
         r.advance([0, 2]);
     }
-    assert_eq!(r.stage(), HostStage::Improve);
+    assert_eq!(r.stage(), Stage::Improve);
     for _ in 0..50 {
         assert!(!r.tick(), "Improve has no deadline");
     }
     assert!(!r.stage_complete());
-    assert_eq!(r.stage(), HostStage::Improve);
+    assert_eq!(r.stage(), Stage::Improve);
     // Closing Improve is `replicating`; `advance` there changes nothing.
     r.advance([0, 1, 2]);
-    assert_eq!(r.stage(), HostStage::Improve);
+    assert_eq!(r.stage(), Stage::Improve);
 }
 
 #[test]
@@ -242,7 +320,7 @@ fn host_advances_with_the_subset_heard_when_the_deadline_passes() {
     assert!(r.tick());
     assert!(!r.stage_complete());
     r.advance([0, 3]);
-    assert_eq!(r.stage(), HostStage::Aggregate(1));
+    assert_eq!(r.stage(), Stage::Aggregate(1));
     // The next stage waits for exactly those two, not for the three that stayed silent.
     r.heard(1);
     r.heard(2);
@@ -259,7 +337,7 @@ fn host_abstention_releases_the_current_stage_and_every_later_one() {
     let mut r = host_round(3, [5; 4], 2);
     assert_eq!(
         r.abstain(&peer(7), TERM, ROUND),
-        Err(RoundError::WrongSender("a participant of this round"))
+        Err(RoundError::WrongSender(Sender::Participant))
     );
     assert_eq!(
         r.abstain(&peer(1), TERM + 1, ROUND),
@@ -320,9 +398,9 @@ fn replication_completes_exactly_once_on_distinct_acks_of_this_attempt() {
     to_improve(&mut r, 4);
     // An ack before the checkpoint went out is not counted later.
     assert_eq!(r.replica(&peer(3), TERM, ROUND), Ok(false));
-    assert_eq!(r.stage(), HostStage::Improve);
+    assert_eq!(r.stage(), Stage::Improve);
     r.replicating(4);
-    assert_eq!(r.stage(), HostStage::Replicate);
+    assert_eq!(r.stage(), Stage::Replicate);
     // Acks of another attempt are refused and not counted.
     assert_eq!(
         r.replica(&peer(4), TERM - 1, ROUND),
@@ -346,11 +424,11 @@ fn replication_completes_exactly_once_on_distinct_acks_of_this_attempt() {
             "ack #{i}: only two distinct members so far"
         );
     }
-    assert_eq!(r.stage(), HostStage::Replicate);
+    assert_eq!(r.stage(), Stage::Replicate);
     if r.replica(&peer(3), TERM, ROUND) == Ok(true) {
         completions += 1;
     }
-    assert_eq!(r.stage(), HostStage::Complete);
+    assert_eq!(r.stage(), Stage::Complete);
     for who in [1, 2, 3, 4] {
         match r.replica(&peer(who), TERM, ROUND) {
             Ok(true) => completions += 1,
@@ -364,7 +442,7 @@ fn replication_completes_exactly_once_on_distinct_acks_of_this_attempt() {
     r.advance([0]);
     r.heard(0);
     assert!(!r.stage_complete());
-    assert_eq!(r.stage(), HostStage::Complete);
+    assert_eq!(r.stage(), Stage::Complete);
     assert_eq!(
         r.accept(&peer(1), TERM, ROUND),
         Err(RoundError::AlreadyDone(ROUND))
@@ -377,7 +455,7 @@ fn replication_deadline_and_a_federation_that_needs_no_replica() {
     r.replicating(9);
     assert_eq!(
         r.stage(),
-        HostStage::Aggregate(0),
+        Stage::Aggregate(0),
         "replicating only closes Improve"
     );
     to_improve(&mut r, 3);
@@ -387,7 +465,7 @@ fn replication_deadline_and_a_federation_that_needs_no_replica() {
     assert!(r.tick(), "replication deadline after 3 ticks");
     assert_eq!(
         r.stage(),
-        HostStage::Replicate,
+        Stage::Replicate,
         "the caller abandons, not the machine"
     );
 
@@ -401,7 +479,7 @@ fn replication_deadline_and_a_federation_that_needs_no_replica() {
     r.replicating(5);
     assert_eq!(
         r.stage(),
-        HostStage::Complete,
+        Stage::Complete,
         "no replica needed: complete at once"
     );
     assert_eq!(
@@ -424,7 +502,7 @@ fn an_abandoned_round_rejects_everything_after() {
             assert_eq!(r.replica(&peer(1), TERM, ROUND), Ok(false));
         }
         r.abandon();
-        assert_eq!(r.stage(), HostStage::Abandoned);
+        assert_eq!(r.stage(), Stage::Abandoned);
         let done = RoundError::AlreadyDone(ROUND);
         assert_eq!(r.accept(&peer(1), TERM, ROUND), Err(done.clone()));
         assert_eq!(r.abstain(&peer(1), TERM, ROUND), Err(done.clone()));
@@ -444,7 +522,7 @@ fn an_abandoned_round_rejects_everything_after() {
         }
         r.advance([0, 1, 2]);
         r.replicating(1);
-        assert_eq!(r.stage(), HostStage::Abandoned, "abandoned at step {when}");
+        assert_eq!(r.stage(), Stage::Abandoned, "abandoned at step {when}");
     }
 }
 
@@ -458,7 +536,7 @@ fn a_retry_in_the_same_term_is_a_new_attempt_not_a_duplicate() {
     let first = offer_for(TERM, ROUND, &members(3));
     let mut retry = first.clone();
     retry.attempt = 1;
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     let v = view(&me, &host, TERM, ROUND - 1);
     assert!(matches!(
         c.offer(&host, &first, v, false),
@@ -474,7 +552,7 @@ fn a_retry_in_the_same_term_is_a_new_attempt_not_a_duplicate() {
     ));
     assert_eq!(c.attempt(), Some(1));
     // A retry this node already answered (e.g. before a restart) is refused.
-    let mut fresh = ClientRound::new();
+    let mut fresh = ClientRound::<Vec<u8>>::new();
     assert_eq!(
         fresh.offer(&host, &retry, v, true),
         Err(RoundError::AlreadyDone(ROUND))
@@ -485,18 +563,18 @@ fn a_retry_in_the_same_term_is_a_new_attempt_not_a_duplicate() {
 fn client_offer_rules() {
     let (host, me) = (peer(0), peer(2));
     let o = offer_for(TERM, ROUND, &members(3));
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     let v = view(&me, &host, TERM, ROUND - 1);
 
     assert_eq!(
         c.offer(&peer(3), &o, v, false),
-        Err(RoundError::WrongSender("the current host")),
+        Err(RoundError::WrongSender(Sender::CurrentHost)),
         "an offer from a member that is not the leader"
     );
     let no_leader = ClientView { leader: None, ..v };
     assert_eq!(
         c.offer(&host, &o, no_leader, false),
-        Err(RoundError::WrongSender("the current host"))
+        Err(RoundError::WrongSender(Sender::CurrentHost))
     );
     assert_eq!(
         c.offer(&host, &o, view(&me, &host, TERM + 1, ROUND - 1), false),
@@ -520,7 +598,7 @@ fn client_offer_rules() {
     let not_me = offer_for(TERM, ROUND, &[peer(1), peer(3), peer(4)]);
     assert_eq!(
         c.offer(&host, &not_me, v, false),
-        Err(RoundError::WrongSender("a host that invited this node"))
+        Err(RoundError::WrongSender(Sender::InvitingHost))
     );
     assert_eq!(c.engaged(), None, "no refused offer engages the client");
 
@@ -576,7 +654,7 @@ fn client_restarted_after_answering_refuses_the_same_attempt() {
     let o = offer_for(TERM, ROUND, &members(3));
     let v = view(&me, &host, TERM, ROUND - 1);
     // A fresh machine (after a restart) knows only the durable "answered" mark.
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     assert_eq!(
         c.offer(&host, &o, v, true),
         Err(RoundError::AlreadyDone(ROUND))
@@ -594,12 +672,10 @@ fn client_restarted_after_answering_refuses_the_same_attempt() {
 #[test]
 fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
     let (host, me) = (peer(0), peer(3));
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"keys".to_vec(), false),
-        Err(RoundError::Unexpected(
-            "secure-aggregation message outside a round"
-        ))
+        Err(RoundError::Unexpected(Unexpected::SecAggOutsideRound))
     );
     let o = offer_for(TERM, ROUND, &members(3));
     assert_eq!(
@@ -608,7 +684,7 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
     );
     assert_eq!(
         c.secagg(&peer(1), TERM, ROUND, b"keys".to_vec(), false),
-        Err(RoundError::WrongSender("the host of this round"))
+        Err(RoundError::WrongSender(Sender::RoundHost))
     );
     assert_eq!(
         c.secagg(&host, TERM + 1, ROUND, b"keys".to_vec(), false),
@@ -671,9 +747,7 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
     assert_eq!(c.engaged(), None);
     assert_eq!(
         c.secagg(&host, TERM, ROUND, b"unmask".to_vec(), false),
-        Err(RoundError::Unexpected(
-            "secure-aggregation message outside a round"
-        ))
+        Err(RoundError::Unexpected(Unexpected::SecAggOutsideRound))
     );
     assert!(c.input_ready(TERM, ROUND).is_empty());
 }
@@ -681,7 +755,7 @@ fn client_secagg_checks_host_term_and_round_and_holds_input_messages() {
 #[test]
 fn client_held_buffer_is_bounded_against_a_flood() {
     let (host, me) = (peer(0), peer(1));
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     let o = offer_for(TERM, ROUND, &members(3));
     c.offer(&host, &o, view(&me, &host, TERM, 0), false)
         .unwrap();
@@ -695,7 +769,7 @@ fn client_held_buffer_is_bounded_against_a_flood() {
                 held.push(payload);
             }
             Err(e) => {
-                assert_eq!(e, RoundError::Unexpected("flood of held messages"));
+                assert_eq!(e, RoundError::Unexpected(Unexpected::HeldFlood));
                 refused += 1;
             }
             Ok(other) => panic!("unexpected {other:?}"),
@@ -718,7 +792,7 @@ fn client_held_buffer_is_bounded_against_a_flood() {
 #[test]
 fn client_new_attempt_drops_what_the_old_one_held() {
     let (host, me) = (peer(0), peer(1));
-    let mut c = ClientRound::new();
+    let mut c = ClientRound::<Vec<u8>>::new();
     let o = offer_for(TERM, ROUND, &members(3));
     c.offer(&host, &o, view(&me, &host, TERM, 0), false)
         .unwrap();
@@ -748,15 +822,15 @@ fn client_new_attempt_drops_what_the_old_one_held() {
 #[test]
 fn client_checkpoint_rules() {
     let (host, me) = (peer(0), peer(1));
-    let c = ClientRound::new();
+    let c = ClientRound::<Vec<u8>>::new();
     let v = view(&me, &host, TERM, ROUND - 1);
     assert_eq!(
         c.checkpoint(&peer(2), TERM, ROUND, v),
-        Err(RoundError::WrongSender("the current host"))
+        Err(RoundError::WrongSender(Sender::CurrentHost))
     );
     assert_eq!(
         c.checkpoint(&host, TERM, ROUND, ClientView { leader: None, ..v }),
-        Err(RoundError::WrongSender("the current host"))
+        Err(RoundError::WrongSender(Sender::CurrentHost))
     );
     assert_eq!(
         c.checkpoint(&host, TERM - 1, ROUND, v),
@@ -785,7 +859,7 @@ fn client_checkpoint_rules() {
         "a member that missed rounds catches up"
     );
     // Whether or not it took part in the round.
-    let mut engaged = ClientRound::new();
+    let mut engaged = ClientRound::<Vec<u8>>::new();
     engaged
         .offer(&host, &offer_for(TERM, ROUND, &members(3)), v, false)
         .unwrap();
@@ -916,7 +990,9 @@ impl Counts {
             Err(RoundError::WrongSender(_)) => self.wrong_sender += 1,
             Err(RoundError::AlreadyDone(_)) => self.already_done += 1,
             Err(RoundError::Unexpected(_)) => self.unexpected += 1,
-            Err(RoundError::TooFewContributors { .. }) => self.unexpected += 1,
+            Err(RoundError::TooFewContributors { .. } | RoundError::WrongAttempt { .. }) => {
+                self.unexpected += 1
+            }
             Ok(_) => {}
         }
     }
@@ -941,10 +1017,10 @@ struct Sim {
     rng: ChaCha8Rng,
     net: SimNet<u32, Msg>,
     now: u64,
-    host: HostRound,
+    host: Staged,
     replicas_needed: usize,
     /// The driver's model of the host's stage.
-    stage: HostStage,
+    stage: Stage,
     stage_used: u64,
     /// Per stage: participants addressed (stage 0: all) / heard (distinct) / that really sent.
     addressed: Vec<BTreeSet<u32>>,
@@ -958,13 +1034,13 @@ struct Sim {
     c: Counts,
 }
 
-fn rank(s: HostStage) -> u8 {
+fn rank(s: Stage) -> u8 {
     match s {
-        HostStage::Aggregate(k) => k,
-        HostStage::Improve => 4,
-        HostStage::Replicate => 5,
-        HostStage::Complete => 6,
-        HostStage::Abandoned => 7,
+        Stage::Aggregate(k) => k,
+        Stage::Improve => 4,
+        Stage::Replicate => 5,
+        Stage::Complete => 6,
+        Stage::Abandoned => 7,
     }
 }
 
@@ -976,7 +1052,7 @@ impl Sim {
         let replicas_needed = federation / 2;
         let clients = (0..n)
             .map(|_| SimClient {
-                machine: ClientRound::new(),
+                machine: ClientRound::<Vec<u8>>::new(),
                 engaged: false,
                 last_completed: ROUND - 1,
                 answered: false,
@@ -993,9 +1069,9 @@ impl Sim {
             rng,
             net: SimNet::new(seed, cfg).unwrap(),
             now: 0,
-            host: HostRound::new(TERM, ROUND, members(n), STAGE_TICKS, replicas_needed),
+            host: Staged::new(TERM, ROUND, members(n), STAGE_TICKS, replicas_needed),
             replicas_needed,
-            stage: HostStage::Aggregate(0),
+            stage: Stage::Aggregate(0),
             stage_used: 0,
             addressed,
             heard: vec![BTreeSet::new(); SECAGG_STAGES as usize],
@@ -1017,7 +1093,7 @@ impl Sim {
     }
 
     fn terminal(&self) -> bool {
-        matches!(self.stage, HostStage::Complete | HostStage::Abandoned)
+        matches!(self.stage, Stage::Complete | Stage::Abandoned)
     }
 
     fn participants_left(&self) -> BTreeSet<u32> {
@@ -1051,13 +1127,13 @@ impl Sim {
         if (1..=self.n).contains(&node) {
             Ok(node - 1)
         } else {
-            Err(RoundError::WrongSender("a participant of this round"))
+            Err(RoundError::WrongSender(Sender::Participant))
         }
     }
 
-    fn set_stage(&mut self, s: HostStage) {
+    fn set_stage(&mut self, s: Stage) {
         assert!(
-            s == HostStage::Abandoned || rank(s) == rank(self.stage) + 1,
+            s == Stage::Abandoned || rank(s) == rank(self.stage) + 1,
             "stage {:?} after {:?}",
             s,
             self.stage
@@ -1070,7 +1146,7 @@ impl Sim {
     fn end(&mut self, outcome: Outcome) {
         if outcome != Outcome::Complete {
             self.host.abandon();
-            self.set_stage(HostStage::Abandoned);
+            self.set_stage(Stage::Abandoned);
         }
         assert!(self.outcome.is_none());
         self.outcome = Some((outcome, self.now));
@@ -1079,13 +1155,13 @@ impl Sim {
     fn host_token(&mut self, from: u32, term: u64, round: u64, stage: u8) {
         let got = self.host.accept(&peer(from), term, round);
         let want = self.check(term, round).and_then(|()| match self.stage {
-            HostStage::Aggregate(_) => self.id_of(from),
-            _ => Err(RoundError::Unexpected("secure-aggregation message")),
+            Stage::Aggregate(_) => self.id_of(from),
+            _ => Err(RoundError::Unexpected(Unexpected::SecAggMessage)),
         });
         assert_eq!(got, want, "accept from {from} (t{term} r{round} s{stage})");
         self.c.reject(&got);
         let Ok(id) = got else { return };
-        let HostStage::Aggregate(cur) = self.stage else {
+        let Stage::Aggregate(cur) = self.stage else {
             unreachable!()
         };
         assert!(stage <= cur, "a stage-{stage} message during stage {cur}");
@@ -1119,7 +1195,7 @@ impl Sim {
     fn host_ack(&mut self, from: u32, term: u64, round: u64) {
         let got = self.host.replica(&peer(from), term, round);
         let want = self.check(term, round).map(|()| {
-            self.stage == HostStage::Replicate && {
+            self.stage == Stage::Replicate && {
                 self.acked.insert(from);
                 self.acked.len() >= self.replicas_needed
             }
@@ -1134,7 +1210,7 @@ impl Sim {
             );
             self.completions += 1;
             assert_eq!(self.completions, 1, "Complete twice");
-            self.set_stage(HostStage::Complete);
+            self.set_stage(Stage::Complete);
             self.end(Outcome::Complete);
         }
     }
@@ -1144,7 +1220,7 @@ impl Sim {
     }
 
     fn maybe_close(&mut self) {
-        let HostStage::Aggregate(s) = self.stage else {
+        let Stage::Aggregate(s) = self.stage else {
             assert!(!self.host.stage_complete());
             return;
         };
@@ -1172,7 +1248,7 @@ impl Sim {
             // The aggregator addresses every client it heard from, abstainers included.
             self.c.abstainer_readdressed += heard.intersection(&self.abstained).count() as u64;
             self.host.advance(heard.iter().copied());
-            self.set_stage(HostStage::Aggregate(next));
+            self.set_stage(Stage::Aggregate(next));
             self.addressed[next as usize] = heard.clone();
             for id in heard {
                 let msg = Msg::Server {
@@ -1186,12 +1262,12 @@ impl Sim {
             self.maybe_close();
         } else {
             self.host.advance([]);
-            self.set_stage(HostStage::Improve);
+            self.set_stage(Stage::Improve);
             if heard.len() < MIN_SUM {
                 return self.end(Outcome::TooFew);
             }
             self.host.replicating(REPLICATE_TICKS);
-            self.set_stage(HostStage::Replicate);
+            self.set_stage(Stage::Replicate);
             for c in 1..=self.n {
                 let msg = Msg::Checkpoint {
                     term: TERM,
@@ -1204,8 +1280,8 @@ impl Sim {
 
     fn host_tick(&mut self) {
         let limit = match self.stage {
-            HostStage::Aggregate(s) => Some(STAGE_TICKS[s as usize]),
-            HostStage::Replicate => Some(REPLICATE_TICKS),
+            Stage::Aggregate(s) => Some(STAGE_TICKS[s as usize]),
+            Stage::Replicate => Some(REPLICATE_TICKS),
             _ => None,
         };
         if limit.is_some() {
@@ -1221,11 +1297,11 @@ impl Sim {
         );
         if due {
             match self.stage {
-                HostStage::Aggregate(s) => {
+                Stage::Aggregate(s) => {
                     self.c.deadline_advances += 1;
                     self.close(s);
                 }
-                HostStage::Replicate => self.end(Outcome::ReplicationDeadline),
+                Stage::Replicate => self.end(Outcome::ReplicationDeadline),
                 _ => unreachable!(),
             }
         }
@@ -1240,7 +1316,7 @@ impl Sim {
         let got = cl.machine.offer(&peer(from), offer, v, cl.answered);
         let r = offer.start.round;
         let want = if from != 0 {
-            Err(RoundError::WrongSender("the current host"))
+            Err(RoundError::WrongSender(Sender::CurrentHost))
         } else if offer.term != TERM {
             Err(RoundError::WrongTerm {
                 got: offer.term,
@@ -1285,11 +1361,9 @@ impl Sim {
             .machine
             .secagg(&peer(from), term, round, vec![stage], needs_input);
         let want = if !cl.engaged {
-            Err(RoundError::Unexpected(
-                "secure-aggregation message outside a round",
-            ))
+            Err(RoundError::Unexpected(Unexpected::SecAggOutsideRound))
         } else if from != 0 {
-            Err(RoundError::WrongSender("the host of this round"))
+            Err(RoundError::WrongSender(Sender::RoundHost))
         } else if term != TERM {
             Err(RoundError::WrongTerm {
                 got: term,
@@ -1376,7 +1450,7 @@ impl Sim {
         let v = view(&me, &host, TERM, cl.last_completed);
         let got = cl.machine.checkpoint(&peer(from), term, round, v);
         let want = if from != 0 {
-            Err(RoundError::WrongSender("the current host"))
+            Err(RoundError::WrongSender(Sender::CurrentHost))
         } else if term != TERM {
             Err(RoundError::WrongTerm {
                 got: term,
@@ -1687,7 +1761,7 @@ fn reordered_input_message_is_held_and_delivered_exactly_once() {
         };
         let mut net: SimNet<u32, (bool, Vec<u8>)> = SimNet::new(seed, cfg).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut c = ClientRound::new();
+        let mut c = ClientRound::<Vec<u8>>::new();
         let o = offer_for(TERM, ROUND, &members(3));
         let v = view(&my_id, &host_id, TERM, 0);
         assert_eq!(
@@ -1966,6 +2040,7 @@ fn every_request_variant_round_trips_within_its_kind_limit() {
         let kind = req.kind();
         assert_eq!(Kind::from_tag(kind as u8), Some(kind));
         let bytes = wire::encode(req).unwrap();
+        assert_eq!(wire::encoded_len(req).unwrap(), bytes.len());
         assert_eq!(wire::decode::<Request>(&bytes, kind.limit()).unwrap(), *req);
         assert_eq!(
             wire::decode::<Request>(&bytes, bytes.len() - 1),
@@ -1988,7 +2063,10 @@ fn every_request_variant_round_trips_within_its_kind_limit() {
     assert!(Kind::Checkpoint.limit() > Kind::Offer.limit());
     assert!(Kind::Election.limit() >= MAX_RESPONSE_BYTES);
 
-    for resp in [Response::Ack, Response::Rejected("not the host".into())] {
+    for resp in [
+        Response::Ack,
+        Response::Rejected(protocol::Refusal::WrongRole(Kind::Offer)),
+    ] {
         let bytes = wire::encode(&resp).unwrap();
         assert_eq!(
             wire::decode::<Response>(&bytes, MAX_RESPONSE_BYTES).unwrap(),

@@ -1,24 +1,19 @@
-//! The host's side of a round: sample, invite, run secure aggregation to the sum, improve
-//! the generator, replicate the checkpoint to a majority, and only then count the round.
+//! The host role in the node: when to start a round, the model jobs (sample, improve), the
+//! checkpoint store, and the clock and byte counts of each phase. What the round accepts and
+//! what it sends is decided by `protocol::session::HostSession`; this module carries out its
+//! effects.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use libp2p::PeerId;
-use privacy::secagg::{ClientMessage, ClipBound, Quantizer, RoundParams, SecAggAggregator, Step};
-use protocol::round::{HostRound, HostStage};
-use protocol::wire::{
-    CheckpointTransfer, Participant, Phase, Request, RoundOffer, SecAggPacket, SecAggSpec,
-};
-use protocol::RoundStart;
+use protocol::session::{HostEffect, HostSession, OpenRound, RoundPolicy};
+use protocol::wire::{CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
+use protocol::{Refusal, RoundStart};
 use rand::RngCore;
 
 use super::ml::{Job, Outcome};
 use super::{Node, Pending, TICK};
-
-/// The per-coordinate bound of the fixed-point encoding, in units of the DP clip: clipped
-/// uploads plus their share of Gaussian noise stay inside it except with negligible probability.
-const BOUND_IN_CLIPS: f32 = 16.0;
 
 /// Seconds and bytes of a round, per phase as the host sees it.
 #[derive(Debug, Clone)]
@@ -48,9 +43,9 @@ impl PhaseClock {
         self.since = Instant::now();
     }
 
-    /// Counts `n` bytes sent or received in `phase`.
-    fn count(&mut self, phase: Phase, n: usize) {
-        *self.bytes.entry(phase.name()).or_default() += n as u64;
+    /// Counts `n` bytes sent or received in the current phase.
+    fn count(&mut self, n: usize) {
+        *self.bytes.entry(self.phase.name()).or_default() += n as u64;
     }
 
     fn total_bytes(&self) -> u64 {
@@ -60,13 +55,9 @@ impl PhaseClock {
 
 /// A round attempt in progress.
 pub(super) struct ActiveRound {
-    machine: HostRound,
-    attempt: u32,
-    start: Box<RoundStart>,
-    aggregator: SecAggAggregator,
+    session: HostSession,
     started: Instant,
     clock: PhaseClock,
-    included: Vec<String>,
     generated_in: f64,
     /// (hash, kept samples, mean reward) once the generator was improved.
     checkpoint: Option<([u8; 32], usize, f32)>,
@@ -131,29 +122,28 @@ impl Node {
 
     /// Gives up the round in progress; clients' spends stay recorded in their ledgers.
     pub(super) fn abandon_round(&mut self, reason: &str) -> anyhow::Result<()> {
-        let interval = self.round_interval();
-        let Some(host) = self.host.as_mut() else {
-            return Ok(());
+        let effects = match self.active_mut() {
+            Some(active) => active.session.abandon(reason),
+            None => Vec::new(),
         };
-        host.busy = false;
-        host.next_start = Instant::now() + interval;
-        if let Some(mut active) = host.round.take() {
-            active.machine.abandon();
-            let (term, round) = (active.machine.term(), active.machine.round());
-            tracing::warn!(term, round, "round abandoned: {reason}");
-            self.client.leave_round(round);
-            self.set_phase(term, round, Phase::Abandoned, "host")?;
-            self.announce(term, round, Phase::Abandoned, 0);
-        }
-        Ok(())
+        self.host_effects(effects)
+    }
+
+    fn active_mut(&mut self) -> Option<&mut ActiveRound> {
+        self.host.as_mut().and_then(|h| h.round.as_mut())
     }
 
     fn round_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.cfg.round.round_interval_secs)
     }
 
-    fn stage_ticks(&self) -> u64 {
-        (self.cfg.round.stage_timeout_secs * 1000 / TICK.as_millis() as u64).max(1)
+    /// The protocol's round policy with this node's clock and clip.
+    fn policy(&self) -> RoundPolicy {
+        RoundPolicy {
+            stage_ticks: (self.cfg.round.stage_timeout_secs * 1000 / TICK.as_millis() as u64)
+                .max(1),
+            clip: self.cfg.privacy.clip,
+        }
     }
 
     /// Starts the next round when due; closes a stage whose deadline passed.
@@ -164,16 +154,8 @@ impl Node {
             return Ok(());
         };
         if let Some(active) = host.round.as_mut() {
-            if active.machine.tick() {
-                match active.machine.stage() {
-                    HostStage::Aggregate(_) => return self.advance_stage(),
-                    HostStage::Replicate => {
-                        return self.abandon_round("too few members acknowledged the checkpoint")
-                    }
-                    _ => {}
-                }
-            }
-            return Ok(());
+            let effects = active.session.on_tick();
+            return self.host_effects(effects);
         }
         if !host.ready || host.busy || Instant::now() < host.next_start {
             return Ok(());
@@ -242,17 +224,17 @@ impl Node {
         }
     }
 
-    /// Invites the live clients to the round just sampled.
+    /// Invites the live contributors (this node among them) to the round just sampled.
     fn open_round(&mut self, start: Box<RoundStart>) -> anyhow::Result<()> {
         let interval = self.round_interval();
-        let stage = self.stage_ticks();
+        let policy = self.policy();
         let clients = self.live_contributors();
         let min = self.min_contributors();
         let members = self.election.members().len();
+        let host_bytes = self.me_bytes.clone();
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
-        let term = host.term;
         host.busy = false;
         if clients.len() < min {
             tracing::info!(
@@ -264,7 +246,6 @@ impl Node {
             host.next_start = Instant::now() + interval.max(std::time::Duration::from_secs(1));
             return Ok(());
         }
-        let n = clients.len() as u32;
         let participants: Vec<Participant> = clients
             .iter()
             .map(|(peer, identity)| Participant {
@@ -274,173 +255,83 @@ impl Node {
             .collect();
         let mut graph_seed = [0u8; 32];
         rand::rng().fill_bytes(&mut graph_seed);
-        // The complete graph (the original SecAgg) for small federations.
-        let neighbors = (n - 1).next_multiple_of(2);
-        let threshold = RoundParams::min_threshold(n - 1).max(2);
-        let max_clients = n.next_power_of_two().max(8);
-        let spec = SecAggSpec {
-            graph_seed,
-            neighbors,
-            threshold,
-            dim: (start.samples() * start.classes as usize + start.classes as usize) as u32,
-            bound: BOUND_IN_CLIPS * self.cfg.privacy.clip as f32,
-            max_clients,
-        };
-        let params = round_params(start.round, &spec, n)?;
-        let membership: Vec<[u8; 32]> = participants.iter().map(|p| p.identity).collect();
-        let aggregator = SecAggAggregator::new(params, membership)?;
         let attempt = host.attempts;
         host.attempts += 1;
-        let offer = RoundOffer {
+        let (term, round) = (host.term, start.round);
+        let open = OpenRound {
             term,
-            attempt,
-            start: (*start).clone(),
-            participants: participants.clone(),
-            secagg: spec,
-        };
-        offer.validate()?;
-        let round = start.round;
-        // Learning happens while the masked-input stage is open: give it four stages' time.
-        let ticks = [stage, stage, stage * 4, stage];
-        let machine = HostRound::new(
-            term,
-            round,
-            participants.iter().map(|p| p.peer.clone()).collect(),
-            ticks,
-            members / 2,
-        );
-        let request = Request::Offer(Box::new(offer));
-        let size = protocol::wire::encode(&request)
-            .map(|b| b.len())
-            .unwrap_or(0) as u64;
-        let mut clock = PhaseClock::new(Phase::Learn, host.generated_in);
-        clock.count(Phase::Generate, size as usize * n as usize);
-        host.round = Some(ActiveRound {
-            machine,
             attempt,
             start,
-            aggregator,
+            participants,
+            host: host_bytes,
+            members,
+            graph_seed,
+        };
+        let (session, effects) = HostSession::open(open, policy)?;
+        tracing::info!(term, round, participants = clients.len(), "round offered");
+        host.round = Some(ActiveRound {
+            session,
             started: Instant::now(),
-            clock,
-            included: Vec::new(),
+            clock: PhaseClock::new(Phase::Generate, host.generated_in),
             generated_in: host.generated_in,
             checkpoint: None,
             own_test_acc: None,
         });
-        for peer in clients.keys() {
-            self.request(
-                *peer,
-                request.clone(),
-                Pending::Offer {
-                    peer: *peer,
-                    term,
-                    round,
-                    attempt,
-                },
-            );
-        }
-        tracing::info!(term, round, participants = n, threshold, "round offered");
-        self.set_phase(term, round, Phase::Learn, "host")?;
-        self.announce(term, round, Phase::Learn, n);
-        Ok(())
+        self.host_effects(effects)
     }
 
     /// This node's own client side learned in round `round` and reached `test_acc`.
     pub(super) fn own_contribution(&mut self, round: u64, test_acc: f64) {
-        if let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) {
-            if active.machine.round() == round {
+        if let Some(active) = self.active_mut() {
+            if active.session.round() == round {
                 active.own_test_acc = Some(test_acc);
             }
         }
     }
 
-    /// A client's secure-aggregation message.
-    pub(super) fn host_secagg(&mut self, peer: PeerId, packet: SecAggPacket) -> Result<(), String> {
-        let ready = {
-            let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
-                return Err("no round in progress".into());
-            };
-            if packet.attempt != active.attempt {
-                return Err(format!(
-                    "message of attempt {} (current {})",
-                    packet.attempt, active.attempt
-                ));
-            }
-            let id = active
-                .machine
-                .accept(&peer.to_bytes(), packet.term, packet.round)
-                .map_err(|e| e.to_string())?;
-            let msg =
-                ClientMessage::decode(&packet.payload, packet.round).map_err(|e| e.to_string())?;
-            if msg.sender() != id {
-                return Err(format!(
-                    "message claims sender {} but comes from {id}",
-                    msg.sender()
-                ));
-            }
-            let phase = active.clock.phase;
-            active.clock.count(phase, packet.payload.len());
-            active.aggregator.receive(msg).map_err(|e| e.to_string())?;
-            active.machine.heard(id);
-            active.machine.stage_complete()
+    /// A participant's secure-aggregation message.
+    pub(super) fn host_secagg(
+        &mut self,
+        peer: PeerId,
+        packet: SecAggPacket,
+    ) -> Result<(), Refusal> {
+        let Some(active) = self.active_mut() else {
+            return Err(Refusal::NoRound);
         };
-        if ready {
-            self.advance_stage().map_err(|e| format!("{e:#}"))?;
-        }
-        Ok(())
+        let size = protocol::wire::encoded_len(&Request::SecAgg(packet.clone())).unwrap_or(0);
+        let effects = active.session.on_secagg(&peer.to_bytes(), packet)?;
+        active.clock.count(size);
+        self.host_effects(effects).map_err(Refusal::local)
     }
 
-    /// A client sits the round out (budget spent) or refused the offer.
+    /// A participant sits the round out (budget spent) or refused the offer.
     pub(super) fn host_abstain(
         &mut self,
         peer: PeerId,
         term: u64,
         round: u64,
         attempt: u32,
-    ) -> Result<(), String> {
-        let ready = {
-            let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
-                return Err("no round in progress".into());
-            };
-            if attempt != active.attempt {
-                return Err(format!(
-                    "abstention from attempt {attempt} (current {})",
-                    active.attempt
-                ));
-            }
-            active
-                .machine
-                .abstain(&peer.to_bytes(), term, round)
-                .map_err(|e| e.to_string())?;
-            tracing::info!(peer = %peer, round, "client sits the round out");
-            active.machine.stage_complete()
+    ) -> Result<(), Refusal> {
+        let Some(active) = self.active_mut() else {
+            return Err(Refusal::NoRound);
         };
-        if ready {
-            self.advance_stage().map_err(|e| format!("{e:#}"))?;
-        }
-        Ok(())
+        let effects = active
+            .session
+            .on_abstain(&peer.to_bytes(), term, round, attempt)?;
+        tracing::info!(peer = %peer, round, "participant sits the round out");
+        self.host_effects(effects).map_err(Refusal::local)
     }
 
-    /// A participant lost its last connection: the round stops waiting for it (secure
-    /// aggregation treats it as a dropout) instead of running into the stage deadline.
+    /// A participant lost its last connection: the round stops waiting for it.
     pub(super) fn participant_gone(&mut self, peer: PeerId) -> anyhow::Result<()> {
-        let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
+        let Some(active) = self.active_mut() else {
             return Ok(());
         };
-        let (term, round) = (active.machine.term(), active.machine.round());
-        if !matches!(active.machine.stage(), HostStage::Aggregate(_))
-            || active
-                .machine
-                .abstain(&peer.to_bytes(), term, round)
-                .is_err()
-        {
-            return Ok(());
+        let effects = active.session.on_peer_gone(&peer.to_bytes());
+        if !effects.is_empty() {
+            tracing::warn!(peer = %peer, "a participant disconnected: not waiting for it");
         }
-        tracing::warn!(peer = %peer, round, "a participant disconnected: not waiting for it");
-        if active.machine.stage_complete() {
-            self.advance_stage()?;
-        }
-        Ok(())
+        self.host_effects(effects)
     }
 
     /// An offer was refused or could not be delivered.
@@ -459,93 +350,6 @@ impl Node {
         Ok(())
     }
 
-    /// Closes the current secure-aggregation stage.
-    fn advance_stage(&mut self) -> anyhow::Result<()> {
-        let Some(host) = self.host.as_mut() else {
-            return Ok(());
-        };
-        let Some(active) = host.round.as_mut() else {
-            return Ok(());
-        };
-        let (term, round, attempt) = (
-            active.machine.term(),
-            active.machine.round(),
-            active.attempt,
-        );
-        match active.aggregator.advance() {
-            Ok(Step::Send(messages)) => {
-                let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
-                active.machine.advance(ids.iter().copied());
-                // The masked inputs are in once the unmask stage opens: learning is over.
-                let unmasking = active.machine.stage() == HostStage::Aggregate(3);
-                if unmasking {
-                    if let Err(e) = active.machine.check_contributors(&self.me_bytes, ids) {
-                        return self.abandon_round(&format!("not unmasking: {e}"));
-                    }
-                    active.clock.enter(Phase::Aggregate);
-                }
-                let phase = active.clock.phase;
-                let participants = active.machine.participants().to_vec();
-                let mut out = Vec::new();
-                for (id, msg) in messages {
-                    let payload = msg.encode(round);
-                    active.clock.count(phase, payload.len());
-                    if let Some(peer) = participants
-                        .get(id as usize)
-                        .and_then(|p| PeerId::from_bytes(p).ok())
-                    {
-                        out.push((peer, payload));
-                    }
-                }
-                let n = out.len() as u32;
-                for (peer, payload) in out {
-                    self.request(
-                        peer,
-                        Request::SecAgg(SecAggPacket {
-                            term,
-                            round,
-                            attempt,
-                            payload,
-                        }),
-                        Pending::Other,
-                    );
-                }
-                if unmasking {
-                    self.set_phase(term, round, Phase::Aggregate, "host")?;
-                    self.announce(term, round, Phase::Aggregate, n);
-                }
-                Ok(())
-            }
-            Ok(Step::Finished(output)) => {
-                active.machine.advance([]);
-                active.clock.enter(Phase::Improve);
-                let participants = active.machine.participants();
-                active.included = output
-                    .included
-                    .iter()
-                    .filter_map(|&id| participants.get(id as usize))
-                    .filter_map(|p| PeerId::from_bytes(p).ok())
-                    .map(|p| p.to_string())
-                    .collect();
-                tracing::info!(
-                    round,
-                    included = output.included.len(),
-                    "secure sum released"
-                );
-                let start = active.start.clone();
-                host.busy = true;
-                self.set_phase(term, round, Phase::Improve, "host")?;
-                self.announce(term, round, Phase::Improve, output.included.len() as u32);
-                self.ml.send(Job::Improve {
-                    start,
-                    sum: output.values,
-                });
-                Ok(())
-            }
-            Err(e) => self.abandon_round(&format!("secure aggregation: {e}")),
-        }
-    }
-
     /// Stores the new checkpoint and sends it to every connected member.
     fn replicate(
         &mut self,
@@ -554,13 +358,12 @@ impl Node {
         kept: usize,
         mean_reward: f32,
     ) -> anyhow::Result<()> {
-        let stage = self.stage_ticks();
         let hash = self.store.put_checkpoint(round, &checkpoint)?;
-        let targets: Vec<PeerId> = self
+        let targets: Vec<Vec<u8>> = self
             .swarm
             .connected_peers()
-            .copied()
             .filter(|p| self.is_member(p))
+            .map(|p| p.to_bytes())
             .collect();
         let Some(host) = self.host.as_mut() else {
             return Ok(());
@@ -569,34 +372,17 @@ impl Node {
         let Some(active) = host.round.as_mut() else {
             return Ok(());
         };
-        if active.machine.round() != round {
-            return Ok(());
+        let transfer = CheckpointTransfer {
+            term: active.session.term(),
+            round,
+            hash,
+            bytes: checkpoint,
+        };
+        let effects = active.session.on_improved(transfer, targets);
+        if !effects.is_empty() {
+            active.checkpoint = Some((hash, kept, mean_reward));
         }
-        let term = active.machine.term();
-        active.machine.replicating(stage);
-        active.clock.enter(Phase::Replicate);
-        active
-            .clock
-            .count(Phase::Replicate, checkpoint.len() * targets.len());
-        active.checkpoint = Some((hash, kept, mean_reward));
-        let done = active.machine.stage() == HostStage::Complete;
-        self.set_phase(term, round, Phase::Replicate, "host")?;
-        for peer in targets {
-            self.request(
-                peer,
-                Request::Checkpoint(CheckpointTransfer {
-                    term,
-                    round,
-                    hash,
-                    bytes: checkpoint.clone(),
-                }),
-                Pending::Checkpoint { peer, term, round },
-            );
-        }
-        if done {
-            self.complete_round()?;
-        }
-        Ok(())
+        self.host_effects(effects)
     }
 
     /// A member holds the checkpoint.
@@ -606,17 +392,82 @@ impl Node {
         term: u64,
         round: u64,
     ) -> anyhow::Result<()> {
-        let Some(active) = self.host.as_mut().and_then(|h| h.round.as_mut()) else {
+        let Some(active) = self.active_mut() else {
             return Ok(());
         };
-        match active.machine.replica(&peer.to_bytes(), term, round) {
-            Ok(true) => self.complete_round(),
-            Ok(false) => Ok(()),
+        match active.session.on_replica(&peer.to_bytes(), term, round) {
+            Ok(effects) => self.host_effects(effects),
             Err(e) => {
                 tracing::debug!(peer = %peer, "late checkpoint ack: {e}");
                 Ok(())
             }
         }
+    }
+
+    /// Carries out what the host's session decided, in order.
+    fn host_effects(&mut self, effects: Vec<HostEffect>) -> anyhow::Result<()> {
+        // Every effect of one batch belongs to the round in progress (a terminal effect may
+        // end it part-way through the batch).
+        let Some((term, round)) = self
+            .active_mut()
+            .map(|a| (a.session.term(), a.session.round()))
+        else {
+            return Ok(());
+        };
+        for effect in effects {
+            match effect {
+                HostEffect::Send { to, request } => {
+                    if let Some(active) = self.active_mut() {
+                        active
+                            .clock
+                            .count(protocol::wire::encoded_len(&request).unwrap_or(0));
+                    }
+                    let Ok(peer) = PeerId::from_bytes(&to) else {
+                        continue;
+                    };
+                    let pending = match &request {
+                        Request::Offer(offer) => Pending::Offer {
+                            peer,
+                            term,
+                            round,
+                            attempt: offer.attempt,
+                        },
+                        Request::Checkpoint(_) => Pending::Checkpoint { peer, term, round },
+                        _ => Pending::Other,
+                    };
+                    self.request(peer, request, pending);
+                }
+                HostEffect::Phase {
+                    phase,
+                    participants,
+                } => {
+                    if let Some(active) = self.active_mut() {
+                        active.clock.enter(phase);
+                    }
+                    self.set_phase(term, round, phase, "host")?;
+                    self.announce(term, round, phase, participants);
+                }
+                HostEffect::Improve { start, sum } => {
+                    tracing::info!(round, "secure sum released");
+                    if let Some(host) = self.host.as_mut() {
+                        host.busy = true;
+                    }
+                    self.ml.send(Job::Improve { start, sum });
+                }
+                HostEffect::Completed => self.complete_round()?,
+                HostEffect::Abandoned { reason } => {
+                    tracing::warn!(term, round, "round abandoned: {reason}");
+                    let interval = self.round_interval();
+                    if let Some(host) = self.host.as_mut() {
+                        host.round = None;
+                        host.busy = false;
+                        host.next_start = Instant::now() + interval;
+                    }
+                    self.client.leave_round(round);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The round counts: a majority holds its checkpoint.
@@ -629,7 +480,7 @@ impl Node {
             return Ok(());
         };
         host.next_start = Instant::now() + interval;
-        let (term, round) = (active.machine.term(), active.machine.round());
+        let (term, round) = (active.session.term(), active.session.round());
         active.clock.enter(Phase::Complete);
         let seconds = active.started.elapsed().as_secs_f64() + active.generated_in;
         let bytes = active.clock.total_bytes();
@@ -637,11 +488,18 @@ impl Node {
         self.election.set_last_completed_round(round);
         self.client.leave_round(round);
         let (hash, kept, mean_reward) = active.checkpoint.unwrap_or(([0; 32], 0, 0.0));
+        let participants: Vec<String> = active
+            .session
+            .included()
+            .iter()
+            .filter_map(|p| PeerId::from_bytes(p).ok())
+            .map(|p| p.to_string())
+            .collect();
         let metrics = serde_json::json!({
             "role": "host",
             "round": round,
             "term": term,
-            "participants": active.included,
+            "participants": participants,
             "kept": kept,
             "mean_reward": mean_reward,
             "seconds": seconds,
@@ -654,21 +512,6 @@ impl Node {
         self.store.set_metrics(&metrics)?;
         self.last_metrics = Some(metrics);
         tracing::info!(term, round, seconds, bytes, "round complete");
-        self.set_phase(term, round, Phase::Complete, "host")?;
-        self.announce(term, round, Phase::Complete, active.included.len() as u32);
         Ok(())
     }
-}
-
-/// The secure-aggregation parameters of a round from the offer's spec.
-pub(super) fn round_params(round: u64, spec: &SecAggSpec, n: u32) -> anyhow::Result<RoundParams> {
-    Ok(RoundParams {
-        round,
-        graph_seed: spec.graph_seed,
-        num_clients: n,
-        neighbors: spec.neighbors,
-        threshold: spec.threshold,
-        dim: spec.dim,
-        quantizer: Quantizer::new(ClipBound::LInf(spec.bound), spec.max_clients)?,
-    })
 }

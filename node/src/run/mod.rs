@@ -22,7 +22,10 @@ use privacy::ledger::Ledger;
 use protocol::election::{
     Action, Capability, Election, ElectionConfig, ElectionMessage, Persistent,
 };
-use protocol::wire::{Announcement, Phase, Request, Response};
+use protocol::session::release::{PrivacyPlan, Releaser};
+use protocol::session::ClientSession;
+use protocol::wire::{Announcement, Kind, Phase, Request, Response};
+use protocol::Refusal;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState, PeerInfo, StatusReport};
@@ -31,7 +34,6 @@ use crate::net::rate::RateWindow;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
-use client::ClientSide;
 use host::HostSide;
 use ml::{Ml, Outcome};
 use world::World;
@@ -144,7 +146,9 @@ pub struct Node {
     topic: IdentTopic,
     ml: Ml,
     host: Option<HostSide>,
-    client: ClientSide,
+    client: ClientSession,
+    /// Charges and noises this node's uploads (its own client side's one release path).
+    releaser: Releaser,
     admin: watch::Sender<AdminState>,
     last_metrics: Option<serde_json::Value>,
     ledger_view: LedgerView,
@@ -366,6 +370,12 @@ pub async fn run(
     let (admin_tx, admin_rx) = watch::channel(AdminState::default());
     let (_, admin_task) = admin::start(dir.root(), admin_rx).await?;
 
+    let releaser = Releaser::new(PrivacyPlan {
+        epsilon: cfg.privacy.epsilon,
+        delta: cfg.privacy.delta,
+        clip: cfg.privacy.clip,
+        planned_rounds: cfg.privacy.planned_rounds,
+    });
     let mut node = Node {
         swarm,
         me,
@@ -386,7 +396,8 @@ pub async fn run(
         topic,
         ml,
         host: None,
-        client: ClientSide::default(),
+        client: ClientSession::new(),
+        releaser,
         admin: admin_tx,
         last_metrics: None,
         ledger_view: LedgerView::default(),
@@ -485,7 +496,7 @@ impl Node {
                 Action::BecameLeader { term } => {
                     tracing::info!(term, "elected generator host");
                     self.store.record_host(term, &self.me.to_string())?;
-                    self.client.abandon(&self.store, "this node became host")?;
+                    self.client_abandon("this node became host")?;
                     self.become_host(term)?;
                 }
                 Action::SteppedDown { term } => {
@@ -497,8 +508,8 @@ impl Node {
                         tracing::info!(term, host = %leader, "host known");
                         self.store.record_host(term, &leader.to_string())?;
                     }
-                    if self.client.engaged_term().is_some_and(|t| t != term) {
-                        self.client.abandon(&self.store, "the host changed")?;
+                    if self.client.engaged().is_some_and(|(t, _, _)| t != term) {
+                        self.client_abandon("the host changed")?;
                     }
                 }
             }
@@ -596,10 +607,7 @@ impl Node {
                     let result = match req {
                         Request::Offer(offer) => self.on_offer(me, *offer),
                         Request::SecAgg(packet) => self.client_secagg(me, packet),
-                        other => Err(format!(
-                            "{:?} is not for this node's client side",
-                            other.kind()
-                        )),
+                        other => Err(Refusal::WrongRole(other.kind())),
                     };
                     let response = match result {
                         Ok(()) => Response::Ack,
@@ -621,10 +629,7 @@ impl Node {
                             attempt,
                             ..
                         } => self.host_abstain(me, term, round, attempt),
-                        other => Err(format!(
-                            "{:?} is not for this node's host side",
-                            other.kind()
-                        )),
+                        other => Err(Refusal::WrongRole(other.kind())),
                     };
                     if let Err(reason) = result {
                         tracing::warn!("this node's host side refused its own client: {reason}");
@@ -911,12 +916,12 @@ impl Node {
     ) -> anyhow::Result<()> {
         if !self.is_member(&peer) {
             tracing::warn!(peer = %peer, kind = ?request.kind(), "request from a non-member refused");
-            self.respond(channel, Response::Rejected("not a member".into()));
+            self.respond(channel, Response::Rejected(Refusal::NotMember));
             return Ok(());
         }
         if !self.within_rate(peer) {
             tracing::warn!(peer = %peer, "rate limit exceeded: request refused");
-            self.respond(channel, Response::Rejected("rate limited".into()));
+            self.respond(channel, Response::Rejected(Refusal::RateLimited));
             return Ok(());
         }
         let result = match request {
@@ -931,6 +936,9 @@ impl Node {
                 } else {
                     self.client_secagg(peer, packet)
                 }
+            }
+            Request::Abstain { .. } if self.host.is_none() => {
+                Err(Refusal::WrongRole(Kind::Abstain))
             }
             Request::Abstain {
                 term,
@@ -975,7 +983,7 @@ impl Node {
                     attempt,
                 },
                 Response::Rejected(reason),
-            ) => self.offer_refused(peer, term, round, attempt, &reason),
+            ) => self.offer_refused(peer, term, round, attempt, &reason.to_string()),
             (_, Response::Rejected(reason)) => {
                 tracing::debug!(peer = %from, "peer refused a request: {reason}");
                 Ok(())
@@ -991,7 +999,7 @@ impl Node {
                 if self.host.is_some() {
                     self.abandon_round("model work failed")?;
                 }
-                self.client.abandon(&self.store, "model work failed")?;
+                self.client_abandon("model work failed")?;
                 Ok(())
             }
             Outcome::Judged {

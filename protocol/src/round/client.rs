@@ -1,7 +1,7 @@
 //! A client's side of the round: which host messages it acts on, and holding back the
 //! message that needs its upload until the upload is ready.
 
-use super::RoundError;
+use super::{RoundError, Sender, Unexpected};
 use crate::wire::{PeerBytes, RoundOffer};
 
 /// What to do with an offer that passed the checks.
@@ -16,24 +16,24 @@ pub enum OfferDecision {
     Duplicate,
 }
 
-/// What to do with a host's secure-aggregation message.
+/// What to do with a host's secure-aggregation message `M`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecAggDelivery {
-    /// Hand these payloads to the secure-aggregation client now, in order.
-    Now(Vec<Vec<u8>>),
+pub enum SecAggDelivery<M = Vec<u8>> {
+    /// Hand these messages to the secure-aggregation client now, in order.
+    Now(Vec<M>),
     /// Held until the upload is ready.
     Held,
 }
 
 #[derive(Debug, Clone)]
-struct Engaged {
+struct Engaged<M> {
     term: u64,
     round: u64,
     attempt: u32,
     host: PeerBytes,
     id: u32,
     input_ready: bool,
-    held: Vec<Vec<u8>>,
+    held: Vec<M>,
 }
 
 /// The facts about this node an offer is checked against.
@@ -52,13 +52,20 @@ pub struct ClientView<'a> {
 /// Most held messages (a host sends one message per stage).
 const MAX_HELD: usize = 4;
 
-/// A client's bookkeeping across round attempts.
-#[derive(Debug, Clone, Default)]
-pub struct ClientRound {
-    engaged: Option<Engaged>,
+/// A client's bookkeeping across round attempts; it holds the host's messages `M` that must
+/// wait for the upload (the decoded messages in a session, their bytes in tests).
+#[derive(Debug, Clone)]
+pub struct ClientRound<M = Vec<u8>> {
+    engaged: Option<Engaged<M>>,
 }
 
-impl ClientRound {
+impl<M> Default for ClientRound<M> {
+    fn default() -> Self {
+        Self { engaged: None }
+    }
+}
+
+impl<M: PartialEq> ClientRound<M> {
     /// A client in no round.
     pub fn new() -> Self {
         Self::default()
@@ -74,6 +81,11 @@ impl ClientRound {
         self.engaged.as_ref().map(|e| e.attempt)
     }
 
+    /// The host of the attempt this client is in.
+    pub fn host(&self) -> Option<&[u8]> {
+        self.engaged.as_ref().map(|e| e.host.as_slice())
+    }
+
     /// Checks an offer from `from`; `answered` says whether this node already uploaded to or
     /// abstained from this (term, round, attempt) (from its durable store: a restart must not answer twice).
     pub fn offer(
@@ -84,7 +96,7 @@ impl ClientRound {
         answered: bool,
     ) -> Result<OfferDecision, RoundError> {
         if view.leader != Some(from) {
-            return Err(RoundError::WrongSender("the current host"));
+            return Err(RoundError::WrongSender(Sender::CurrentHost));
         }
         if offer.term != view.term {
             return Err(RoundError::WrongTerm {
@@ -108,8 +120,7 @@ impl ClientRound {
             .participants
             .iter()
             .position(|p| p.peer.as_slice() == view.me)
-            .ok_or(RoundError::WrongSender("a host that invited this node"))?
-            as u32;
+            .ok_or(RoundError::WrongSender(Sender::InvitingHost))? as u32;
         self.engaged = Some(Engaged {
             term: offer.term,
             round,
@@ -129,9 +140,9 @@ impl ClientRound {
         from: &[u8],
         term: u64,
         round: u64,
-        payload: Vec<u8>,
+        payload: M,
         needs_input: bool,
-    ) -> Result<SecAggDelivery, RoundError> {
+    ) -> Result<SecAggDelivery<M>, RoundError> {
         let e = self.check(from, term, round)?;
         if needs_input && !e.input_ready {
             if e.held.contains(&payload) {
@@ -139,7 +150,7 @@ impl ClientRound {
                 return Ok(SecAggDelivery::Held);
             }
             if e.held.len() >= MAX_HELD {
-                return Err(RoundError::Unexpected("flood of held messages"));
+                return Err(RoundError::Unexpected(Unexpected::HeldFlood));
             }
             e.held.push(payload);
             return Ok(SecAggDelivery::Held);
@@ -148,7 +159,7 @@ impl ClientRound {
     }
 
     /// The upload is set: returns the held messages to deliver now.
-    pub fn input_ready(&mut self, term: u64, round: u64) -> Vec<Vec<u8>> {
+    pub fn input_ready(&mut self, term: u64, round: u64) -> Vec<M> {
         match &mut self.engaged {
             Some(e) if (e.term, e.round) == (term, round) => {
                 e.input_ready = true;
@@ -167,7 +178,7 @@ impl ClientRound {
         view: ClientView<'_>,
     ) -> Result<(), RoundError> {
         if view.leader != Some(from) {
-            return Err(RoundError::WrongSender("the current host"));
+            return Err(RoundError::WrongSender(Sender::CurrentHost));
         }
         if term != view.term {
             return Err(RoundError::WrongTerm {
@@ -186,12 +197,13 @@ impl ClientRound {
         self.engaged = None;
     }
 
-    fn check(&mut self, from: &[u8], term: u64, round: u64) -> Result<&mut Engaged, RoundError> {
-        let e = self.engaged.as_mut().ok_or(RoundError::Unexpected(
-            "secure-aggregation message outside a round",
-        ))?;
+    fn check(&mut self, from: &[u8], term: u64, round: u64) -> Result<&mut Engaged<M>, RoundError> {
+        let e = self
+            .engaged
+            .as_mut()
+            .ok_or(RoundError::Unexpected(Unexpected::SecAggOutsideRound))?;
         if e.host.as_slice() != from {
-            return Err(RoundError::WrongSender("the host of this round"));
+            return Err(RoundError::WrongSender(Sender::RoundHost));
         }
         if e.term != term {
             return Err(RoundError::WrongTerm {

@@ -2,14 +2,15 @@
 
 use std::collections::BTreeSet;
 
-use super::{RoundError, MIN_OTHER_CONTRIBUTORS};
+use super::{RoundError, Sender, Unexpected, MIN_OTHER_CONTRIBUTORS};
 use crate::wire::PeerBytes;
 
 /// Where the host's round is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostStage {
-    /// Collecting secure-aggregation stage `0..=3` (keys, shares, masked inputs, unmask).
-    Aggregate(u8),
+    /// Collecting one secure-aggregation stage's client messages (which one is the
+    /// aggregator's state: see `session::HostSession::secagg_stage`).
+    Aggregate,
     /// The sum is out; the generator is being improved.
     Improve,
     /// Waiting for a majority of the members to hold the new checkpoint.
@@ -19,9 +20,6 @@ pub enum HostStage {
     /// Given up; nothing more is accepted.
     Abandoned,
 }
-
-/// The number of secure-aggregation stages that collect client messages.
-pub const SECAGG_STAGES: u8 = 4;
 
 /// The host's bookkeeping for one round attempt (one term, one round number).
 #[derive(Debug, Clone)]
@@ -37,21 +35,20 @@ pub struct HostRound {
     /// Participants that sat the round out: no later stage waits for them either.
     abstained: BTreeSet<u32>,
     ticks_left: u64,
-    stage_ticks: Vec<u64>,
     /// Members (besides the host) that hold the checkpoint, and how many make a majority.
     replicas: BTreeSet<PeerBytes>,
     replicas_needed: usize,
 }
 
 impl HostRound {
-    /// A round whose secure-aggregation stage `s` may last `stage_ticks[s]` ticks (the masked
-    /// input stage also covers the clients' training); replication needs `replicas_needed`
-    /// acknowledgements (a majority of the members minus the host itself).
+    /// A round whose first secure-aggregation stage may last `first_stage_ticks` ticks;
+    /// replication needs `replicas_needed` acknowledgements (a majority of the members minus
+    /// the host itself).
     pub fn new(
         term: u64,
         round: u64,
         participants: Vec<PeerBytes>,
-        stage_ticks: [u64; SECAGG_STAGES as usize],
+        first_stage_ticks: u64,
         replicas_needed: usize,
     ) -> Self {
         let expected = (0..participants.len() as u32).collect();
@@ -59,12 +56,11 @@ impl HostRound {
             term,
             round,
             participants,
-            stage: HostStage::Aggregate(0),
+            stage: HostStage::Aggregate,
             expected,
             heard: BTreeSet::new(),
             abstained: BTreeSet::new(),
-            ticks_left: stage_ticks[0],
-            stage_ticks: stage_ticks.to_vec(),
+            ticks_left: first_stage_ticks.max(1),
             replicas: BTreeSet::new(),
             replicas_needed,
         }
@@ -94,8 +90,8 @@ impl HostRound {
     /// hands the payload to the aggregator and then calls [`HostRound::heard`].
     pub fn accept(&self, from: &[u8], term: u64, round: u64) -> Result<u32, RoundError> {
         self.check(term, round)?;
-        if !matches!(self.stage, HostStage::Aggregate(_)) {
-            return Err(RoundError::Unexpected("secure-aggregation message"));
+        if self.stage != HostStage::Aggregate {
+            return Err(RoundError::Unexpected(Unexpected::SecAggMessage));
         }
         self.id_of(from)
     }
@@ -119,33 +115,35 @@ impl HostRound {
 
     /// True when the current aggregation stage has heard every participant it waits for.
     pub fn stage_complete(&self) -> bool {
-        matches!(self.stage, HostStage::Aggregate(_)) && self.heard.len() >= self.expected.len()
+        self.stage == HostStage::Aggregate && self.heard.len() >= self.expected.len()
     }
 
     /// One clock tick; true when the current aggregation stage's deadline has passed.
     pub fn tick(&mut self) -> bool {
-        if !matches!(self.stage, HostStage::Aggregate(_) | HostStage::Replicate) {
+        if !matches!(self.stage, HostStage::Aggregate | HostStage::Replicate) {
             return false;
         }
         self.ticks_left = self.ticks_left.saturating_sub(1);
         self.ticks_left == 0
     }
 
-    /// Closes the current aggregation stage; `addressed` are the participants the next stage
-    /// waits for (those the aggregator sent a message to, less any that abstained). After the
-    /// last stage: Improve.
-    pub fn advance(&mut self, addressed: impl IntoIterator<Item = u32>) {
-        if let HostStage::Aggregate(s) = self.stage {
-            let next = s + 1;
-            self.heard.clear();
-            if next < SECAGG_STAGES {
-                self.stage = HostStage::Aggregate(next);
+    /// Closes the current aggregation stage. `next` is the length in ticks of the stage the
+    /// aggregator opened, whose messages `addressed` must answer (less any that abstained);
+    /// `None` when the aggregator released the sum: Improve.
+    pub fn advance(&mut self, next: Option<u64>, addressed: impl IntoIterator<Item = u32>) {
+        if self.stage != HostStage::Aggregate {
+            return;
+        }
+        self.heard.clear();
+        match next {
+            Some(ticks) => {
                 self.expected = addressed
                     .into_iter()
                     .filter(|id| !self.abstained.contains(id))
                     .collect();
-                self.ticks_left = self.stage_ticks[next as usize];
-            } else {
+                self.ticks_left = ticks.max(1);
+            }
+            None => {
                 self.stage = HostStage::Improve;
                 self.expected.clear();
             }
@@ -226,7 +224,7 @@ impl HostRound {
             .iter()
             .position(|p| p.as_slice() == from)
             .map(|i| i as u32)
-            .ok_or(RoundError::WrongSender("a participant of this round"))
+            .ok_or(RoundError::WrongSender(Sender::Participant))
     }
 }
 
@@ -236,7 +234,7 @@ mod tests {
 
     fn round() -> HostRound {
         let peers = (0..3u8).map(|i| vec![i]).collect();
-        HostRound::new(4, 7, peers, [3, 3, 10, 3], 2)
+        HostRound::new(4, 7, peers, 3, 2)
     }
 
     #[test]
@@ -244,7 +242,7 @@ mod tests {
         let mut r = round();
         assert_eq!(
             r.accept(&[9], 4, 7),
-            Err(RoundError::WrongSender("a participant of this round"))
+            Err(RoundError::WrongSender(Sender::Participant))
         );
         assert!(matches!(
             r.accept(&[0], 3, 7),
@@ -261,19 +259,19 @@ mod tests {
             r.heard(id); // a duplicate changes nothing
         }
         assert!(r.stage_complete());
-        r.advance([0, 2]);
-        assert_eq!(r.stage(), HostStage::Aggregate(1));
+        r.advance(Some(3), [0, 2]);
+        assert_eq!(r.stage(), HostStage::Aggregate);
         r.heard(1); // not addressed in this stage: ignored
         r.heard(0);
         assert!(!r.stage_complete());
         assert!(!r.tick() && !r.tick());
         assert!(r.tick(), "deadline after 3 ticks");
-        r.advance([0, 2]);
+        r.advance(Some(10), [0, 2]);
         assert_eq!(r.abstain(&[2], 4, 7), Ok(2));
         r.heard(0);
         assert!(r.stage_complete(), "an abstaining client is not waited for");
-        r.advance([0]);
-        r.advance([]);
+        r.advance(Some(3), [0]);
+        r.advance(None, []);
         assert_eq!(r.stage(), HostStage::Improve);
         assert!(r.accept(&[0], 4, 7).is_err());
     }
@@ -299,9 +297,10 @@ mod tests {
     #[test]
     fn complete_after_a_majority_of_replicas_and_never_twice() {
         let mut r = round();
-        for _ in 0..SECAGG_STAGES {
-            r.advance([0, 1, 2]);
+        for _ in 0..3 {
+            r.advance(Some(3), [0, 1, 2]);
         }
+        r.advance(None, []);
         assert_eq!(r.replica(&[1], 4, 7), Ok(false), "not replicating yet");
         r.replicating(5);
         assert_eq!(r.replica(&[1], 4, 7), Ok(false));

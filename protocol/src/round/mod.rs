@@ -8,6 +8,8 @@ pub mod host;
 pub use client::{ClientRound, OfferDecision, SecAggDelivery};
 pub use host::{HostRound, HostStage};
 
+use serde::{Deserialize, Serialize};
+
 /// Fewest contributors besides the host whose inputs a released sum must hold: with one, the
 /// host could subtract its own input and read that one node's upload.
 pub const MIN_OTHER_CONTRIBUTORS: usize = 2;
@@ -43,12 +45,57 @@ mod tests {
     }
 }
 
+/// Who a round message had to come from (see [`RoundError::WrongSender`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sender {
+    /// The host this node's election recognises.
+    CurrentHost,
+    /// The host of the round this node is in.
+    RoundHost,
+    /// A participant of the round.
+    Participant,
+    /// A host whose offer lists this node.
+    InvitingHost,
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sender::CurrentHost => "the current host",
+            Sender::RoundHost => "the host of this round",
+            Sender::Participant => "a participant of this round",
+            Sender::InvitingHost => "a host that invited this node",
+        })
+    }
+}
+
+/// What arrived in a state that does not accept it (see [`RoundError::Unexpected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unexpected {
+    /// A secure-aggregation message after the aggregation closed.
+    SecAggMessage,
+    /// A secure-aggregation message while this client is in no round.
+    SecAggOutsideRound,
+    /// More held messages than a host sends in a round.
+    HeldFlood,
+}
+
+impl std::fmt::Display for Unexpected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unexpected::SecAggMessage => "secure-aggregation message",
+            Unexpected::SecAggOutsideRound => "secure-aggregation message outside a round",
+            Unexpected::HeldFlood => "flood of held messages",
+        })
+    }
+}
+
 /// Why a round message was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RoundError {
     /// The sender is not the current host / not a participant of this round.
     #[error("sender is not {0}")]
-    WrongSender(&'static str),
+    WrongSender(Sender),
     /// The message belongs to another term.
     #[error("message of term {got}, current term is {current}")]
     WrongTerm {
@@ -65,6 +112,14 @@ pub enum RoundError {
         /// Round the receiver is in.
         expected: u64,
     },
+    /// The message belongs to another attempt at this round (the host retried it).
+    #[error("message of attempt {got}, current attempt is {current}")]
+    WrongAttempt {
+        /// Attempt in the message.
+        got: u32,
+        /// The receiver's attempt.
+        current: u32,
+    },
     /// The round was already completed or uploaded to: never twice.
     #[error("round {0} was already completed or answered")]
     AlreadyDone(u64),
@@ -76,5 +131,5 @@ pub enum RoundError {
     },
     /// The receiver is not in a state that accepts this message.
     #[error("unexpected {0} in this state")]
-    Unexpected(&'static str),
+    Unexpected(Unexpected),
 }

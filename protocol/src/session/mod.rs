@@ -1,0 +1,16 @@
+//! The round as sans-IO sessions, one per role: [`HostSession`] (the round bookkeeping and
+//! the secure-aggregation aggregator) and [`ClientSession`] (the client bookkeeping, the
+//! secure-aggregation client and the attempt). Each takes events and returns effects; the node
+//! carries them out over libp2p and the simulation over an in-memory transport, so both run
+//! this one round. [`policy`] holds the timing and quorum rules, [`release`] the one path by
+//! which a client's upload leaves it (charge, noise, clamp).
+
+pub mod client;
+pub mod host;
+pub mod policy;
+pub mod release;
+
+pub use client::{ClientEffect, ClientSession, ReleasePlan};
+pub use host::{HostEffect, HostSession, OpenRound};
+pub use policy::RoundPolicy;
+pub use release::{PrivacyPlan, Release, Releaser};
