@@ -31,6 +31,8 @@ pub enum Kind {
     Abstain = 4,
     /// A generator checkpoint.
     Checkpoint = 5,
+    /// A client's upload in the clear (rounds with [`Aggregation::Plain`] only).
+    Upload = 6,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             3 => Kind::SecAgg,
             4 => Kind::Abstain,
             5 => Kind::Checkpoint,
+            6 => Kind::Upload,
             _ => return None,
         })
     }
@@ -54,6 +57,7 @@ impl Kind {
             Kind::SecAgg => 16 << 20,
             Kind::Abstain => 1 << 10,
             Kind::Checkpoint => 64 << 20,
+            Kind::Upload => 16 << 20,
         }
     }
 }
@@ -78,6 +82,17 @@ pub struct SecAggSpec {
     pub max_clients: u32,
 }
 
+/// How a round's uploads are summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Aggregation {
+    /// Secure aggregation with the offer's [`SecAggSpec`]: the host sees only the sum.
+    Secure,
+    /// Uploads in the clear, summed by the host once `threshold` arrived. For the in-process
+    /// simulation only (which models what secure aggregation guarantees without its cost):
+    /// a node refuses such an offer.
+    Plain,
+}
+
 /// One round participant: its PeerId and its Ed25519 identity key (which must derive that PeerId).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
@@ -98,7 +113,9 @@ pub struct RoundOffer {
     pub start: RoundStart,
     /// The round's participants in secure-aggregation id order.
     pub participants: Vec<Participant>,
-    /// Secure-aggregation parameters.
+    /// How the uploads are summed.
+    pub aggregation: Aggregation,
+    /// Secure-aggregation parameters (a plain round uses its dimension, bound and threshold).
     pub secagg: SecAggSpec,
 }
 
@@ -113,6 +130,19 @@ pub struct SecAggPacket {
     pub attempt: u32,
     /// The encoded client or server message.
     pub payload: Vec<u8>,
+}
+
+/// A client's upload in the clear, in a round with [`Aggregation::Plain`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadPacket {
+    /// The host's term.
+    pub term: u64,
+    /// Round number.
+    pub round: u64,
+    /// The attempt.
+    pub attempt: u32,
+    /// The privatised upload.
+    pub values: Vec<f32>,
 }
 
 /// A host's generator checkpoint after a completed round, replicated so a successor resumes.
@@ -150,6 +180,8 @@ pub enum Request {
     },
     /// Host → members: the checkpoint of a completed round.
     Checkpoint(CheckpointTransfer),
+    /// Client → host: an upload in the clear (plain rounds only).
+    Upload(UploadPacket),
 }
 
 impl Request {
@@ -161,6 +193,7 @@ impl Request {
             Request::SecAgg(_) => Kind::SecAgg,
             Request::Abstain { .. } => Kind::Abstain,
             Request::Checkpoint(_) => Kind::Checkpoint,
+            Request::Upload(_) => Kind::Upload,
         }
     }
 }

@@ -15,8 +15,8 @@ use protocol::round::{
 };
 use protocol::simnet::{SimNet, SimNetConfig, SimNetStats};
 use protocol::wire::{
-    self, Announcement, CheckpointTransfer, Kind, Participant, Phase, Request, Response,
-    RoundOffer, SecAggPacket, SecAggSpec, MAX_ANNOUNCEMENT_BYTES, MAX_PARTICIPANTS,
+    self, Aggregation, Announcement, CheckpointTransfer, Kind, Participant, Phase, Request,
+    Response, RoundOffer, SecAggPacket, SecAggSpec, MAX_ANNOUNCEMENT_BYTES, MAX_PARTICIPANTS,
     MAX_PEER_ID_BYTES, MAX_RESPONSE_BYTES,
 };
 use protocol::ProtocolError;
@@ -60,6 +60,7 @@ fn offer_for(term: u64, round: u64, members: &[Vec<u8>]) -> RoundOffer {
                 identity: [i as u8; 32],
             })
             .collect(),
+        aggregation: Aggregation::Secure,
         secagg: SecAggSpec {
             graph_seed: [(term ^ round) as u8; 32],
             neighbors: 2,
@@ -2028,6 +2029,12 @@ fn sample_requests() -> Vec<Request> {
             hash: [0xab; 32],
             bytes: vec![3; 5000],
         }),
+        Request::Upload(protocol::wire::UploadPacket {
+            term: 1,
+            round: 2,
+            attempt: 0,
+            values: vec![0.25; 10],
+        }),
     ]
 }
 
@@ -2035,7 +2042,7 @@ fn sample_requests() -> Vec<Request> {
 fn every_request_variant_round_trips_within_its_kind_limit() {
     let reqs = sample_requests();
     let kinds: BTreeSet<u8> = reqs.iter().map(|r| r.kind() as u8).collect();
-    assert_eq!(kinds, (1..=5).collect(), "every kind is covered");
+    assert_eq!(kinds, (1..=6).collect(), "every kind is covered");
     for req in &reqs {
         let kind = req.kind();
         assert_eq!(Kind::from_tag(kind as u8), Some(kind));
@@ -2057,7 +2064,7 @@ fn every_request_variant_round_trips_within_its_kind_limit() {
             );
         }
     }
-    assert_eq!(Kind::from_tag(6), None);
+    assert_eq!(Kind::from_tag(7), None);
     assert_eq!(Kind::from_tag(0), None);
     // Requests are larger than acknowledgements may be.
     assert!(Kind::Checkpoint.limit() > Kind::Offer.limit());

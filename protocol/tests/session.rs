@@ -13,7 +13,7 @@ use protocol::session::release::{PrivacyPlan, Release, Releaser};
 use protocol::session::{
     ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, RoundPolicy,
 };
-use protocol::wire::{CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
+use protocol::wire::{Aggregation, CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
 use protocol::{Refusal, RoundStart};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -77,6 +77,11 @@ struct Fed {
 
 impl Fed {
     fn new(n: usize) -> Self {
+        Self::with(n, Aggregation::Secure, ClientSession::new)
+    }
+
+    /// A federation whose host offers `aggregation` to clients made by `client`.
+    fn with(n: usize, aggregation: Aggregation, client: fn() -> ClientSession) -> Self {
         let keys: Vec<Ed25519KeyPair> = (0..n).map(key).collect();
         let participants = (0..n)
             .map(|i| Participant {
@@ -92,6 +97,7 @@ impl Fed {
             host: peer(0),
             members: n,
             graph_seed: [9; 32],
+            aggregation,
         };
         let policy = RoundPolicy {
             stage_ticks: STAGE_TICKS,
@@ -100,7 +106,7 @@ impl Fed {
         let (host, effects) = HostSession::open(open, policy).unwrap();
         let mut fed = Fed {
             host,
-            clients: (0..n).map(|_| ClientSession::new()).collect(),
+            clients: (0..n).map(|_| client()).collect(),
             keys,
             wire: VecDeque::new(),
             learned: Vec::new(),
@@ -160,6 +166,7 @@ impl Fed {
         if is_host_side {
             let result = match req {
                 Request::SecAgg(p) => self.host.on_secagg(&peer(from), p),
+                Request::Upload(p) => self.host.on_upload(&peer(from), p),
                 Request::Abstain {
                     term,
                     round,
@@ -221,7 +228,7 @@ impl Fed {
 fn client_to_host(req: &Request) -> bool {
     match req {
         Request::SecAgg(p) => privacy::secagg::ClientMessage::decode(&p.payload, p.round).is_ok(),
-        Request::Abstain { .. } => true,
+        Request::Abstain { .. } | Request::Upload(_) => true,
         _ => false,
     }
 }
@@ -254,7 +261,7 @@ fn a_round_between_real_sessions_releases_the_exact_sum_and_counts_on_a_majority
     );
     assert_eq!(
         fed.host.secagg_stage(),
-        AggregatorStage::CollectMaskedInputs
+        Some(AggregatorStage::CollectMaskedInputs)
     );
     // The shares arrived before the uploads were ready: held, not answered.
     assert!(fed.wire.is_empty());
@@ -489,4 +496,52 @@ fn the_release_path_charges_the_ledger_before_the_upload_is_masked() {
     let sum = fed.improve().expect("the sum is out");
     assert_eq!(sum.len(), 8);
     assert!(ledgers.iter().all(|l| l.verify().is_ok()));
+}
+
+#[test]
+fn a_plain_round_sums_uploads_in_the_clear_only_for_clients_that_accept_it() {
+    let mut fed = Fed::with(4, Aggregation::Plain, ClientSession::accepting_plain);
+    fed.run();
+    assert_eq!(fed.learned, vec![0, 1, 2, 3]);
+    assert_eq!(fed.host.secagg_stage(), None);
+    for k in 0..3 {
+        fed.release_plain(k);
+    }
+    fed.run();
+    assert!(
+        fed.improve().is_none(),
+        "a plain sum waits for every upload"
+    );
+    fed.release_plain(3);
+    fed.run();
+    assert!(fed.refused.is_empty(), "{:?}", fed.refused);
+    let sum = fed.improve().expect("the sum is out").clone();
+    assert_sum_of(&sum, &[0, 1, 2, 3]);
+    assert_eq!(fed.host.included().len(), 4);
+
+    // A node's client session never sends its upload in the clear.
+    let mut fed = Fed::with(4, Aggregation::Plain, ClientSession::new);
+    fed.run();
+    assert!(fed.learned.is_empty());
+    assert_eq!(fed.refused.len(), 4);
+    assert!(fed
+        .refused
+        .iter()
+        .all(|(_, r)| matches!(r, Refusal::Invalid(m) if m.contains("secure aggregation"))));
+
+    // A securely aggregated round refuses uploads in the clear.
+    let mut fed = Fed::new(3);
+    fed.run();
+    let upload = protocol::wire::UploadPacket {
+        term: TERM,
+        round: ROUND,
+        attempt: 0,
+        values: upload(1),
+    };
+    assert_eq!(
+        fed.host.on_upload(&peer(1), upload).err(),
+        Some(Refusal::Round(RoundError::Unexpected(
+            protocol::round::Unexpected::PlainUpload
+        )))
+    );
 }

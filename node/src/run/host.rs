@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use protocol::session::{HostEffect, HostSession, OpenRound, RoundPolicy};
-use protocol::wire::{CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
+use protocol::wire::{
+    Aggregation, CheckpointTransfer, Participant, Phase, Request, SecAggPacket, UploadPacket,
+};
 use protocol::{Refusal, RoundStart};
 use rand::RngCore;
 
@@ -266,6 +268,7 @@ impl Node {
             host: host_bytes,
             members,
             graph_seed,
+            aggregation: Aggregation::Secure,
         };
         let (session, effects) = HostSession::open(open, policy)?;
         tracing::info!(term, round, participants = clients.len(), "round offered");
@@ -301,6 +304,20 @@ impl Node {
         let size = protocol::wire::encoded_len(&Request::SecAgg(packet.clone())).unwrap_or(0);
         let effects = active.session.on_secagg(&peer.to_bytes(), packet)?;
         active.clock.count(size);
+        self.host_effects(effects).map_err(Refusal::local)
+    }
+
+    /// An upload in the clear: the node's rounds are securely aggregated, so the session
+    /// refuses it (counted as the sender's offence).
+    pub(super) fn host_upload(
+        &mut self,
+        peer: PeerId,
+        packet: UploadPacket,
+    ) -> Result<(), Refusal> {
+        let Some(active) = self.active_mut() else {
+            return Err(Refusal::NoRound);
+        };
+        let effects = active.session.on_upload(&peer.to_bytes(), packet)?;
         self.host_effects(effects).map_err(Refusal::local)
     }
 

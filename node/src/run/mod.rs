@@ -629,6 +629,7 @@ impl Node {
                             attempt,
                             ..
                         } => self.host_abstain(me, term, round, attempt),
+                        Request::Upload(packet) => self.host_upload(me, packet),
                         other => Err(Refusal::WrongRole(other.kind())),
                     };
                     if let Err(reason) = result {
@@ -940,6 +941,10 @@ impl Node {
             Request::Abstain { .. } if self.host.is_none() => {
                 Err(Refusal::WrongRole(Kind::Abstain))
             }
+            Request::Upload(packet) => match self.host {
+                Some(_) => self.host_upload(peer, packet),
+                None => Err(Refusal::WrongRole(Kind::Upload)),
+            },
             Request::Abstain {
                 term,
                 round,

@@ -78,6 +78,8 @@ pub enum Unexpected {
     SecAggOutsideRound,
     /// More held messages than a host sends in a round.
     HeldFlood,
+    /// An upload in the clear in a round that uses secure aggregation.
+    PlainUpload,
 }
 
 impl std::fmt::Display for Unexpected {
@@ -86,6 +88,7 @@ impl std::fmt::Display for Unexpected {
             Unexpected::SecAggMessage => "secure-aggregation message",
             Unexpected::SecAggOutsideRound => "secure-aggregation message outside a round",
             Unexpected::HeldFlood => "flood of held messages",
+            Unexpected::PlainUpload => "upload in the clear",
         })
     }
 }

@@ -11,7 +11,8 @@ use crate::messages::AbstainReason;
 use crate::refusal::Refusal;
 use crate::round::client::ClientView;
 use crate::round::{noise_shares_unknown_to_host, ClientRound, OfferDecision, SecAggDelivery};
-use crate::wire::{PeerBytes, Phase, Request, RoundOffer, SecAggPacket};
+use crate::round::{RoundError, Unexpected};
+use crate::wire::{Aggregation, PeerBytes, Phase, Request, RoundOffer, SecAggPacket, UploadPacket};
 use crate::RoundStart;
 
 /// What a client's session asks the node to do.
@@ -72,20 +73,40 @@ struct Attempt {
     noise_shares: u32,
     dim: usize,
     bound: f32,
-    secagg: SecAggClient,
+    /// The secure-aggregation client; `None` in a plain round.
+    secagg: Option<SecAggClient>,
 }
 
 /// A client's side of the rounds it is invited to (not `Debug`: it holds secret keys).
-#[derive(Default)]
 pub struct ClientSession {
     round: ClientRound<ServerMessage>,
     attempt: Option<Attempt>,
+    /// Refuse offers whose uploads travel in the clear (every real node does).
+    require_secure: bool,
+}
+
+impl Default for ClientSession {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ClientSession {
-    /// A client in no round.
+    /// A client in no round that takes part only in securely aggregated rounds.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            round: ClientRound::new(),
+            attempt: None,
+            require_secure: true,
+        }
+    }
+
+    /// A client that also takes part in plain rounds (the in-process simulation's).
+    pub fn accepting_plain() -> Self {
+        Self {
+            require_secure: false,
+            ..Self::new()
+        }
     }
 
     /// (term, round, attempt) of the attempt this client is in.
@@ -107,41 +128,60 @@ impl ClientSession {
         rng: &mut R,
     ) -> Result<Vec<ClientEffect>, Refusal> {
         offer.validate()?;
+        if offer.aggregation == Aggregation::Plain && self.require_secure {
+            return Err(Refusal::Invalid(
+                "this node sends its upload only through secure aggregation".into(),
+            ));
+        }
         let OfferDecision::Join { id } = self.round.offer(from, &offer, view, answered)? else {
             return Ok(Vec::new());
         };
         let (term, round, attempt) = (offer.term, offer.start.round, offer.attempt);
         let n = offer.participants.len() as u32;
-        let joined = round_params(round, &offer.secagg, n).and_then(|params| {
-            let membership: Vec<[u8; 32]> = offer.participants.iter().map(|p| p.identity).collect();
-            SecAggClient::new(params, id, identity, &membership, rng)
-        });
-        let (secagg, advert) = match joined {
-            Ok(joined) => joined,
-            Err(e) => {
-                self.leave();
-                return Err(e.into());
+        let mut effects = Vec::with_capacity(3);
+        let secagg = match offer.aggregation {
+            Aggregation::Plain => None,
+            Aggregation::Secure => {
+                let joined = round_params(round, &offer.secagg, n).and_then(|params| {
+                    let membership: Vec<[u8; 32]> =
+                        offer.participants.iter().map(|p| p.identity).collect();
+                    SecAggClient::new(params, id, identity, &membership, rng)
+                });
+                let (secagg, advert) = match joined {
+                    Ok(joined) => joined,
+                    Err(e) => {
+                        self.leave();
+                        return Err(e.into());
+                    }
+                };
+                effects.push(ClientEffect::Send {
+                    to: from.to_vec(),
+                    request: Request::SecAgg(SecAggPacket {
+                        term,
+                        round,
+                        attempt,
+                        payload: advert.encode(round),
+                    }),
+                });
+                Some(secagg)
             }
         };
         let host_contributes = offer.participants.iter().any(|p| p.peer == from);
+        let noise_shares = match offer.aggregation {
+            // Every upload is in a plain round's sum.
+            Aggregation::Plain => offer.secagg.threshold,
+            Aggregation::Secure => {
+                noise_shares_unknown_to_host(offer.secagg.threshold, host_contributes)
+            }
+        };
         self.attempt = Some(Attempt {
             participants: n,
-            noise_shares: noise_shares_unknown_to_host(offer.secagg.threshold, host_contributes)
-                .min(n),
+            noise_shares: noise_shares.min(n),
             dim: offer.secagg.dim as usize,
             bound: offer.secagg.bound,
             secagg,
         });
-        Ok(vec![
-            ClientEffect::Send {
-                to: from.to_vec(),
-                request: Request::SecAgg(SecAggPacket {
-                    term,
-                    round,
-                    attempt,
-                    payload: advert.encode(round),
-                }),
-            },
+        effects.extend([
             ClientEffect::Phase {
                 term,
                 round,
@@ -152,7 +192,8 @@ impl ClientSession {
                 attempt,
                 start: Box::new(offer.start),
             },
-        ])
+        ]);
+        Ok(effects)
     }
 
     /// A host's secure-aggregation message: answered now, or held until the upload is set.
@@ -215,14 +256,30 @@ impl ClientSession {
         let Some(a) = self.attempt.as_mut() else {
             return Err(Refusal::NoRound);
         };
-        a.secagg.set_input(noised)?;
-        let held = self.round.input_ready(plan.term, plan.round);
         let mut effects = vec![ClientEffect::Phase {
             term: plan.term,
             round: plan.round,
             phase: Phase::Aggregate,
         }];
-        effects.extend(self.deliver(held)?);
+        match a.secagg.as_mut() {
+            Some(secagg) => {
+                secagg.set_input(noised)?;
+                let held = self.round.input_ready(plan.term, plan.round);
+                effects.extend(self.deliver(held)?);
+            }
+            None => {
+                let host = self.round.host().ok_or(Refusal::NoRound)?.to_vec();
+                effects.push(ClientEffect::Send {
+                    to: host,
+                    request: Request::Upload(UploadPacket {
+                        term: plan.term,
+                        round: plan.round,
+                        attempt: plan.attempt,
+                        values: noised.to_vec(),
+                    }),
+                });
+            }
+        }
         Ok(effects)
     }
 
@@ -292,9 +349,12 @@ impl ClientSession {
         let Some(a) = self.attempt.as_mut() else {
             return Err(Refusal::NoRound);
         };
+        let Some(secagg) = a.secagg.as_mut() else {
+            return Err(RoundError::Unexpected(Unexpected::SecAggMessage).into());
+        };
         let mut effects = Vec::with_capacity(messages.len());
         for msg in messages {
-            let reply = a.secagg.handle(msg)?;
+            let reply = secagg.handle(msg)?;
             effects.push(ClientEffect::Send {
                 to: host.clone(),
                 request: Request::SecAgg(SecAggPacket {

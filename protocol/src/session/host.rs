@@ -3,13 +3,16 @@
 //! abstention, a departure, a tick, the improved generator, a replica's acknowledgement) and
 //! returns what to do; the stage is the aggregator's own.
 
+use std::collections::BTreeMap;
+
 use privacy::secagg::{AggregatorStage, ClientMessage, SecAggAggregator, Step};
 
 use super::policy::{round_params, RoundPolicy};
 use crate::refusal::Refusal;
-use crate::round::{HostRound, HostStage, RoundError};
+use crate::round::{HostRound, HostStage, RoundError, Unexpected};
 use crate::wire::{
-    CheckpointTransfer, Participant, PeerBytes, Phase, Request, RoundOffer, SecAggPacket,
+    Aggregation, CheckpointTransfer, Participant, PeerBytes, Phase, Request, RoundOffer,
+    SecAggPacket, UploadPacket,
 };
 use crate::{RoundStart, UploadLayout};
 
@@ -66,6 +69,16 @@ pub struct OpenRound {
     pub members: usize,
     /// Fresh public seed of the round's neighbourhood graph.
     pub graph_seed: [u8; 32],
+    /// How the uploads are summed (nodes always use [`Aggregation::Secure`]).
+    pub aggregation: Aggregation,
+}
+
+/// What sums the uploads.
+enum Summer {
+    /// Secure aggregation: the host learns only the sum.
+    Secure(SecAggAggregator),
+    /// Uploads in the clear, by participant id (the simulation's cheaper stand-in).
+    Plain(BTreeMap<u32, Vec<f32>>),
 }
 
 /// The host's side of one round attempt (not `Debug`: the aggregator holds key shares).
@@ -73,7 +86,10 @@ pub struct HostSession {
     round: HostRound,
     attempt: u32,
     start: Box<RoundStart>,
-    aggregator: SecAggAggregator,
+    summer: Summer,
+    /// Fewest inputs a released sum holds.
+    threshold: u32,
+    dim: usize,
     host: PeerBytes,
     policy: RoundPolicy,
     included: Vec<PeerBytes>,
@@ -87,15 +103,31 @@ impl HostSession {
             samples: open.start.samples(),
             classes: open.start.classes as usize,
         };
-        let spec = policy.secagg_spec(n, layout, open.graph_seed);
-        let params = round_params(open.start.round, &spec, n)?;
-        let membership = open.participants.iter().map(|p| p.identity).collect();
-        let aggregator = SecAggAggregator::new(params, membership)?;
+        let mut spec = policy.secagg_spec(n, layout, open.graph_seed);
+        let summer = match open.aggregation {
+            Aggregation::Secure => {
+                let params = round_params(open.start.round, &spec, n)?;
+                let membership = open.participants.iter().map(|p| p.identity).collect();
+                Summer::Secure(SecAggAggregator::new(params, membership)?)
+            }
+            Aggregation::Plain => {
+                // The simulation's plain sum needs every upload, the sum its noise is
+                // calibrated to.
+                spec.threshold = n;
+                Summer::Plain(BTreeMap::new())
+            }
+        };
+        let first_ticks = match &summer {
+            Summer::Secure(a) => policy.ticks(a.stage()),
+            Summer::Plain(_) => policy.ticks(AggregatorStage::CollectMaskedInputs),
+        };
+        let (threshold, dim) = (spec.threshold, spec.dim as usize);
         let offer = RoundOffer {
             term: open.term,
             attempt: open.attempt,
             start: (*open.start).clone(),
             participants: open.participants.clone(),
+            aggregation: open.aggregation,
             secagg: spec,
         };
         offer.validate()?;
@@ -104,7 +136,7 @@ impl HostSession {
             open.term,
             open.start.round,
             peers.clone(),
-            policy.ticks(aggregator.stage()),
+            first_ticks,
             RoundPolicy::replicas_needed(open.members),
         );
         let request = Request::Offer(Box::new(offer));
@@ -123,7 +155,9 @@ impl HostSession {
             round,
             attempt: open.attempt,
             start: open.start,
-            aggregator,
+            summer,
+            threshold,
+            dim,
             host: open.host,
             policy,
             included: Vec::new(),
@@ -151,9 +185,12 @@ impl HostSession {
         self.round.stage()
     }
 
-    /// The secure-aggregation stage (the aggregator's own state).
-    pub fn secagg_stage(&self) -> AggregatorStage {
-        self.aggregator.stage()
+    /// The secure-aggregation stage (the aggregator's own state); `None` in a plain round.
+    pub fn secagg_stage(&self) -> Option<AggregatorStage> {
+        match &self.summer {
+            Summer::Secure(a) => Some(a.stage()),
+            Summer::Plain(_) => None,
+        }
     }
 
     /// The participants whose inputs are in the released sum (empty before it is out).
@@ -169,6 +206,9 @@ impl HostSession {
     ) -> Result<Vec<HostEffect>, Refusal> {
         self.check_attempt(packet.attempt)?;
         let id = self.round.accept(from, packet.term, packet.round)?;
+        let Summer::Secure(aggregator) = &mut self.summer else {
+            return Err(RoundError::Unexpected(Unexpected::SecAggMessage).into());
+        };
         let msg = ClientMessage::decode(&packet.payload, packet.round)?;
         if msg.sender() != id {
             return Err(Refusal::Invalid(format!(
@@ -176,7 +216,33 @@ impl HostSession {
                 msg.sender()
             )));
         }
-        self.aggregator.receive(msg)?;
+        aggregator.receive(msg)?;
+        self.round.heard(id);
+        Ok(self.close_if_complete())
+    }
+
+    /// A participant's upload in the clear (plain rounds only).
+    pub fn on_upload(
+        &mut self,
+        from: &[u8],
+        packet: UploadPacket,
+    ) -> Result<Vec<HostEffect>, Refusal> {
+        self.check_attempt(packet.attempt)?;
+        let id = self.round.accept(from, packet.term, packet.round)?;
+        let Summer::Plain(uploads) = &mut self.summer else {
+            return Err(RoundError::Unexpected(Unexpected::PlainUpload).into());
+        };
+        if packet.values.len() != self.dim || packet.values.iter().any(|v| !v.is_finite()) {
+            return Err(Refusal::Invalid(format!(
+                "upload of {} values for a round of dimension {} (all finite)",
+                packet.values.len(),
+                self.dim
+            )));
+        }
+        if uploads.contains_key(&id) {
+            return Err(RoundError::AlreadyDone(packet.round).into());
+        }
+        uploads.insert(id, packet.values);
         self.round.heard(id);
         Ok(self.close_if_complete())
     }
@@ -308,15 +374,22 @@ impl HostSession {
         ]
     }
 
-    /// Closes the current secure-aggregation stage.
+    /// Closes the current stage: the next secure-aggregation stage, or the sum.
     fn advance(&mut self) -> Vec<HostEffect> {
-        let step = match self.aggregator.advance() {
+        let aggregator = match &mut self.summer {
+            Summer::Secure(a) => a,
+            Summer::Plain(uploads) => {
+                let uploads = std::mem::take(uploads);
+                return self.plain_sum(uploads);
+            }
+        };
+        let step = match aggregator.advance() {
             Ok(step) => step,
             Err(e) => return self.abandon(&format!("secure aggregation: {e}")),
         };
+        let stage = aggregator.stage();
         match step {
             Step::Send(messages) => {
-                let stage = self.aggregator.stage();
                 let ids: Vec<u32> = messages.iter().map(|(id, _)| *id).collect();
                 self.round
                     .advance(Some(self.policy.ticks(stage)), ids.iter().copied());
@@ -353,24 +426,50 @@ impl HostSession {
                 }
                 effects
             }
-            Step::Finished(output) => {
-                self.round.advance(None, []);
-                self.included = output
-                    .included
-                    .iter()
-                    .filter_map(|&id| self.round.participants().get(id as usize).cloned())
-                    .collect();
-                vec![
-                    HostEffect::Phase {
-                        phase: Phase::Improve,
-                        participants: self.included.len() as u32,
-                    },
-                    HostEffect::Improve {
-                        start: self.start.clone(),
-                        sum: output.values,
-                    },
-                ]
+            Step::Finished(output) => self.released(output.included, output.values),
+        }
+    }
+
+    /// Sums a plain round's uploads, if enough arrived and the host could not single one out.
+    fn plain_sum(&mut self, uploads: BTreeMap<u32, Vec<f32>>) -> Vec<HostEffect> {
+        if uploads.len() < self.threshold as usize {
+            return self.abandon(&format!(
+                "{} of the {} uploads a sum needs arrived",
+                uploads.len(),
+                self.threshold
+            ));
+        }
+        if let Err(e) = self
+            .round
+            .check_contributors(&self.host, uploads.keys().copied())
+        {
+            return self.abandon(&format!("not summing: {e}"));
+        }
+        let mut sum = vec![0f64; self.dim];
+        for values in uploads.values() {
+            for (s, v) in sum.iter_mut().zip(values) {
+                *s += f64::from(*v);
             }
         }
+        self.released(uploads.into_keys().collect(), sum)
+    }
+
+    /// The sum of `included`'s inputs is out: improve the generator from it.
+    fn released(&mut self, included: Vec<u32>, sum: Vec<f64>) -> Vec<HostEffect> {
+        self.round.advance(None, []);
+        self.included = included
+            .iter()
+            .filter_map(|&id| self.round.participants().get(id as usize).cloned())
+            .collect();
+        vec![
+            HostEffect::Phase {
+                phase: Phase::Improve,
+                participants: self.included.len() as u32,
+            },
+            HostEffect::Improve {
+                start: self.start.clone(),
+                sum,
+            },
+        ]
     }
 }
