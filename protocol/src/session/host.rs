@@ -76,7 +76,7 @@ pub struct OpenRound {
 /// What sums the uploads.
 enum Summer {
     /// Secure aggregation: the host learns only the sum.
-    Secure(SecAggAggregator),
+    Secure(Box<SecAggAggregator>),
     /// Uploads in the clear, by participant id (the simulation's cheaper stand-in).
     Plain(BTreeMap<u32, Vec<f32>>),
 }
@@ -108,7 +108,7 @@ impl HostSession {
             Aggregation::Secure => {
                 let params = round_params(open.start.round, &spec, n)?;
                 let membership = open.participants.iter().map(|p| p.identity).collect();
-                Summer::Secure(SecAggAggregator::new(params, membership)?)
+                Summer::Secure(Box::new(SecAggAggregator::new(params, membership)?))
             }
             Aggregation::Plain => {
                 // The simulation's plain sum needs every upload, the sum its noise is
