@@ -11,3 +11,4 @@ pub mod round;
 pub mod run;
 pub mod simulate;
 pub mod store;
+pub mod world;

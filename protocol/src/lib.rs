@@ -1,7 +1,6 @@
 //! fedmmkt protocol: the versioned wire messages of a FedMMKT round, their codec and
 //! validation, and the layout of the client upload. No sockets: the node drives it.
 
-pub mod codec;
 pub mod election;
 pub mod error;
 pub mod messages;
@@ -13,8 +12,6 @@ pub mod upload;
 pub mod wire;
 
 pub use error::ProtocolError;
-pub use messages::{
-    Abstain, AbstainReason, ClientUpload, RoundStart, TeacherTargets, PROTOCOL_VERSION,
-};
+pub use messages::{AbstainReason, RoundStart, TeacherTargets, PROTOCOL_VERSION};
 pub use refusal::Refusal;
 pub use upload::{Teacher, UploadLayout};

@@ -50,29 +50,11 @@ pub struct TeacherTargets {
     pub probs: Vec<f32>,
 }
 
-/// A client's uplink: its flat upload vector for one round (privatised before it is sent).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientUpload {
-    /// The round it answers.
-    pub round: u64,
-    /// The upload vector (layout: [`crate::upload::UploadLayout`]).
-    pub values: Vec<f32>,
-}
-
 /// Why a client sits a round out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AbstainReason {
     /// Its release would exceed the node's privacy budget.
     BudgetExhausted,
-}
-
-/// A client's notice that it will not upload in this round, so the host need not wait for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Abstain {
-    /// The round it sits out.
-    pub round: u64,
-    /// Why.
-    pub reason: AbstainReason,
 }
 
 fn invalid(kind: &'static str, reason: String) -> ProtocolError {
@@ -181,29 +163,6 @@ impl TeacherTargets {
                     "a teacher row is not a probability distribution".into(),
                 ));
             }
-        }
-        Ok(())
-    }
-}
-
-impl ClientUpload {
-    /// Checks the round and the length the current round expects.
-    pub fn validate(&self, round: u64, expected_len: usize) -> Result<(), ProtocolError> {
-        let k = "ClientUpload";
-        if self.round != round {
-            return Err(invalid(
-                k,
-                format!("upload for round {} during round {round}", self.round),
-            ));
-        }
-        if self.values.len() != expected_len {
-            return Err(invalid(
-                k,
-                format!("{} values, expected {expected_len}", self.values.len()),
-            ));
-        }
-        if self.values.iter().any(|v| !v.is_finite()) {
-            return Err(invalid(k, "non-finite value".into()));
         }
         Ok(())
     }

@@ -15,8 +15,7 @@ use models::train::accuracy;
 use node::config::{ModelConfig, NodeConfig};
 use node::round::{pretrained_host, Host, PretrainCache};
 use node::run::ml::node_client;
-use node::run::world::{federation_encoder, World};
-use node::simulate::setup::{eval_rng, sub_seed};
+use node::world::{eval_rng, federation_encoder, sub_seed, World};
 
 use crate::record::GenPoint;
 use crate::report::GridImages;
@@ -182,7 +181,7 @@ mod tests {
     use super::*;
     use models::classifier::Arch;
     use node::round::Client;
-    use node::run::world::{federation_splits, partition};
+    use node::world::{federation_splits, partition};
 
     /// A node directory as the testnet writes it: a config naming the node's dataset directory.
     fn node_dir(root: &Path, name: &str, data: &models::data::Dataset, seed: u64) -> PathBuf {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use node::admin::StatusReport;
 use node::config::ModelConfig;
 use node::round::PretrainCache;
-use node::run::world::{federation_splits, partition};
+use node::world::{federation_splits, partition};
 use privacy::ledger::Ledger;
 use rand::RngCore;
 

@@ -68,6 +68,10 @@ pub struct SimulateArgs {
     /// Report client accuracy on the oracle split (a validation set) instead of the test split.
     #[arg(long)]
     pub validation: bool,
+    /// Sum FedMMKT's uploads by real secure aggregation, as nodes do (default: the same round
+    /// sessions sum them in the clear, the sum secure aggregation would release).
+    #[arg(long)]
+    pub secagg: bool,
     /// Critic training steps per round.
     #[arg(long, default_value_t = 150)]
     pub critic_steps: usize,
@@ -151,6 +155,7 @@ impl SimulateArgs {
         cfg.host.guidance_scale = self.guidance;
         cfg.host.guidance_entropy = self.guidance_entropy;
         cfg.validation = self.validation;
+        cfg.secagg = self.secagg;
         cfg.host.critic_steps = self.critic_steps;
         cfg.split.host_per_class = self.host_per_class;
         cfg.split.oracle_per_class = self.oracle_per_class;

@@ -10,9 +10,8 @@ use models::train::accuracy;
 use protocol::RoundStart;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::world::World;
 use crate::round::{Client, ClientConfig, Host, HostConfig, PretrainCache, Pretraining};
-use crate::simulate::setup::sub_seed;
+use crate::world::{sub_seed, World};
 
 /// Work for the model thread.
 pub enum Job {

@@ -7,7 +7,6 @@
 mod client;
 mod host;
 pub mod ml;
-pub mod world;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,9 +33,9 @@ use crate::net::rate::RateWindow;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
+use crate::world::World;
 use host::HostSide;
 use ml::{Ml, Outcome};
-use world::World;
 
 /// The election clock.
 pub const TICK: Duration = Duration::from_millis(100);

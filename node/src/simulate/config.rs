@@ -117,6 +117,11 @@ pub struct SimConfig {
     pub threads: usize,
     /// Clip and noise every upload, with a budget ledger per client (None: no DP).
     pub dp: Option<DpConfig>,
+    /// Sum FedMMKT's uploads by secure aggregation, as nodes do (default: the same round
+    /// sessions sum them in the clear, the sum secure aggregation would release, at a
+    /// fraction of its cost).
+    #[serde(default)]
+    pub secagg: bool,
     /// Report client accuracy on the oracle split instead of the test split, so design
     /// choices can be made without looking at the test set (no client or host trains on it).
     #[serde(default)]
@@ -144,6 +149,7 @@ impl Default for SimConfig {
             oracle_epochs: 15,
             eval_per_class: 50,
             threads: 2,
+            secagg: false,
             dp: None,
             validation: false,
         }

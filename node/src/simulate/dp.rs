@@ -1,44 +1,53 @@
-//! Client-level differential privacy in the simulation: each client clips and noises its
-//! upload through its own durable, signed budget ledger before the host sees the sum.
+//! Differential privacy in the simulation: each client releases its upload through its own
+//! durable, signed budget ledger by the node's one release path
+//! (`protocol::session::release`) before its session masks or sends it.
 
 use std::path::{Path, PathBuf};
 
-use privacy::ledger::{Budget, ChargeContext, Ledger};
-use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
+use privacy::ledger::{Budget, Ledger};
+use protocol::session::release::{PrivacyPlan, Release, Releaser};
+use protocol::session::ReleasePlan;
 
 use super::config::DpConfig;
 
-/// The ledgers of all clients and the release every one of them applies.
+/// The ledgers and releasers of all clients.
 pub struct DpClients {
     ledgers: Vec<Ledger>,
-    release: ReleaseConfig,
+    releasers: Vec<Releaser>,
+    /// The noise multiplier of this run's round shape (what the report shows).
+    z: f64,
     delta: f64,
     dir: PathBuf,
 }
 
 impl DpClients {
-    /// Calibrates the noise so `rounds` releases spend exactly the budget, and opens a fresh
-    /// ledger with that cap for each client under `dir/client-K`.
+    /// Opens a fresh ledger for each client under `dir/client-K`, capped at the budget, and
+    /// calibrates the noise so `rounds` releases of a round with `noise_shares` of
+    /// `clients` uploads in its sum, `dimension` values each, spend exactly the budget.
     pub fn new(
         dp: &DpConfig,
         clients: usize,
         rounds: usize,
         dimension: usize,
+        noise_shares: u32,
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        let shape = ReleaseConfig {
+        let plan = PrivacyPlan {
+            epsilon: dp.epsilon,
+            delta: dp.delta,
             clip: dp.clip,
-            noise_multiplier: 1.0,
-            expected_participants: clients as u32,
-            // The simulation releases a sum only when every client took part.
-            min_participants: clients as u32,
-            sample_rate: 1.0,
-            dimension,
+            planned_rounds: u32::try_from(rounds)?,
         };
-        let spec = NoiseSpec::Gaussian {
-            granularity_exp: GaussianRelease::DEFAULT_GRANULARITY_EXP,
-        };
-        let z = calibrate_noise_multiplier(dp.epsilon, dp.delta, rounds as u64, &shape, spec)?;
+        let mut releaser = Releaser::new(plan);
+        let z = releaser.noise_multiplier(&ReleasePlan {
+            term: 0,
+            round: 0,
+            attempt: 0,
+            participants: clients as u32,
+            noise_shares,
+            dim: dimension,
+            bound: f32::INFINITY,
+        })?;
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -51,10 +60,8 @@ impl DpClients {
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             ledgers,
-            release: ReleaseConfig {
-                noise_multiplier: z,
-                ..shape
-            },
+            releasers: vec![releaser; clients],
+            z,
             delta: dp.delta,
             dir: dir.to_path_buf(),
         })
@@ -62,12 +69,7 @@ impl DpClients {
 
     /// The calibrated noise multiplier z.
     pub fn noise_multiplier(&self) -> f64 {
-        self.release.noise_multiplier
-    }
-
-    /// Fewest uploads whose sum may be released.
-    pub fn min_participants(&self) -> usize {
-        self.release.min_participants as usize
+        self.z
     }
 
     /// Where the ledgers live (`fedmmkt privacy audit --data-dir DIR/client-K` reads them).
@@ -75,30 +77,28 @@ impl DpClients {
         &self.dir
     }
 
-    /// Client `k`'s release for `round`: recorded in its ledger first, then clipped and
-    /// noised; `None` when the budget would be exceeded (the client abstains).
-    pub fn privatize(
-        &self,
+    /// Client `k`'s release for the round `plan` describes: recorded in its ledger first,
+    /// then clipped, noised and clamped; [`Release::BudgetExhausted`] when the budget would
+    /// be exceeded (the client abstains).
+    pub fn release(
+        &mut self,
         k: usize,
-        round: u64,
+        plan: &ReleasePlan,
         upload: &[f32],
-    ) -> anyhow::Result<Option<Vec<f32>>> {
-        let ledger = self
-            .ledgers
-            .get(k)
-            .ok_or_else(|| anyhow::anyhow!("no ledger for client {k}"))?;
-        let ctx = ChargeContext {
-            round,
-            dataset_id: format!("client-{k}"),
+    ) -> anyhow::Result<Release> {
+        let (Some(ledger), Some(releaser)) = (self.ledgers.get(k), self.releasers.get_mut(k))
+        else {
+            anyhow::bail!("no ledger for client {k}");
         };
-        match ledger.charge(GaussianRelease::new(&self.release)?, &ctx) {
-            Ok(charged) => Ok(Some(charged.noise_f32(upload)?)),
-            Err(e) if e.is_budget_exceeded() => {
-                tracing::info!(client = k, round, "privacy budget exhausted: abstaining");
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
+        let release = releaser.release(ledger, plan, format!("client-{k}"), upload)?;
+        if release == Release::BudgetExhausted {
+            tracing::info!(
+                client = k,
+                round = plan.round,
+                "privacy budget exhausted: abstaining"
+            );
         }
+        Ok(release)
     }
 
     /// ε spent so far by each client (at the configured δ), read back from its ledger.
@@ -129,21 +129,36 @@ mod tests {
             prompt_mix: 0.0,
             calibration_rounds: None,
         };
-        let clients = DpClients::new(&dp, 2, 2, 4, dir.path()).unwrap();
+        let mut clients = DpClients::new(&dp, 2, 2, 4, 2, dir.path()).unwrap();
+        assert!(clients.noise_multiplier() > 0.0);
         let upload = [3.0f32, 0.0, 0.0, 4.0]; // norm 5: clipped to 1 before noise
+        let mut plan = ReleasePlan {
+            term: 1,
+            round: 0,
+            attempt: 0,
+            participants: 2,
+            noise_shares: 2,
+            dim: 4,
+            bound: 16.0,
+        };
         for round in 0..2 {
-            let out = clients.privatize(0, round, &upload).unwrap().unwrap();
+            plan.round = round;
+            let Release::Noised(out) = clients.release(0, &plan, &upload).unwrap() else {
+                panic!("round {round} refused");
+            };
             assert_eq!(out.len(), 4);
             assert_ne!(out, upload.to_vec());
         }
-        assert!(
-            clients.privatize(0, 2, &upload).unwrap().is_none(),
+        plan.round = 2;
+        assert_eq!(
+            clients.release(0, &plan, &upload).unwrap(),
+            Release::BudgetExhausted,
             "third release must be refused"
         );
         let spent = clients.epsilon_spent().unwrap();
         assert!(spent[0] <= 1.0 + 1e-9 && spent[0] > 0.9, "{spent:?}");
         assert_eq!(spent[1], 0.0);
         assert!(clients.verify_all());
-        assert!(clients.privatize(5, 0, &upload).is_err());
+        assert!(clients.release(5, &plan, &upload).is_err());
     }
 }

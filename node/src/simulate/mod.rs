@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dp;
 pub mod fedavg;
+pub mod federation;
 pub mod run;
 pub mod setup;
 

@@ -6,15 +6,16 @@ use models::classifier::Arch;
 use models::data::Dataset;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
-use protocol::codec::{encode, Message};
-use protocol::{Abstain, AbstainReason, ClientUpload};
+use protocol::session::release::Release;
 use serde::Serialize;
 
 use super::config::{Ablation, Method, SimConfig};
 use super::dp::DpClients;
 use super::fedavg::{average_into, copy_from_first};
-use super::setup::{eval_rng, sub_seed, Setup};
+use super::federation::{Federation, RoundEnd};
+use super::setup::Setup;
 use crate::round::{Client, Host};
+use crate::world::{eval_rng, sub_seed};
 
 /// Seconds spent in each phase of a round.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -241,11 +242,24 @@ fn run_clients(
     }
     let public = &setup.splits.public;
     let mut public_teacher: Option<Vec<f32>> = None;
-    let dp = match (&cfg.dp, method) {
+    let clip = cfg.dp.as_ref().map_or(1.0, |dp| dp.clip);
+    let mut fed = Federation::new(cfg.clients, cfg.secagg, clip, sub_seed(cfg.seed, 5))?;
+    let mut dp = match (&cfg.dp, method) {
         (Some(dp), Method::Fedmmkt) => {
             let layout = protocol::UploadLayout {
                 samples: host_cfg.samples_per_class * setup.splits.test.num_classes(),
                 classes: setup.splits.test.num_classes(),
+            };
+            // The sum's noise shares: every upload in a plain round; a secure round's
+            // threshold (its sum may be released with that many).
+            let n = cfg.clients as u32;
+            let noise_shares = if cfg.secagg {
+                protocol::round::noise_shares_unknown_to_host(
+                    privacy::secagg::RoundParams::min_threshold(n.saturating_sub(1)).max(2),
+                    false,
+                )
+            } else {
+                n
             };
             let name = ablation.map_or(method.name(), Ablation::name);
             let dir = setup
@@ -257,6 +271,7 @@ fn run_clients(
                 cfg.clients,
                 dp.calibration_rounds.unwrap_or(cfg.rounds),
                 layout.len(),
+                noise_shares,
                 &dir,
             )?)
         }
@@ -273,7 +288,8 @@ fn run_clients(
                     cfg,
                     host,
                     &mut clients,
-                    dp.as_ref(),
+                    &mut fed,
+                    dp.as_mut(),
                     distill,
                     &mut ph,
                     progress,
@@ -393,14 +409,16 @@ struct Traffic {
     abstained: usize,
 }
 
-/// One FedMMKT round: generate, learn, judge (through DP when on), aggregate, improve.
+/// One FedMMKT round through the node's round sessions: generate, offer, learn, judge,
+/// release (through each client's ledger when DP is on), aggregate, improve.
 #[allow(clippy::too_many_arguments)]
 fn fedmmkt_round(
     r: usize,
     cfg: &SimConfig,
     host: &mut Host,
     clients: &mut [Client],
-    dp: Option<&DpClients>,
+    fed: &mut Federation,
+    mut dp: Option<&mut DpClients>,
     distill: bool,
     ph: &mut PhaseSeconds,
     progress: Progress,
@@ -410,62 +428,64 @@ fn fedmmkt_round(
     let t = Instant::now();
     let start = host.start_round(r as u64)?;
     ph.generate = t.elapsed().as_secs_f64();
-    traffic.down = encode(&Message::RoundStart(start.clone()))?.len() * cfg.clients;
     progress(r, "learn");
     let t = Instant::now();
+    let invited = fed.open(start.clone())?;
+    anyhow::ensure!(
+        invited.len() == clients.len(),
+        "{} of {} clients joined the round",
+        invited.len(),
+        clients.len()
+    );
     for_each_client(clients, cfg.threads, |c| {
         c.learn(&start, distill).map(|_| ())
     })?;
     ph.learn = t.elapsed().as_secs_f64();
     progress(r, "judge");
     let t = Instant::now();
-    let mut uploads = map_clients(clients, cfg.threads, |c| c.judge(&start))?;
-    if let Some(dp) = dp {
-        let mut released = Vec::with_capacity(uploads.len());
-        for (k, u) in uploads.iter().enumerate() {
-            match dp.privatize(k, r as u64, u)? {
-                Some(noised) => released.push(noised),
-                None => {
-                    // The client tells the host instead of leaving it waiting.
-                    let notice = Message::Abstain(Abstain {
-                        round: r as u64,
-                        reason: AbstainReason::BudgetExhausted,
-                    });
-                    traffic.up += encode(&notice)?.len();
-                    traffic.abstained += 1;
-                }
-            }
+    let uploads = map_clients(clients, cfg.threads, |c| c.judge(&start))?;
+    let mut releases = Vec::with_capacity(uploads.len());
+    for (k, upload) in uploads.into_iter().enumerate() {
+        let plan = fed.plan(k)?;
+        let release = match dp.as_deref_mut() {
+            Some(dp) => dp.release(k, &plan, &upload)?,
+            None => Release::Noised(upload),
+        };
+        if release == Release::BudgetExhausted {
+            traffic.abstained += 1;
         }
-        uploads = released;
+        releases.push((k, plan, release));
     }
-    traffic.participants = Some(uploads.len());
     ph.judge = t.elapsed().as_secs_f64();
     progress(r, "aggregate");
     let t = Instant::now();
-    for u in &uploads {
-        let msg = Message::Upload(ClientUpload {
-            round: r as u64,
-            values: u.clone(),
-        });
-        traffic.up += encode(&msg)?.len();
+    for (k, plan, release) in releases {
+        fed.released(k, &plan, release)?;
     }
-    let enough = dp.is_none_or(|d| uploads.len() >= d.min_participants());
-    let sum = sum_uploads(&uploads);
+    let end = fed.end();
     ph.aggregate = t.elapsed().as_secs_f64();
+    let bytes = fed.bytes();
+    traffic.down = bytes.down;
+    traffic.up = bytes.up;
     progress(r, "improve");
-    if enough && !uploads.is_empty() {
-        let t = Instant::now();
-        let outcome = host.finish_round(&start, &sum)?;
-        ph.improve = t.elapsed().as_secs_f64();
-        traffic.kept = Some(outcome.kept);
-        traffic.mean_reward = Some(outcome.mean_reward);
-    } else {
-        tracing::warn!(
-            round = r,
-            participants = uploads.len(),
-            "too few uploads: no aggregate released this round"
-        );
-        traffic.kept = Some(0);
+    match end {
+        Some(RoundEnd::Sum { sum, included }) => {
+            traffic.participants = Some(included);
+            let t = Instant::now();
+            let outcome = host.finish_round(&start, &sum)?;
+            ph.improve = t.elapsed().as_secs_f64();
+            traffic.kept = Some(outcome.kept);
+            traffic.mean_reward = Some(outcome.mean_reward);
+        }
+        other => {
+            let reason = match other {
+                Some(RoundEnd::Abandoned(reason)) => reason,
+                _ => "the round did not end".to_string(),
+            };
+            tracing::warn!(round = r, "no aggregate released this round: {reason}");
+            traffic.participants = Some(0);
+            traffic.kept = Some(0);
+        }
     }
     Ok(traffic)
 }

@@ -4,16 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use models::data::captions::all_captions;
-use models::data::{dirichlet_partition, DataSource, Dataset, Splits};
+use models::data::{DataSource, Dataset, Splits};
 use models::generator::Generator;
 use models::oracle::{GenScore, Oracle};
-use models::text::{BowTextEncoder, MiniLmEncoder, TextEncoder};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use models::text::{MiniLmEncoder, TextEncoder};
 
 use super::config::{SimConfig, TextEncoderKind};
 use crate::round::Host;
+use crate::world::{bow_encoder, eval_rng, partition, sub_seed};
 
 /// Shared, read-only inputs of every run with one config and seed.
 pub struct Setup {
@@ -37,18 +35,6 @@ pub struct Setup {
     pub work_dir: PathBuf,
 }
 
-/// Seed of one component, so components draw independent streams from one run seed.
-pub fn sub_seed(seed: u64, component: u64) -> u64 {
-    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ component.wrapping_mul(0xbf58_476d_1ce4_e5b9)
-}
-
-/// Noise for evaluation samples, fixed per seed: stream 0 is what the oracle scores every
-/// round (common random numbers, so round-to-round changes are the generator's), another
-/// stream draws the image grids.
-pub fn eval_rng(seed: u64, stream: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(sub_seed(seed, stream.wrapping_add(1000)))
-}
-
 impl Setup {
     /// Loads data, carves splits, partitions clients, trains the oracle and pre-trains the generator.
     pub fn build(
@@ -62,25 +48,10 @@ impl Setup {
         split.public_per_class = cfg.host.samples_per_class;
         progress("carving splits");
         let splits = Splits::carve(source, &split, cfg.seed)?;
-        let partition = dirichlet_partition(
-            &splits.pool.labels,
-            splits.pool.num_classes(),
-            cfg.clients,
-            cfg.alpha,
-            10,
-            sub_seed(cfg.seed, 1),
-        )?;
-        let corpus: Vec<(usize, String)> = all_captions(&splits.host.classes)
-            .into_iter()
-            .map(|(c, _, t)| (c, t))
-            .collect();
+        let partition = partition(&splits, cfg.clients, cfg.alpha, cfg.seed)?;
         let encoder: Arc<dyn TextEncoder> = match (&cfg.text_encoder, &cfg.text_encoder_dir) {
             (TextEncoderKind::Minilm, Some(dir)) => Arc::new(MiniLmEncoder::load(dir)?),
-            _ => Arc::new(BowTextEncoder::new(
-                cfg.emb_dim,
-                sub_seed(cfg.seed, 2),
-                &corpus,
-            )),
+            _ => bow_encoder(&splits.host.classes, cfg.emb_dim, cfg.seed),
         };
         progress("training oracle");
         let oracle = Oracle::train(

@@ -1,6 +1,8 @@
-//! A node's view of the data: the public host set every node can rebuild, the node's private
-//! client data (its own directory, or a shard of the embedded data chosen from its peer id),
-//! the test split for its metrics, and the shared caption encoder.
+//! The data world every run draws from, the node's and the simulation's alike: the seeds of
+//! each component, the carved splits, the label-skewed partition of the client pool, and the
+//! caption encoder. A node's own view ([`World`]): the public host set every node can rebuild,
+//! its private data (its own directory, or a shard of the embedded data chosen from its peer
+//! id) and the test split for its metrics.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,8 +10,20 @@ use std::sync::Arc;
 use models::data::captions::all_captions;
 use models::data::{dirichlet_partition, DataSource, Dataset, SplitConfig, Splits};
 use models::text::{BowTextEncoder, TextEncoder};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use crate::simulate::setup::sub_seed;
+/// Seed of one component, so components draw independent streams from one run seed.
+pub fn sub_seed(seed: u64, component: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ component.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+/// Noise for evaluation samples, fixed per seed: stream 0 is what the oracle scores every
+/// round (common random numbers, so round-to-round changes are the generator's), another
+/// stream draws the image grids.
+pub fn eval_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(sub_seed(seed, stream.wrapping_add(1000)))
+}
 
 /// Caption embedding width of the default encoder (as in `fedmmkt simulate`).
 pub const EMB_DIM: usize = 32;
@@ -51,11 +65,16 @@ pub fn federation_splits(seed: u64) -> anyhow::Result<Splits> {
 
 /// The caption encoder every node (and the testnet's evaluation) builds from `seed`.
 pub fn federation_encoder(classes: &[String], seed: u64) -> Arc<dyn TextEncoder> {
+    bow_encoder(classes, EMB_DIM, seed)
+}
+
+/// The frozen bag-of-words caption encoder of width `dim` over every caption of `classes`.
+pub fn bow_encoder(classes: &[String], dim: usize, seed: u64) -> Arc<dyn TextEncoder> {
     let corpus: Vec<(usize, String)> = all_captions(classes)
         .into_iter()
         .map(|(c, _, t)| (c, t))
         .collect();
-    Arc::new(BowTextEncoder::new(EMB_DIM, sub_seed(seed, 2), &corpus))
+    Arc::new(BowTextEncoder::new(dim, sub_seed(seed, 2), &corpus))
 }
 
 /// The client pool split into `parts` label-skewed shards (Dirichlet α, at least 10 images each).

@@ -1,0 +1,360 @@
+//! The simulation's federation: the node's round sessions (`protocol::session`), one host and
+//! one client session per simulated client, over an in-memory transport. Every request is
+//! delivered in order and counted by its real wire encoding; with `--secagg` the uploads are
+//! securely aggregated exactly as between nodes, otherwise summed in the clear by the same
+//! sessions (the simulation's cheaper stand-in, which models the sum secure aggregation
+//! would release).
+
+use std::collections::{HashMap, VecDeque};
+
+use protocol::round::client::ClientView;
+use protocol::session::release::Release;
+use protocol::session::{
+    ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, ReleasePlan, RoundPolicy,
+};
+use protocol::wire::{self, Aggregation, Participant, PeerBytes, Request};
+use protocol::RoundStart;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+/// The term every simulated round runs in (the simulation has one host throughout).
+const TERM: u64 = 1;
+
+/// Bytes a round moved, by direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bytes {
+    /// Host → clients.
+    pub down: usize,
+    /// Clients → host.
+    pub up: usize,
+}
+
+/// How a round's host session ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoundEnd {
+    /// The sum of `included` clients' uploads is out.
+    Sum {
+        /// The sum.
+        sum: Vec<f64>,
+        /// Clients whose uploads are in it.
+        included: usize,
+    },
+    /// The host gave the round up (too few uploads).
+    Abandoned(String),
+}
+
+/// One host and `n` clients of a simulated federation.
+pub struct Federation {
+    host: PeerBytes,
+    peers: Vec<PeerBytes>,
+    index: HashMap<PeerBytes, usize>,
+    keys: Vec<Ed25519KeyPair>,
+    participants: Vec<Participant>,
+    clients: Vec<ClientSession>,
+    aggregation: Aggregation,
+    policy: RoundPolicy,
+    rng: ChaCha20Rng,
+    /// Requests in flight: (from client, to client) where `None` is the host.
+    wire: VecDeque<(Option<usize>, Option<usize>, Request)>,
+    session: Option<HostSession>,
+    learning: Vec<usize>,
+    end: Option<RoundEnd>,
+    bytes: Bytes,
+    attempts: u32,
+}
+
+impl Federation {
+    /// A federation of `n` clients whose uploads are clipped to `clip`, summed securely when
+    /// `secure`; keys and graph seeds come from `seed`.
+    pub fn new(n: usize, secure: bool, clip: f64, seed: u64) -> anyhow::Result<Self> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let host = b"sim-host".to_vec();
+        let peers: Vec<PeerBytes> = (0..n)
+            .map(|k| format!("sim-client-{k}").into_bytes())
+            .collect();
+        let keys = (0..n)
+            .map(|_| {
+                let mut s = [0u8; 32];
+                rng.fill_bytes(&mut s);
+                Ed25519KeyPair::from_seed_unchecked(&s)
+                    .map_err(|e| anyhow::anyhow!("client key: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let participants = peers
+            .iter()
+            .zip(&keys)
+            .map(|(peer, key)| -> anyhow::Result<Participant> {
+                Ok(Participant {
+                    peer: peer.clone(),
+                    identity: key.public_key().as_ref().try_into()?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            index: peers
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(k, p)| (p, k))
+                .collect(),
+            host,
+            peers,
+            keys,
+            participants,
+            clients: (0..n).map(|_| ClientSession::accepting_plain()).collect(),
+            aggregation: if secure {
+                Aggregation::Secure
+            } else {
+                Aggregation::Plain
+            },
+            // One tick per delivery pass; the in-memory transport loses nothing, so no stage
+            // ever waits for its deadline.
+            policy: RoundPolicy {
+                stage_ticks: 1,
+                clip,
+            },
+            rng,
+            wire: VecDeque::new(),
+            session: None,
+            learning: Vec::new(),
+            end: None,
+            bytes: Bytes::default(),
+            attempts: 0,
+        })
+    }
+
+    /// Opens a round: the host's offer reaches every client (and, with secure aggregation,
+    /// the key exchange runs up to where the clients must learn). Returns the clients that
+    /// were asked to learn, in order.
+    pub fn open(&mut self, start: RoundStart) -> anyhow::Result<Vec<usize>> {
+        let mut graph_seed = [0u8; 32];
+        self.rng.fill_bytes(&mut graph_seed);
+        let open = OpenRound {
+            term: TERM,
+            attempt: self.attempts,
+            start: Box::new(start),
+            participants: self.participants.clone(),
+            host: self.host.clone(),
+            members: self.peers.len() + 1,
+            graph_seed,
+            aggregation: self.aggregation,
+        };
+        self.attempts += 1;
+        self.bytes = Bytes::default();
+        self.end = None;
+        self.learning.clear();
+        let (session, effects) = HostSession::open(open, self.policy)?;
+        self.session = Some(session);
+        self.host_effects(effects);
+        self.run()?;
+        Ok(std::mem::take(&mut self.learning))
+    }
+
+    /// What client `k`'s release this round must fit.
+    pub fn plan(&self, k: usize) -> anyhow::Result<ReleasePlan> {
+        let (term, round, attempt) = self
+            .clients
+            .get(k)
+            .and_then(ClientSession::engaged)
+            .ok_or_else(|| anyhow::anyhow!("client {k} is in no round"))?;
+        self.clients[k]
+            .release_plan(term, round, attempt)
+            .ok_or_else(|| anyhow::anyhow!("client {k} has no release plan"))
+    }
+
+    /// Client `k`'s release is ready (privatised, or refused by its ledger): its session
+    /// masks and sends it, or tells the host it sits the round out.
+    pub fn released(
+        &mut self,
+        k: usize,
+        plan: &ReleasePlan,
+        release: Release,
+    ) -> anyhow::Result<()> {
+        let client = self
+            .clients
+            .get_mut(k)
+            .ok_or_else(|| anyhow::anyhow!("no client {k}"))?;
+        let effects = match release {
+            Release::Noised(values) => client.on_released(plan, &values)?,
+            Release::BudgetExhausted => client.on_budget_exhausted(plan),
+        };
+        self.client_effects(k, effects);
+        self.run()
+    }
+
+    /// How the round ended, once every client answered; `None` while it is still open.
+    pub fn end(&mut self) -> Option<RoundEnd> {
+        let end = self.end.take();
+        if end.is_some() {
+            self.session = None;
+            for c in &mut self.clients {
+                c.leave();
+            }
+        }
+        end
+    }
+
+    /// Bytes moved in the round so far.
+    pub fn bytes(&self) -> Bytes {
+        self.bytes
+    }
+
+    /// Delivers everything in flight, and what it causes, in order.
+    fn run(&mut self) -> anyhow::Result<()> {
+        while let Some((from, to, request)) = self.wire.pop_front() {
+            let size = wire::encoded_len(&request)?;
+            match to {
+                None => {
+                    self.bytes.up += size;
+                    let Some(k) = from else { continue };
+                    let sender = self.peers[k].clone();
+                    let Some(session) = self.session.as_mut() else {
+                        continue;
+                    };
+                    let effects = match request {
+                        Request::SecAgg(p) => session.on_secagg(&sender, p),
+                        Request::Upload(p) => session.on_upload(&sender, p),
+                        Request::Abstain {
+                            term,
+                            round,
+                            attempt,
+                            ..
+                        } => session.on_abstain(&sender, term, round, attempt),
+                        other => anyhow::bail!("the host got a {:?} request", other.kind()),
+                    }
+                    .map_err(|e| anyhow::anyhow!("the host refused client {k}: {e}"))?;
+                    self.host_effects(effects);
+                }
+                Some(k) => {
+                    self.bytes.down += size;
+                    let view = ClientView {
+                        me: &self.peers[k],
+                        leader: Some(&self.host),
+                        term: TERM,
+                        last_completed: 0,
+                    };
+                    let client = &mut self.clients[k];
+                    let effects = match request {
+                        Request::Offer(offer) => client.on_offer(
+                            &self.host,
+                            *offer,
+                            view,
+                            false,
+                            &self.keys[k],
+                            &mut self.rng,
+                        ),
+                        Request::SecAgg(p) => client.on_secagg(&self.host, p),
+                        other => anyhow::bail!("client {k} got a {:?} request", other.kind()),
+                    }
+                    .map_err(|e| anyhow::anyhow!("client {k} refused the host: {e}"))?;
+                    self.client_effects(k, effects);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn host_effects(&mut self, effects: Vec<HostEffect>) {
+        for effect in effects {
+            match effect {
+                HostEffect::Send { to, request } => {
+                    let to = self.index.get(&to).copied();
+                    if to.is_some() {
+                        self.wire.push_back((None, to, request));
+                    }
+                }
+                HostEffect::Improve { sum, .. } => {
+                    let included = self.session.as_ref().map_or(0, |s| s.included().len());
+                    self.end = Some(RoundEnd::Sum { sum, included });
+                }
+                HostEffect::Abandoned { reason } => self.end = Some(RoundEnd::Abandoned(reason)),
+                HostEffect::Phase { .. } | HostEffect::Completed => {}
+            }
+        }
+    }
+
+    fn client_effects(&mut self, k: usize, effects: Vec<ClientEffect>) {
+        for effect in effects {
+            match effect {
+                ClientEffect::Send { request, .. } => self.wire.push_back((Some(k), None, request)),
+                ClientEffect::Learn { .. } => self.learning.push(k),
+                ClientEffect::Phase { .. } => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> RoundStart {
+        RoundStart {
+            round: 1,
+            side: 2,
+            classes: 2,
+            emb_dim: 2,
+            images: vec![7; 3 * 2 * 2],
+            prompt_class: vec![0, 1, 0],
+            prompt_template: vec![0, 1, 2],
+            text_emb: vec![0.5; 3 * 2],
+            teacher: None,
+        }
+    }
+
+    fn upload(k: usize) -> Vec<f32> {
+        (0..8).map(|j| 0.125 * (k + j) as f32).collect()
+    }
+
+    /// Runs one round of `n` clients; the clients in `abstain` sit it out.
+    fn round(n: usize, secure: bool, abstain: &[usize]) -> (Option<RoundEnd>, Bytes) {
+        let mut fed = Federation::new(n, secure, 1.0, 3).unwrap();
+        assert_eq!(fed.open(start()).unwrap(), (0..n).collect::<Vec<_>>());
+        for k in 0..n {
+            let plan = fed.plan(k).unwrap();
+            let release = if abstain.contains(&k) {
+                Release::BudgetExhausted
+            } else {
+                Release::Noised(upload(k))
+            };
+            fed.released(k, &plan, release).unwrap();
+        }
+        (fed.end(), fed.bytes())
+    }
+
+    #[test]
+    fn plain_and_secure_rounds_release_the_same_sum_and_secure_costs_more_bytes() {
+        let want: Vec<f64> = (0..8)
+            .map(|j| (0..4).map(|k| f64::from(upload(k)[j])).sum())
+            .collect();
+        let (plain, plain_bytes) = round(4, false, &[]);
+        assert_eq!(
+            plain,
+            Some(RoundEnd::Sum {
+                sum: want.clone(),
+                included: 4
+            })
+        );
+        let (Some(RoundEnd::Sum { sum, included }), secure_bytes) = round(4, true, &[]) else {
+            panic!("no secure sum");
+        };
+        assert_eq!(included, 4);
+        for (a, b) in sum.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(plain_bytes.down > 0 && plain_bytes.up > 0);
+        assert!(secure_bytes.up > plain_bytes.up && secure_bytes.down > plain_bytes.down);
+    }
+
+    #[test]
+    fn an_abstention_ends_a_plain_round_but_not_a_secure_one() {
+        let (end, _) = round(4, false, &[2]);
+        assert!(matches!(end, Some(RoundEnd::Abandoned(_))), "{end:?}");
+        let (end, _) = round(4, true, &[2]);
+        assert!(
+            matches!(end, Some(RoundEnd::Sum { included: 3, .. })),
+            "{end:?}"
+        );
+    }
+}
