@@ -35,6 +35,8 @@ pub struct HostRound {
     /// Participants that sat the round out: no later stage waits for them either.
     abstained: BTreeSet<u32>,
     ticks_left: u64,
+    /// Members the checkpoint was sent to: only their acknowledgements count.
+    replica_targets: BTreeSet<PeerBytes>,
     /// Members (besides the host) that hold the checkpoint, and how many make a majority.
     replicas: BTreeSet<PeerBytes>,
     replicas_needed: usize,
@@ -61,6 +63,7 @@ impl HostRound {
             heard: BTreeSet::new(),
             abstained: BTreeSet::new(),
             ticks_left: first_stage_ticks.max(1),
+            replica_targets: BTreeSet::new(),
             replicas: BTreeSet::new(),
             replicas_needed,
         }
@@ -169,9 +172,11 @@ impl HostRound {
         Ok(others)
     }
 
-    /// The generator was improved and the checkpoint sent out: wait for replicas for `ticks`.
-    pub fn replicating(&mut self, ticks: u64) {
+    /// The generator was improved and the checkpoint sent to `targets`: wait for their
+    /// acknowledgements for `ticks`.
+    pub fn replicating(&mut self, ticks: u64, targets: impl IntoIterator<Item = PeerBytes>) {
         if self.stage == HostStage::Improve {
+            self.replica_targets = targets.into_iter().collect();
             self.stage = if self.replicas_needed == 0 {
                 HostStage::Complete
             } else {
@@ -182,10 +187,14 @@ impl HostRound {
     }
 
     /// A member acknowledged holding the checkpoint; true when the round just became complete.
+    /// Only a member the checkpoint was sent to counts toward the majority.
     pub fn replica(&mut self, from: &[u8], term: u64, round: u64) -> Result<bool, RoundError> {
         self.check(term, round)?;
         if self.stage != HostStage::Replicate {
             return Ok(false);
+        }
+        if !self.replica_targets.contains(from) {
+            return Err(RoundError::WrongSender(Sender::CheckpointTarget));
         }
         self.replicas.insert(from.to_vec());
         if self.replicas.len() >= self.replicas_needed {
@@ -302,7 +311,12 @@ mod tests {
         }
         r.advance(None, []);
         assert_eq!(r.replica(&[1], 4, 7), Ok(false), "not replicating yet");
-        r.replicating(5);
+        r.replicating(5, [vec![1], vec![2]]);
+        assert_eq!(
+            r.replica(&[9], 4, 7),
+            Err(RoundError::WrongSender(Sender::CheckpointTarget)),
+            "not sent the checkpoint: not a replica"
+        );
         assert_eq!(r.replica(&[1], 4, 7), Ok(false));
         assert_eq!(
             r.replica(&[1], 4, 7),

@@ -56,6 +56,8 @@ pub enum Sender {
     Participant,
     /// A host whose offer lists this node.
     InvitingHost,
+    /// A member the host sent the round's checkpoint to.
+    CheckpointTarget,
 }
 
 impl std::fmt::Display for Sender {
@@ -65,6 +67,7 @@ impl std::fmt::Display for Sender {
             Sender::RoundHost => "the host of this round",
             Sender::Participant => "a participant of this round",
             Sender::InvitingHost => "a host that invited this node",
+            Sender::CheckpointTarget => "a member the checkpoint was sent to",
         })
     }
 }

@@ -296,7 +296,8 @@ impl HostSession {
         if self.round.stage() != HostStage::Improve || checkpoint.round != self.round.round() {
             return Vec::new();
         }
-        self.round.replicating(self.policy.replication_ticks());
+        self.round
+            .replicating(self.policy.replication_ticks(), members.iter().cloned());
         let mut effects = vec![HostEffect::Phase {
             phase: Phase::Replicate,
             participants: self.included.len() as u32,
@@ -312,7 +313,8 @@ impl HostSession {
         effects
     }
 
-    /// A member acknowledged holding the checkpoint of (`term`, `round`).
+    /// A member acknowledged holding the checkpoint of (`term`, `round`); only the members
+    /// it was sent to count.
     pub fn on_replica(
         &mut self,
         from: &[u8],
