@@ -467,6 +467,7 @@ impl Sim {
             host: peer(0),
             members: n,
             graph_seed: [round as u8; 32],
+            aggregation: protocol::wire::Aggregation::Secure,
         };
         HostSession::open(open, POLICY).unwrap()
     }
