@@ -25,14 +25,14 @@ const BOUND_IN_CLIPS: f32 = 16.0;
 struct PhaseClock {
     phase: Phase,
     since: Instant,
-    seconds: BTreeMap<&'static str, f64>,
-    bytes: BTreeMap<&'static str, u64>,
+    seconds: BTreeMap<Phase, f64>,
+    bytes: BTreeMap<Phase, u64>,
 }
 
 impl PhaseClock {
     fn new(phase: Phase, already: f64) -> Self {
         let mut seconds = BTreeMap::new();
-        seconds.insert(Phase::Generate.name(), already);
+        seconds.insert(Phase::Generate, already);
         Self {
             phase,
             since: Instant::now(),
@@ -43,14 +43,14 @@ impl PhaseClock {
 
     /// Closes the current phase and opens `next`.
     fn enter(&mut self, next: Phase) {
-        *self.seconds.entry(self.phase.name()).or_default() += self.since.elapsed().as_secs_f64();
+        *self.seconds.entry(self.phase).or_default() += self.since.elapsed().as_secs_f64();
         self.phase = next;
         self.since = Instant::now();
     }
 
     /// Counts `n` bytes sent or received in `phase`.
     fn count(&mut self, phase: Phase, n: usize) {
-        *self.bytes.entry(phase.name()).or_default() += n as u64;
+        *self.bytes.entry(phase).or_default() += n as u64;
     }
 
     fn total_bytes(&self) -> u64 {
@@ -637,20 +637,19 @@ impl Node {
         self.election.set_last_completed_round(round);
         self.client.leave_round(round);
         let (hash, kept, mean_reward) = active.checkpoint.unwrap_or(([0; 32], 0, 0.0));
-        let metrics = serde_json::json!({
-            "role": "host",
-            "round": round,
-            "term": term,
-            "participants": active.included,
-            "kept": kept,
-            "mean_reward": mean_reward,
-            "seconds": seconds,
-            "bytes": bytes,
-            "phase_seconds": active.clock.seconds,
-            "phase_bytes": active.clock.bytes,
-            "checkpoint": crate::store::to_hex(&hash),
-            "test_acc": active.own_test_acc,
-        });
+        let metrics = crate::metrics::RoundMetrics::Host {
+            round,
+            term,
+            participants: active.included.clone(),
+            kept,
+            mean_reward,
+            seconds,
+            bytes,
+            phase_seconds: active.clock.seconds,
+            phase_bytes: active.clock.bytes,
+            checkpoint: crate::store::to_hex(&hash),
+            test_acc: active.own_test_acc,
+        };
         self.store.set_metrics(&metrics)?;
         self.last_metrics = Some(metrics);
         tracing::info!(term, round, seconds, bytes, "round complete");

@@ -146,7 +146,7 @@ pub struct Node {
     host: Option<HostSide>,
     client: ClientSide,
     admin: watch::Sender<AdminState>,
-    last_metrics: Option<serde_json::Value>,
+    last_metrics: Option<crate::metrics::RoundMetrics>,
     ledger_view: LedgerView,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
@@ -559,7 +559,7 @@ impl Node {
         self.store.set_phase(&PhaseRecord {
             round,
             term,
-            phase: phase.name().to_string(),
+            phase,
             role: role.to_string(),
             updated_unix_ms: now_ms(),
         })?;

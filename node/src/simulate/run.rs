@@ -16,7 +16,8 @@ use super::fedavg::{average_into, copy_from_first};
 use super::setup::{eval_rng, sub_seed, Setup};
 use crate::round::{Client, Host};
 
-/// Seconds spent in each phase of a round.
+/// Seconds spent in each phase of a round. Its fields are [`protocol::wire::Phase`] names (a
+/// test in `crate::metrics` checks it) plus `evaluate`; a struct so the report shows every one.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseSeconds {
     /// Host samples the synthetic set.
