@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::wire::Phase;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::metrics::RoundMetrics;
 use crate::store::{write_atomic, DataDir, PeerRecord, StoreError};
 
 /// Longest request line, newline excluded.
@@ -100,7 +102,7 @@ pub struct StatusReport {
     /// Last completed round.
     pub round: u64,
     /// Phase of the round in progress.
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// Peer ids of the known (running: connected) peers.
     pub peers: Vec<String>,
     /// ε spent so far, at `delta`.
@@ -110,7 +112,7 @@ pub struct StatusReport {
     /// δ at which ε is measured.
     pub delta: f64,
     /// Metrics of the last completed round.
-    pub last_metrics: Option<Value>,
+    pub last_metrics: Option<RoundMetrics>,
     /// What the host does before its first round, while it does it: "pre-training",
     /// "pre-training (cached)" or "resuming".
     #[serde(default, skip_serializing_if = "Option::is_none")]

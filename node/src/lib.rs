@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod paths;
 pub mod report;

@@ -24,9 +24,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
+use protocol::wire::Phase;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::config::CONFIG_FILE;
+use crate::metrics::RoundMetrics;
 
 /// Identity key file name.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -273,8 +275,8 @@ pub struct PhaseRecord {
     pub round: u64,
     /// Election term it runs under.
     pub term: u64,
-    /// Round phase (e.g. `generate`, `learn`, `judge`, `aggregate`, `improve`).
-    pub phase: String,
+    /// Round phase (its JSON form is the lower-case name, e.g. `"judge"`).
+    pub phase: Phase,
     /// This node's role in it (`host` or `client`).
     pub role: String,
     /// When it was recorded, ms since the Unix epoch.
@@ -459,12 +461,12 @@ impl NodeStore {
     }
 
     /// Records the last round's metrics (durable before returning).
-    pub fn set_metrics(&self, metrics: &serde_json::Value) -> Result<()> {
+    pub fn set_metrics(&self, metrics: &RoundMetrics) -> Result<()> {
         self.put_json(&self.db, METRICS_KEY, metrics, "metrics")
     }
 
     /// The last round's metrics, if any.
-    pub fn metrics(&self) -> Result<Option<serde_json::Value>> {
+    pub fn metrics(&self) -> Result<Option<RoundMetrics>> {
         self.get_json(METRICS_KEY, "metrics")
     }
 
@@ -644,11 +646,23 @@ mod tests {
         let phase = PhaseRecord {
             round: 4,
             term: 2,
-            phase: "judge".into(),
+            phase: Phase::Judge,
             role: "client".into(),
             updated_unix_ms: 123,
         };
-        let metrics = serde_json::json!({"round": 3, "accuracy": 0.5});
+        let metrics = RoundMetrics::Host {
+            round: 3,
+            term: 2,
+            participants: vec!["peer-a".into(), "peer-b".into()],
+            kept: 40,
+            mean_reward: 0.625,
+            seconds: 9.5,
+            bytes: 1 << 20,
+            phase_seconds: [(Phase::Learn, 4.0), (Phase::Replicate, 0.5)].into(),
+            phase_bytes: [(Phase::Aggregate, 1 << 19), (Phase::Replicate, 1 << 19)].into(),
+            checkpoint: to_hex(&sha256(b"generator weights")),
+            test_acc: Some(0.75),
+        };
         let hash = {
             let s = NodeStore::open(dir.path()).unwrap();
             assert_eq!(s.election().unwrap(), (0, None));
@@ -689,6 +703,48 @@ mod tests {
         assert_eq!(s.latest_checkpoint().unwrap(), Some((3, hash)));
         assert_eq!(s.get_checkpoint(&hash).unwrap(), b"generator weights");
         assert_eq!(to_hex(&hash), to_hex(&sha256(b"generator weights")));
+    }
+
+    #[test]
+    fn records_written_before_the_typed_phase_and_metrics_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = NodeStore::open(dir.path()).unwrap();
+        // The bytes the node stored when the phase was a string and the metrics a `json!` object.
+        let old_phase =
+            br#"{"round":4,"term":2,"phase":"abandoned","role":"client","updated_unix_ms":123}"#;
+        s.db.insert(PHASE_KEY, &old_phase[..]).unwrap();
+        s.db.insert(METRICS_KEY, crate::metrics::OLD_HOST.as_bytes())
+            .unwrap();
+        assert_eq!(s.phase().unwrap().map(|p| p.phase), Some(Phase::Abandoned));
+        let Some(RoundMetrics::Host {
+            round,
+            participants,
+            phase_seconds,
+            checkpoint,
+            ..
+        }) = s.metrics().unwrap()
+        else {
+            panic!("host metrics expected");
+        };
+        assert_eq!((round, participants.len()), (3, 3));
+        assert_eq!(phase_seconds.get(&Phase::Learn), Some(&4.0));
+        assert_eq!(checkpoint.len(), 64);
+        s.db.insert(METRICS_KEY, crate::metrics::OLD_CLIENT.as_bytes())
+            .unwrap();
+        assert!(matches!(
+            s.metrics().unwrap(),
+            Some(RoundMetrics::Client { round: 3, .. })
+        ));
+        // A metrics record of another shape is a typed error, not zeros.
+        s.db.insert(METRICS_KEY, &br#"{"round": 3, "accuracy": 0.5}"#[..])
+            .unwrap();
+        assert!(matches!(
+            s.metrics(),
+            Err(StoreError::Malformed {
+                what: "metrics",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use node::admin::{self, StatusReport};
 use node::config::NodeConfig;
+use node::metrics::RoundMetrics;
+use protocol::wire::Phase;
 use serde_json::Value;
 
 const PSK: &str = "5f3c1a9e0b7d2468ace013579bdf02468ace013579bdf02468ace013579bdf01";
@@ -182,7 +184,11 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     let victim = (0..n).find(|&i| ids[i] != host).unwrap();
     wait_for("the victim in round 2", Duration::from_secs(30), || {
         procs[victim].status().is_some_and(|s| {
-            s.round == 1 && matches!(s.phase.as_deref(), Some("learn" | "judge" | "aggregate"))
+            s.round == 1
+                && matches!(
+                    s.phase,
+                    Some(Phase::Learn | Phase::Judge | Phase::Aggregate)
+                )
         })
     });
     procs[victim].sigkill();
@@ -201,7 +207,7 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
     wait_for("the host in round 3", Duration::from_secs(60), || {
         procs[h].status().is_some_and(|s| {
             (2..rounds).contains(&s.round)
-                && !matches!(s.phase.as_deref(), Some("complete" | "abandoned"))
+                && !matches!(s.phase, Some(Phase::Complete | Phase::Abandoned))
         })
     });
     let killed_at = Instant::now();
@@ -304,17 +310,19 @@ fn three_nodes_elect_one_host_and_every_node_contributes_to_each_round() {
     let h = ids.iter().position(|id| *id == host).unwrap();
     // The host's last round summed all three uploads, its own included, and it learned too.
     let metrics = statuses[h].last_metrics.clone().unwrap();
-    let mut participants: Vec<String> = metrics["participants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let RoundMetrics::Host {
+        mut participants,
+        test_acc,
+        ..
+    } = metrics.clone()
+    else {
+        panic!("the host reports client metrics: {metrics:?}");
+    };
     participants.sort();
     let mut all = ids.clone();
     all.sort();
-    assert_eq!(participants, all, "{metrics}");
-    assert!(metrics["test_acc"].as_f64().is_some(), "{metrics}");
+    assert_eq!(participants, all, "{metrics:?}");
+    assert!(test_acc.is_some(), "{metrics:?}");
     // Each node, the host too, charged its own ledger once per round before its upload left.
     for (i, p) in procs.iter().enumerate() {
         let audit = p.audit();

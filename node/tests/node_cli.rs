@@ -7,7 +7,9 @@ use std::process::{Command, Output};
 use libp2p::PeerId;
 use node::admin::{self, AdminState, PeerInfo, StatusReport};
 use node::config::{load_psk, NodeConfig};
+use node::metrics::RoundMetrics;
 use node::store::{DataDir, NodeStore, PeerRecord};
+use protocol::wire::Phase;
 use serde_json::Value;
 
 const HEX: &str = "5f3c1a9e0b7d2468ace013579bdf02468ace013579bdf02468ace013579bdf01";
@@ -273,12 +275,17 @@ fn admin_endpoint_round_trip() {
             term: 7,
             host: Some(peer.clone()),
             round: 5,
-            phase: Some("judge".into()),
+            phase: Some(Phase::Judge),
             peers: vec!["p1".into(), "p2".into()],
             epsilon_spent: 1.25,
             epsilon_budget: 8.0,
             delta: 1e-5,
-            last_metrics: Some(serde_json::json!({"mean_accuracy": 0.7})),
+            last_metrics: Some(RoundMetrics::Client {
+                round: 5,
+                term: 7,
+                test_acc: 0.7,
+                learn_seconds: 2.5,
+            }),
             preparing: Some("pre-training (cached)".into()),
         },
         peers: vec![PeerInfo {
@@ -313,6 +320,8 @@ fn admin_endpoint_round_trip() {
     assert_eq!(v["running"], true);
     assert_eq!(v["term"], 7);
     assert_eq!(v["phase"], "judge");
+    assert_eq!(v["last_metrics"]["role"], "client");
+    assert_eq!(v["last_metrics"]["test_acc"].as_f64(), Some(0.7));
     assert_eq!(v["preparing"], "pre-training (cached)");
     let p = json(&["peers", "--data-dir", path(tmp.path()), "--json"]);
     assert_eq!(p["running"], true);

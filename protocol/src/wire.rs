@@ -207,8 +207,10 @@ pub enum Response {
     Rejected(Refusal),
 }
 
-/// Round phases as announced to the federation (progress displays, `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Round phases as announced to the federation (progress displays, `status`), in the order a
+/// round runs them. Serialized by name in JSON (`"learn"`), by variant index with postcard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// The host samples the synthetic set.
     Generate,
@@ -241,6 +243,41 @@ impl Phase {
             Phase::Complete => "complete",
             Phase::Abandoned => "abandoned",
         }
+    }
+
+    /// Every phase, in the order a round runs them (the order of `Ord`).
+    pub const ALL: [Phase; 8] = [
+        Phase::Generate,
+        Phase::Learn,
+        Phase::Judge,
+        Phase::Aggregate,
+        Phase::Improve,
+        Phase::Replicate,
+        Phase::Complete,
+        Phase::Abandoned,
+    ];
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A phase name that is none of [`Phase::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown round phase {0:?}")]
+pub struct UnknownPhase(pub String);
+
+impl std::str::FromStr for Phase {
+    type Err = UnknownPhase;
+
+    /// Parses a [`Phase::name`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPhase(s.to_string()))
     }
 }
 
@@ -400,5 +437,31 @@ mod tests {
             Some(Kind::Checkpoint)
         );
         assert_eq!(Kind::from_tag(0), None);
+    }
+
+    #[test]
+    fn phase_names_order_and_encodings() {
+        assert!(
+            Phase::ALL.windows(2).all(|w| w[0] < w[1]),
+            "ALL is in Ord order"
+        );
+        for (i, p) in Phase::ALL.into_iter().enumerate() {
+            assert_eq!(p.name().parse::<Phase>(), Ok(p));
+            assert_eq!(p.to_string(), p.name());
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.name())
+            );
+            assert_eq!(
+                serde_json::from_str::<Phase>(&format!("\"{p}\"")).unwrap(),
+                p
+            );
+            // On the wire a phase stays one byte, its variant index.
+            assert_eq!(postcard::to_allocvec(&p).unwrap(), vec![i as u8]);
+        }
+        assert_eq!(
+            "Learn".parse::<Phase>(),
+            Err(UnknownPhase("Learn".to_string()))
+        );
     }
 }

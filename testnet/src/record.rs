@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use protocol::wire::Phase;
 use serde::{Deserialize, Serialize};
 
 /// One node of the testnet.
@@ -84,10 +85,10 @@ pub struct RoundRecord {
     pub seconds: f64,
     /// Bytes the host sent and received for the round.
     pub bytes: u64,
-    /// Seconds per phase (generate, learn, aggregate, improve, replicate).
-    pub phase_seconds: BTreeMap<String, f64>,
-    /// Bytes per phase.
-    pub phase_bytes: BTreeMap<String, u64>,
+    /// Seconds per phase (generate, learn, aggregate, improve, replicate), keyed by name.
+    pub phase_seconds: BTreeMap<Phase, f64>,
+    /// Bytes per phase, keyed by name.
+    pub phase_bytes: BTreeMap<Phase, u64>,
     /// ε spent by each node after the round, by node index.
     pub epsilon: BTreeMap<usize, f64>,
     /// SHA-256 of the round's checkpoint.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use node::report::grid::write_grid;
 use node::report::plots::{line_chart, Series};
+use protocol::wire::Phase;
 
 use crate::record::{RoundRecord, TestnetReport};
 
@@ -24,9 +25,6 @@ pub struct GridImages {
     /// Image side in pixels.
     pub side: usize,
 }
-
-/// Phases in the order a round runs them; others follow alphabetically.
-const PHASE_ORDER: [&str; 5] = ["generate", "learn", "aggregate", "improve", "replicate"];
 
 /// One chart to draw: file name, title, axis labels and its lines.
 struct Chart {
@@ -146,25 +144,17 @@ fn node_name(index: Option<usize>) -> String {
     index.map_or_else(|| "–".into(), |i| format!("n{i}"))
 }
 
-/// Phase names present in any round, in running order.
-fn phase_names(rounds: &[RoundRecord]) -> Vec<String> {
-    let present: BTreeSet<&str> = rounds
+/// Phases present in any round, in the order a round runs them ([`Phase::ALL`]).
+fn phase_names(rounds: &[RoundRecord]) -> Vec<Phase> {
+    let present: BTreeSet<Phase> = rounds
         .iter()
         .flat_map(|r| r.phase_seconds.keys().chain(r.phase_bytes.keys()))
-        .map(String::as_str)
+        .copied()
         .collect();
-    let mut names: Vec<String> = PHASE_ORDER
-        .iter()
-        .filter(|p| present.contains(*p))
-        .map(|p| (*p).to_string())
-        .collect();
-    names.extend(
-        present
-            .iter()
-            .filter(|p| !PHASE_ORDER.contains(p))
-            .map(|p| (*p).to_string()),
-    );
-    names
+    Phase::ALL
+        .into_iter()
+        .filter(|p| present.contains(p))
+        .collect()
 }
 
 /// Per-round points of `f`, sorted by round.
@@ -292,7 +282,7 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             .iter()
             .map(|p| {
                 Series::line(
-                    p.clone(),
+                    p.name(),
                     per_round(rounds, |r| r.phase_seconds.get(p).copied()),
                 )
             })
@@ -311,7 +301,7 @@ fn charts(report: &TestnetReport) -> Vec<Chart> {
             .iter()
             .map(|p| {
                 Series::line(
-                    p.clone(),
+                    p.name(),
                     per_round(rounds, |r| r.phase_bytes.get(p).map(|&b| mb(b))),
                 )
             })
@@ -484,7 +474,8 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
     if !phases.is_empty() {
         let _ = writeln!(s, "\n## Phases\n");
         let _ = writeln!(s, "Seconds / MB at the host.\n");
-        let _ = writeln!(s, "| round | {} |", phases.join(" | "));
+        let names: Vec<&str> = phases.iter().map(|p| p.name()).collect();
+        let _ = writeln!(s, "| round | {} |", names.join(" | "));
         let _ = writeln!(s, "|---|{}", "---|".repeat(phases.len()));
         for x in &r.rounds {
             let cells: Vec<String> = phases
@@ -666,6 +657,15 @@ mod tests {
     use super::*;
     use crate::record::{FaultRecord, GenPoint, NodeSummary, TermRecord};
 
+    /// The phases a host's clock times.
+    const HOST_PHASES: [Phase; 5] = [
+        Phase::Generate,
+        Phase::Learn,
+        Phase::Aggregate,
+        Phase::Improve,
+        Phase::Replicate,
+    ];
+
     const PEERS: [&str; 4] = [
         "12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000",
         "12D3KooWBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb111111",
@@ -714,11 +714,8 @@ mod tests {
                     mean_reward: 0.7,
                     seconds: 10.0 + round as f64,
                     bytes: 2_500_000,
-                    phase_seconds: PHASE_ORDER.iter().map(|p| (p.to_string(), 1.25)).collect(),
-                    phase_bytes: PHASE_ORDER
-                        .iter()
-                        .map(|p| (p.to_string(), 500_000))
-                        .collect(),
+                    phase_seconds: HOST_PHASES.iter().map(|&p| (p, 1.25)).collect(),
+                    phase_bytes: HOST_PHASES.iter().map(|&p| (p, 500_000)).collect(),
                     epsilon: (0..4).map(|n| (n, 0.5 * round as f64)).collect(),
                     checkpoint: format!("{round:064x}"),
                 }
@@ -846,6 +843,10 @@ mod tests {
         assert_eq!(json["intruder_refused"], true);
         let back: TestnetReport = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back.rounds.len(), 3);
+        // Phases are keyed by name in report.json and read back as the same phases.
+        assert_eq!(json["rounds"][0]["phase_seconds"]["learn"], 1.25);
+        assert_eq!(json["rounds"][0]["phase_bytes"]["replicate"], 500_000);
+        assert_eq!(back.rounds[0].phase_seconds, report.rounds[0].phase_seconds);
 
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(md.contains("| 1 | n0 | `12D3Ko…000000` |"), "{md}");
@@ -862,6 +863,11 @@ mod tests {
         assert!(md.contains("(client_accuracy.png)"), "{md}");
         assert!(md.contains("| kill-host | 2 | n0 | 21.50 | n1 elected in term 2 |"));
         assert!(md.contains("14.25 s"), "{md}");
+        // The phase table runs in round order.
+        assert!(
+            md.contains("| round | generate | learn | aggregate | improve | replicate |"),
+            "{md}"
+        );
         // Round 3: mean 80.0%, worst 70.0%, local only 55.0%, generator 60.0%, Fréchet 17.00,
         // 13.00 s, 2.50 MB.
         assert!(

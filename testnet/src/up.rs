@@ -10,9 +10,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use node::admin::StatusReport;
 use node::config::ModelConfig;
+use node::metrics::RoundMetrics;
 use node::round::PretrainCache;
 use node::world::{federation_splits, partition};
 use privacy::ledger::Ledger;
+use protocol::wire::Phase;
 use rand::RngCore;
 
 use crate::cluster::{Cluster, NodeSettings};
@@ -497,76 +499,94 @@ fn observe(
 ) -> anyhow::Result<()> {
     for (i, s) in statuses.iter().enumerate() {
         let Some(s) = s else { continue };
-        if let Some(host) = &s.host {
-            seen.terms.entry(s.term).or_insert_with(|| host.clone());
-        }
-        let Some(m) = &s.last_metrics else { continue };
-        let round = m["round"].as_u64().unwrap_or(0);
-        let term = m["term"].as_u64().unwrap_or(0);
-        // Every node learns, the host too: its accuracy comes with the round's host metrics.
-        if let Some(acc) = m["test_acc"].as_f64() {
-            seen.client_acc.entry(round).or_default().insert(i, acc);
-        }
-        match m["role"].as_str() {
-            Some("host") if round > 0 => {
-                if let Some(prev) = seen.rounds.get(&round) {
-                    if prev.term != term {
-                        seen.double_counted.insert(round);
-                    }
-                    continue;
-                }
-                let participants: Vec<usize> = m["participants"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| p.as_str())
-                            .filter_map(index_of)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let epsilon = statuses
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, s)| s.as_ref().map(|s| (j, s.epsilon_spent)))
-                    .collect();
-                let hash = m["checkpoint"].as_str().unwrap_or("").to_string();
-                let rec = RoundRecord {
-                    round,
-                    term,
-                    host: s.peer_id.clone(),
-                    host_index: Some(i),
-                    participants: participants.len(),
-                    participant_nodes: participants,
-                    kept: m["kept"].as_u64().unwrap_or(0) as usize,
-                    mean_reward: m["mean_reward"].as_f64().unwrap_or(0.0),
-                    seconds: m["seconds"].as_f64().unwrap_or(0.0),
-                    bytes: m["bytes"].as_u64().unwrap_or(0),
-                    phase_seconds: serde_json::from_value(m["phase_seconds"].clone())
-                        .unwrap_or_default(),
-                    phase_bytes: serde_json::from_value(m["phase_bytes"].clone())
-                        .unwrap_or_default(),
-                    epsilon,
-                    checkpoint: hash.clone(),
-                    ..RoundRecord::default()
-                };
-                seen.rounds.insert(round, rec);
-                // Keep the checkpoint (nodes prune all but their newest few).
-                let dest = out.join("checkpoints").join(format!("round-{round}.bin"));
-                let found = cluster.nodes.iter().find_map(|n| {
-                    let src = n.dir.join("checkpoints").join(format!("{hash}.bin"));
-                    std::fs::read(&src).ok()
-                });
-                if let Some(bytes) = found {
-                    if node::store::to_hex(&node::store::sha256(&bytes)) == hash {
-                        std::fs::write(&dest, bytes)?;
-                        seen.checkpoints.insert(round, dest);
-                    }
-                }
+        let Some((round, hash)) = seen.read(i, s, statuses, index_of) else {
+            continue;
+        };
+        // Keep the checkpoint (nodes prune all but their newest few).
+        let dest = out.join("checkpoints").join(format!("round-{round}.bin"));
+        let found = cluster.nodes.iter().find_map(|n| {
+            let src = n.dir.join("checkpoints").join(format!("{hash}.bin"));
+            std::fs::read(&src).ok()
+        });
+        if let Some(bytes) = found {
+            if node::store::to_hex(&node::store::sha256(&bytes)) == hash {
+                std::fs::write(&dest, bytes)?;
+                seen.checkpoints.insert(round, dest);
             }
-            _ => {}
         }
     }
     Ok(())
+}
+
+impl Observed {
+    /// Takes in node `i`'s status: its term's host, its accuracy and, from a host's metrics, a
+    /// completed round. Returns that round and its checkpoint hash when it is seen first.
+    fn read(
+        &mut self,
+        i: usize,
+        s: &StatusReport,
+        statuses: &[Option<StatusReport>],
+        index_of: &dyn Fn(&str) -> Option<usize>,
+    ) -> Option<(u64, String)> {
+        if let Some(host) = &s.host {
+            self.terms.entry(s.term).or_insert_with(|| host.clone());
+        }
+        let m = s.last_metrics.as_ref()?;
+        // Every node learns, the host too: its accuracy comes with the round's host metrics.
+        if let Some(acc) = m.test_acc() {
+            self.client_acc.entry(m.round()).or_default().insert(i, acc);
+        }
+        let RoundMetrics::Host {
+            round,
+            term,
+            participants,
+            kept,
+            mean_reward,
+            seconds,
+            bytes,
+            phase_seconds,
+            phase_bytes,
+            checkpoint,
+            ..
+        } = m
+        else {
+            return None;
+        };
+        if *round == 0 {
+            return None;
+        }
+        if let Some(prev) = self.rounds.get(round) {
+            if prev.term != *term {
+                self.double_counted.insert(*round);
+            }
+            return None;
+        }
+        let participants: Vec<usize> = participants.iter().filter_map(|p| index_of(p)).collect();
+        let epsilon = statuses
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| s.as_ref().map(|s| (j, s.epsilon_spent)))
+            .collect();
+        let rec = RoundRecord {
+            round: *round,
+            term: *term,
+            host: s.peer_id.clone(),
+            host_index: Some(i),
+            participants: participants.len(),
+            participant_nodes: participants,
+            kept: *kept,
+            mean_reward: f64::from(*mean_reward),
+            seconds: *seconds,
+            bytes: *bytes,
+            phase_seconds: phase_seconds.clone(),
+            phase_bytes: phase_bytes.clone(),
+            epsilon,
+            checkpoint: checkpoint.clone(),
+            ..RoundRecord::default()
+        };
+        self.rounds.insert(*round, rec);
+        Some((*round, checkpoint.clone()))
+    }
 }
 
 /// The one-line live view: host, round phase, participation, ε.
@@ -585,7 +605,11 @@ fn progress_line(
     let phase = h
         .and_then(|h| statuses.get(h))
         .and_then(|s| s.as_ref())
-        .and_then(|s| s.preparing.clone().or_else(|| s.phase.clone()))
+        .and_then(|s| {
+            s.preparing
+                .clone()
+                .or_else(|| s.phase.map(|p| p.to_string()))
+        })
         .unwrap_or_else(|| "–".into());
     // One letter per node: H the host, then the client's phase; x down.
     let nodes: String = statuses
@@ -594,12 +618,12 @@ fn progress_line(
         .map(|(i, s)| match s {
             None => 'x',
             Some(_) if Some(i) == h => 'H',
-            Some(s) => match s.phase.as_deref() {
-                Some("learn") => 'l',
-                Some("judge") => 'j',
-                Some("aggregate") => 'a',
-                Some("complete") => 'c',
-                Some("abandoned") => '!',
+            Some(s) => match s.phase {
+                Some(Phase::Learn) => 'l',
+                Some(Phase::Judge) => 'j',
+                Some(Phase::Aggregate) => 'a',
+                Some(Phase::Complete) => 'c',
+                Some(Phase::Abandoned) => '!',
                 _ => '.',
             },
         })
@@ -642,9 +666,9 @@ fn step_fault(
     let host_phase = host_idx
         .and_then(|h| statuses.get(h))
         .and_then(|s| s.as_ref())
-        .and_then(|s| s.phase.clone());
+        .and_then(|s| s.phase);
     let in_round =
-        completed + 1 == round && matches!(host_phase.as_deref(), Some("learn" | "aggregate"));
+        completed + 1 == round && matches!(host_phase, Some(Phase::Learn | Phase::Aggregate));
     match a.fired_at {
         None => {
             if !in_round {
@@ -742,7 +766,7 @@ fn step_fault(
                 Ok(())
             }
             Fault::Drop { count, .. } => {
-                let abandoned = host_phase.as_deref() == Some("abandoned");
+                let abandoned = host_phase == Some(Phase::Abandoned);
                 if completed >= round || abandoned {
                     for &d in &a.down {
                         cluster.start(d)?;
@@ -778,7 +802,7 @@ mod tests {
         let host = |preparing: Option<&str>| StatusReport {
             peer_id: "h".into(),
             host: Some("h".into()),
-            phase: Some("generate".into()),
+            phase: Some(Phase::Generate),
             preparing: preparing.map(String::from),
             ..StatusReport::default()
         };
@@ -787,5 +811,84 @@ mod tests {
         assert!(line(host(Some("pre-training (cached)"))).contains(" · pre-training (cached) · "));
         assert!(line(host(Some("pre-training"))).contains(" · pre-training · "));
         assert!(line(host(None)).contains(" · generate · "));
+    }
+
+    /// What a host node's admin endpoint showed as `last_metrics` before the metrics were
+    /// typed (the node's `json!` object: keys sorted, the `f32` mean reward widened).
+    const OLD_HOST_METRICS: &str = r#"{"bytes":2523904,"checkpoint":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","kept":48,"mean_reward":0.699999988079071,"participants":["p0","p1","p2","p9"],"phase_bytes":{"aggregate":1048576,"generate":1400000,"replicate":75328},"phase_seconds":{"aggregate":0.75,"generate":2.5,"improve":1.25,"learn":4.0,"replicate":0.125},"role":"host","round":3,"seconds":8.625,"term":2,"test_acc":0.8125}"#;
+
+    #[test]
+    fn reads_a_round_from_the_hosts_metrics_and_an_accuracy_from_each_node() {
+        let index_of = |peer: &str| match peer {
+            "p0" => Some(0),
+            "p1" => Some(1),
+            "p2" => Some(2),
+            _ => None,
+        };
+        let status = |peer: &str, metrics: RoundMetrics, eps: f64| StatusReport {
+            peer_id: peer.into(),
+            term: 2,
+            host: Some("p1".into()),
+            epsilon_spent: eps,
+            last_metrics: Some(metrics),
+            ..StatusReport::default()
+        };
+        let host_metrics: RoundMetrics = serde_json::from_str(OLD_HOST_METRICS).unwrap();
+        let statuses = vec![
+            Some(status(
+                "p0",
+                RoundMetrics::Client {
+                    round: 3,
+                    term: 2,
+                    test_acc: 0.75,
+                    learn_seconds: 3.5,
+                },
+                1.5,
+            )),
+            Some(status("p1", host_metrics.clone(), 1.25)),
+            None,
+        ];
+        let mut seen = Observed::default();
+        assert_eq!(
+            seen.read(0, statuses[0].as_ref().unwrap(), &statuses, &index_of),
+            None
+        );
+        let host = statuses[1].as_ref().unwrap();
+        let new = seen.read(1, host, &statuses, &index_of);
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(new, Some((3, hash.to_string())));
+        assert_eq!(seen.terms.get(&2).map(String::as_str), Some("p1"));
+        assert_eq!(
+            seen.client_acc[&3],
+            BTreeMap::from([(0, 0.75), (1, 0.8125)])
+        );
+        let r = &seen.rounds[&3];
+        assert_eq!(
+            (r.round, r.term, r.host.as_str(), r.host_index),
+            (3, 2, "p1", Some(1))
+        );
+        // The unknown peer p9 is not a testnet node.
+        assert_eq!(
+            (r.participants, r.participant_nodes.clone()),
+            (3, vec![0, 1, 2])
+        );
+        assert_eq!(r.kept, 48);
+        assert_eq!(r.mean_reward, f64::from(0.7f32));
+        assert_eq!((r.seconds, r.bytes), (8.625, 2_523_904));
+        assert_eq!(r.phase_seconds.get(&Phase::Learn), Some(&4.0));
+        assert_eq!(r.phase_seconds.len(), 5);
+        assert_eq!(r.phase_bytes.get(&Phase::Replicate), Some(&75_328));
+        assert_eq!(r.epsilon, BTreeMap::from([(0, 1.5), (1, 1.25)]));
+        assert_eq!(r.checkpoint, hash);
+
+        // Seen again: nothing new; the same round from another term counts twice.
+        assert_eq!(seen.read(1, host, &statuses, &index_of), None);
+        assert!(seen.double_counted.is_empty());
+        let mut other = host.clone();
+        if let Some(RoundMetrics::Host { term, .. }) = other.last_metrics.as_mut() {
+            *term = 3;
+        }
+        assert_eq!(seen.read(2, &other, &statuses, &index_of), None);
+        assert_eq!(seen.double_counted, BTreeSet::from([3]));
     }
 }

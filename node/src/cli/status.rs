@@ -105,7 +105,7 @@ fn print_report(r: &StatusReport) {
         ("term", r.term.to_string()),
         ("host", r.host.clone().unwrap_or_else(dash)),
         ("round", format!("{} completed", r.round)),
-        ("phase", r.phase.clone().unwrap_or_else(dash)),
+        ("phase", r.phase.map_or_else(dash, |p| p.to_string())),
         (
             "peers",
             if r.peers.is_empty() {
@@ -128,7 +128,8 @@ fn print_report(r: &StatusReport) {
             "metrics",
             r.last_metrics
                 .as_ref()
-                .map_or_else(dash, serde_json::Value::to_string),
+                .and_then(|m| serde_json::to_string(m).ok())
+                .unwrap_or_else(dash),
         ),
     ];
     for (k, v) in rows {

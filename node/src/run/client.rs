@@ -94,13 +94,12 @@ impl Node {
             // The host's metrics of the round carry its own accuracy when the round completes.
             self.own_contribution(round, test_acc);
         } else {
-            let metrics = serde_json::json!({
-                "role": "client",
-                "round": round,
-                "term": term,
-                "test_acc": test_acc,
-                "learn_seconds": seconds,
-            });
+            let metrics = crate::metrics::RoundMetrics::Client {
+                round,
+                term,
+                test_acc,
+                learn_seconds: seconds,
+            };
             self.store.set_metrics(&metrics)?;
             self.last_metrics = Some(metrics);
         }

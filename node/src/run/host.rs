@@ -22,14 +22,14 @@ use super::{Node, Pending, TICK};
 struct PhaseClock {
     phase: Phase,
     since: Instant,
-    seconds: BTreeMap<&'static str, f64>,
-    bytes: BTreeMap<&'static str, u64>,
+    seconds: BTreeMap<Phase, f64>,
+    bytes: BTreeMap<Phase, u64>,
 }
 
 impl PhaseClock {
     fn new(phase: Phase, already: f64) -> Self {
         let mut seconds = BTreeMap::new();
-        seconds.insert(Phase::Generate.name(), already);
+        seconds.insert(Phase::Generate, already);
         Self {
             phase,
             since: Instant::now(),
@@ -40,14 +40,14 @@ impl PhaseClock {
 
     /// Closes the current phase and opens `next`.
     fn enter(&mut self, next: Phase) {
-        *self.seconds.entry(self.phase.name()).or_default() += self.since.elapsed().as_secs_f64();
+        *self.seconds.entry(self.phase).or_default() += self.since.elapsed().as_secs_f64();
         self.phase = next;
         self.since = Instant::now();
     }
 
     /// Counts `n` bytes sent or received in the current phase.
     fn count(&mut self, n: usize) {
-        *self.bytes.entry(self.phase.name()).or_default() += n as u64;
+        *self.bytes.entry(self.phase).or_default() += n as u64;
     }
 
     fn total_bytes(&self) -> u64 {
@@ -512,20 +512,19 @@ impl Node {
             .filter_map(|p| PeerId::from_bytes(p).ok())
             .map(|p| p.to_string())
             .collect();
-        let metrics = serde_json::json!({
-            "role": "host",
-            "round": round,
-            "term": term,
-            "participants": participants,
-            "kept": kept,
-            "mean_reward": mean_reward,
-            "seconds": seconds,
-            "bytes": bytes,
-            "phase_seconds": active.clock.seconds,
-            "phase_bytes": active.clock.bytes,
-            "checkpoint": crate::store::to_hex(&hash),
-            "test_acc": active.own_test_acc,
-        });
+        let metrics = crate::metrics::RoundMetrics::Host {
+            round,
+            term,
+            participants,
+            kept,
+            mean_reward,
+            seconds,
+            bytes,
+            phase_seconds: active.clock.seconds,
+            phase_bytes: active.clock.bytes,
+            checkpoint: crate::store::to_hex(&hash),
+            test_acc: active.own_test_acc,
+        };
         self.store.set_metrics(&metrics)?;
         self.last_metrics = Some(metrics);
         tracing::info!(term, round, seconds, bytes, "round complete");

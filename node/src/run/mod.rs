@@ -149,7 +149,7 @@ pub struct Node {
     /// Charges and noises this node's uploads (its own client side's one release path).
     releaser: Releaser,
     admin: watch::Sender<AdminState>,
-    last_metrics: Option<serde_json::Value>,
+    last_metrics: Option<crate::metrics::RoundMetrics>,
     ledger_view: LedgerView,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
@@ -569,7 +569,7 @@ impl Node {
         self.store.set_phase(&PhaseRecord {
             round,
             term,
-            phase: phase.name().to_string(),
+            phase,
             role: role.to_string(),
             updated_unix_ms: now_ms(),
         })?;

@@ -17,7 +17,8 @@ use super::setup::Setup;
 use crate::round::{Client, Host};
 use crate::world::{eval_rng, sub_seed};
 
-/// Seconds spent in each phase of a round.
+/// Seconds spent in each phase of a round. Its fields are [`protocol::wire::Phase`] names (a
+/// test in `crate::metrics` checks it) plus `evaluate`; a struct so the report shows every one.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseSeconds {
     /// Host samples the synthetic set.
