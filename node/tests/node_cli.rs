@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use libp2p::PeerId;
 use node::admin::{self, AdminState, PeerInfo, StatusReport};
-use node::config::{load_psk, NodeConfig};
+use node::config::NodeConfig;
+use node::net::psk::load_psk;
 use node::store::{DataDir, NodeStore, PeerRecord};
 use serde_json::Value;
 
