@@ -57,30 +57,33 @@ impl WeightedSet {
     }
 }
 
-/// Shape and optimisation settings of the flow-matching generator.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct FlowConfig {
-    /// Pixels per image (784 for 28×28).
-    pub pixels: usize,
-    /// Caption embedding width.
-    pub emb_dim: usize,
-    /// Hidden width of the velocity network.
-    pub hidden: usize,
-    /// Residual blocks.
-    pub blocks: usize,
-    /// Width of the PCA latent space the flow runs in (fitted on the pre-training images,
-    /// whitened); 0 runs the flow directly on pixels.
-    pub latent_dim: usize,
-    /// Euler steps when sampling.
-    pub sample_steps: usize,
-    /// Probability of dropping the caption during training (enables guidance).
-    pub uncond_prob: f32,
-    /// Classifier-free guidance scale at sampling (1 = plain conditional sampling).
-    pub guidance: f32,
-    /// Learning rate.
-    pub lr: f64,
-    /// Batch size.
-    pub batch: usize,
+crate::knobs! {
+    /// Shape and optimisation settings of the flow-matching generator.
+    #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct FlowConfig {
+        /// Pixels per image (784 for 28×28); a host sets it from its public set.
+        pub pixels: usize,
+        /// Caption embedding width; a host sets it from its text encoder.
+        pub emb_dim: usize,
+        /// Hidden width of the flow's velocity network.
+        pub hidden: usize,
+        /// Residual blocks of the velocity network.
+        pub blocks: usize,
+        /// Width of the PCA latent space the flow runs in (fitted on the pre-training images,
+        /// whitened); 0 runs the flow directly on pixels.
+        pub latent_dim: usize,
+        /// Euler steps when sampling.
+        pub sample_steps: usize,
+        /// Probability of dropping the caption during training (enables guidance).
+        pub uncond_prob: f32,
+        /// Classifier-free guidance scale at sampling (1 = plain conditional sampling).
+        pub guidance: f32,
+        /// Learning rate of the generator's training.
+        pub lr: f64,
+        /// Images per generator training step.
+        pub batch: usize,
+    }
 }
 
 impl Default for FlowConfig {

@@ -6,6 +6,7 @@ pub mod data;
 pub mod error;
 pub mod generator;
 pub mod init;
+pub mod knobs;
 pub mod losses;
 pub mod metrics;
 pub mod oracle;

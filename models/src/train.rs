@@ -56,23 +56,27 @@ impl DistillSet {
     }
 }
 
-/// Weights and sizes of the client's local objective.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct ClientTrainConfig {
-    /// Passes over the larger of the private and distillation sets per round.
-    pub epochs: usize,
-    /// Private samples per step.
-    pub batch: usize,
-    /// Distillation samples per step.
-    pub distill_batch: usize,
-    /// Distillation temperature τ.
-    pub tau: f64,
-    /// Weight of the distillation loss (0 disables it).
-    pub kd_weight: f64,
-    /// Weight of the alignment loss (0 disables it).
-    pub align_weight: f64,
-    /// Temperature of the alignment logits.
-    pub align_temperature: f64,
+crate::knobs! {
+    /// Weights and sizes of the client's local objective.
+    #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ClientTrainConfig {
+        /// Local training epochs per round: passes over the larger of the private and
+        /// distillation sets.
+        pub epochs: usize,
+        /// Private samples per local training step.
+        pub batch: usize,
+        /// Distillation samples per local training step.
+        pub distill_batch: usize,
+        /// Distillation temperature τ.
+        pub tau: f64,
+        /// Weight of the distillation loss (0 disables it).
+        pub kd_weight: f64,
+        /// Weight of the image–caption alignment loss (0 disables it).
+        pub align_weight: f64,
+        /// Temperature of the alignment logits.
+        pub align_temperature: f64,
+    }
 }
 
 impl Default for ClientTrainConfig {

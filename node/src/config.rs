@@ -3,12 +3,14 @@
 //!
 //! Every section is optional in the file and every field has a default, so a config may
 //! name only what it changes; unknown fields are rejected (a typo is an error, not a no-op).
+//! The `[model]` knobs are the host's and the clients' own configs ([`HostConfig`],
+//! [`ClientConfig`]), and every field's doc comment is also its comment in the documented
+//! file ([`models::knobs!`]).
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
+use models::knobs::{Documented, Field, FieldKind};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::UserPath;
@@ -17,11 +19,7 @@ use crate::round::{ClientConfig, HostConfig};
 /// File name of the config inside the data directory.
 pub const CONFIG_FILE: &str = "config.toml";
 
-/// The two PSK file formats `fedmmkt init --psk-file` accepts, for error messages.
-pub const PSK_FORMATS: &str = "libp2p's swarm.key format (three lines: `/key/swarm/psk/1.0.0/`, \
-     `/base16/`, 64 hex digits) or 64 hex digits alone";
-
-/// What can be wrong with a config or a pre-shared key file.
+/// What can be wrong with a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or written.
@@ -58,56 +56,58 @@ pub enum ConfigError {
         /// Why the value is rejected.
         reason: String,
     },
-    /// A pre-shared key is in neither accepted format.
-    #[error("{origin}: not a pre-shared key ({reason}); expected {PSK_FORMATS}")]
-    Psk {
-        /// The file (or `<text>`) the key came from.
-        origin: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The config could not be rendered as TOML.
     #[error("could not render the config as TOML: {0}")]
     Render(String),
 }
 
-/// The node's whole configuration (`DIR/config.toml`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NodeConfig {
-    /// Transport, discovery, membership and limits.
-    pub network: NetworkConfig,
-    /// The node's privacy budget and the DP of its uploads.
-    pub privacy: PrivacyConfig,
-    /// The federation's rounds.
-    pub round: RoundConfig,
-    /// Model sizes and training knobs.
-    pub model: ModelConfig,
-    /// Local resources: GPU and dataset.
-    pub node: NodeSettings,
+models::knobs! {
+    /// The node's whole configuration (`DIR/config.toml`).
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NodeConfig {
+        /// Transport, discovery, membership and limits.
+        #[knob(table)]
+        pub network: NetworkConfig,
+        /// The node's privacy budget and the differential privacy of its uploads.
+        #[knob(table)]
+        pub privacy: PrivacyConfig,
+        /// The federation's rounds.
+        #[knob(table)]
+        pub round: RoundConfig,
+        /// The host's generator and the clients' training.
+        #[knob(table)]
+        pub model: ModelConfig,
+        /// Local resources: GPU, dataset and cache.
+        #[knob(table)]
+        pub node: NodeSettings,
+    }
 }
 
-/// `[network]`: transport, discovery, membership and limits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// Multiaddrs to listen on.
-    pub listen: Vec<String>,
-    /// Multiaddrs (ending in `/p2p/<peer id>`) of peers to dial at start.
-    pub bootstrap: Vec<String>,
-    /// Discover peers on the LAN with mDNS.
-    pub mdns: bool,
-    /// PeerId allowlist; empty admits any holder of the PSK. When non-empty it is also the
-    /// election membership.
-    pub members: Vec<String>,
-    /// Most connections in total.
-    pub max_connections: u32,
-    /// Most connections per peer.
-    pub max_connections_per_peer: u32,
-    /// Per-peer rate limit on inbound requests.
-    pub requests_per_second: u32,
-    /// The private-network pre-shared key file (relative to the config file's directory).
-    pub psk_file: Option<String>,
+models::knobs! {
+    /// `[network]`: transport, discovery, membership and limits.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NetworkConfig {
+        /// Multiaddrs to listen on (TCP and QUIC; port 0 picks a free port).
+        pub listen: Vec<String>,
+        /// Multiaddrs of peers to dial at start, each ending in `/p2p/<peer id>`.
+        pub bootstrap: Vec<String>,
+        /// Discover peers on the local network with mDNS.
+        pub mdns: bool,
+        /// PeerId allowlist; empty admits any holder of the PSK. When non-empty it is also the
+        /// election membership.
+        pub members: Vec<String>,
+        /// Most connections in total.
+        pub max_connections: u32,
+        /// Most connections per peer.
+        pub max_connections_per_peer: u32,
+        /// Per-peer rate limit on inbound requests; a peer above it is refused.
+        pub requests_per_second: u32,
+        /// Private-network pre-shared key file; a relative path is relative to this file's
+        /// directory (unset: no PSK).
+        pub psk_file: Option<String>,
+    }
 }
 
 impl Default for NetworkConfig {
@@ -128,18 +128,20 @@ impl Default for NetworkConfig {
     }
 }
 
-/// `[privacy]`: the budget and the DP of uploads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PrivacyConfig {
-    /// Total ε the node may spend (the ledger's cap).
-    pub epsilon: f64,
-    /// δ of the (ε, δ) guarantee.
-    pub delta: f64,
-    /// L2 bound every upload is clipped to.
-    pub clip: f64,
-    /// Releases the noise is calibrated for: this many spend the budget.
-    pub planned_rounds: u32,
+models::knobs! {
+    /// `[privacy]`: the budget and the DP of uploads.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct PrivacyConfig {
+        /// Total ε this node may spend; the ledger refuses releases beyond it.
+        pub epsilon: f64,
+        /// δ of the (ε, δ) guarantee, in (0, 1).
+        pub delta: f64,
+        /// L2 bound every upload is clipped to.
+        pub clip: f64,
+        /// Releases the noise is calibrated for: this many uploads spend the whole budget.
+        pub planned_rounds: u32,
+    }
 }
 
 impl Default for PrivacyConfig {
@@ -154,22 +156,24 @@ impl Default for PrivacyConfig {
     }
 }
 
-/// `[round]`: the federation's rounds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoundConfig {
-    /// Rounds the federation runs (0 = no limit).
-    pub rounds: u64,
-    /// Fewest contributors a round starts with, the host included (at least 3: the host and
-    /// two others, so a sum never exposes one node's upload to the host).
-    #[serde(alias = "min_clients")]
-    pub min_contributors: u32,
-    /// Seconds a stage may take before the round is aborted.
-    pub stage_timeout_secs: u64,
-    /// Seconds between the end of a round and the start of the next.
-    pub round_interval_secs: u64,
-    /// Seed of the federation's random draws.
-    pub seed: u64,
+models::knobs! {
+    /// `[round]`: the federation's rounds.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct RoundConfig {
+        /// Rounds the federation runs (0 = no limit).
+        pub rounds: u64,
+        /// Fewest contributors a round starts with, the host included (at least 3: the host
+        /// and two others, so a sum never exposes one node's upload to the host).
+        #[serde(alias = "min_clients")]
+        pub min_contributors: u32,
+        /// Seconds a round stage may take before the round is aborted.
+        pub stage_timeout_secs: u64,
+        /// Seconds between the end of one round and the start of the next.
+        pub round_interval_secs: u64,
+        /// Seed of the federation's random draws.
+        pub seed: u64,
+    }
 }
 
 impl Default for RoundConfig {
@@ -184,137 +188,113 @@ impl Default for RoundConfig {
     }
 }
 
-/// `[model]`: the host's generator and the clients' training (see [`HostConfig`] and
-/// [`ClientConfig`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Synthetic samples per class each round (host).
-    pub samples_per_class: usize,
-    /// Generator pre-training steps on the host's public set.
-    pub pretrain_steps: usize,
-    /// Generator fine-tuning steps per round (0: improve through the critic only).
-    pub finetune_steps: usize,
-    /// Critic training steps per round.
-    pub critic_steps: usize,
-    /// Strength of the critic's guidance when sampling (0: no critic).
-    pub guidance_scale: f64,
-    /// Weight of the critic's entropy when guiding the clients' synthetic set.
-    pub guidance_entropy: f64,
-    /// Reward threshold θ for keeping a synthetic sample.
-    pub keep_threshold: f64,
-    /// Hidden width of the generator's flow.
-    pub flow_hidden: usize,
-    /// Residual blocks of the flow.
-    pub flow_blocks: usize,
-    /// Width of the flow's PCA latent space (0: flow on pixels).
-    pub latent_dim: usize,
-    /// Euler steps when sampling.
-    pub sample_steps: usize,
-    /// Local epochs per round (client).
-    pub local_epochs: usize,
-    /// Private samples per training step (client).
-    pub batch_size: usize,
-    /// Learning rate of local training (client).
-    pub lr: f64,
-    /// Rounds of kept synthetic samples a client distils from (1: the last round's).
-    pub distill_rounds: usize,
-    /// Replace every size above with a tiny preset (seconds per round; tests and smoke runs).
-    pub tiny: bool,
+models::knobs! {
+    /// `[model]`: the host's knobs and the clients' side by side, their generator shape in
+    /// `[model.flow]` and local objective in `[model.train]`.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(from = "ModelFile")]
+    pub struct ModelConfig {
+        /// The host's knobs.
+        #[serde(flatten)]
+        #[knob(flatten)]
+        pub host: HostConfig,
+        /// The clients' knobs.
+        #[serde(flatten)]
+        #[knob(flatten)]
+        pub client: ClientConfig,
+        /// Replace every size with the tiny preset's (seconds per round; for tests and smoke
+        /// runs).
+        pub tiny: bool,
+    }
 }
 
-impl Default for ModelConfig {
-    fn default() -> Self {
-        let host = HostConfig::default();
-        let client = ClientConfig::default();
+/// `[model]` as read: a [`ModelConfig`] and the keys of earlier releases that have since
+/// moved into `[model.flow]` and `[model.train]`; a moved key, when given, wins.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ModelFile {
+    #[serde(flatten)]
+    host: HostConfig,
+    #[serde(flatten)]
+    client: ClientConfig,
+    tiny: bool,
+    /// Now `[model.flow] hidden`.
+    flow_hidden: Option<usize>,
+    /// Now `[model.flow] blocks`.
+    flow_blocks: Option<usize>,
+    /// Now `[model.flow] latent_dim`.
+    latent_dim: Option<usize>,
+    /// Now `[model.flow] sample_steps`.
+    sample_steps: Option<usize>,
+    /// Now `[model.train] epochs`.
+    local_epochs: Option<usize>,
+    /// Now `[model.train] batch`.
+    batch_size: Option<usize>,
+}
+
+impl From<ModelFile> for ModelConfig {
+    fn from(f: ModelFile) -> Self {
+        let (mut host, mut client) = (f.host, f.client);
+        for (moved, knob) in [
+            (f.flow_hidden, &mut host.flow.hidden),
+            (f.flow_blocks, &mut host.flow.blocks),
+            (f.latent_dim, &mut host.flow.latent_dim),
+            (f.sample_steps, &mut host.flow.sample_steps),
+            (f.local_epochs, &mut client.train.epochs),
+            (f.batch_size, &mut client.train.batch),
+        ] {
+            if let Some(v) = moved {
+                *knob = v;
+            }
+        }
         Self {
-            samples_per_class: host.samples_per_class,
-            pretrain_steps: host.pretrain_steps,
-            finetune_steps: host.finetune_steps,
-            critic_steps: host.critic_steps,
-            guidance_scale: host.guidance_scale,
-            guidance_entropy: host.guidance_entropy,
-            keep_threshold: short_f64(host.keep_threshold),
-            flow_hidden: host.flow.hidden,
-            flow_blocks: host.flow.blocks,
-            latent_dim: host.flow.latent_dim,
-            sample_steps: host.flow.sample_steps,
-            local_epochs: client.train.epochs,
-            batch_size: client.train.batch,
-            lr: client.lr,
-            distill_rounds: client.distill_rounds,
-            tiny: false,
+            host,
+            client,
+            tiny: f.tiny,
         }
     }
 }
 
 impl ModelConfig {
-    /// The host's knobs this section describes (the tiny preset when `tiny`).
+    /// The host's knobs this section describes (shrunk to the tiny preset when `tiny`).
     pub fn host_config(&self) -> HostConfig {
-        let mut cfg = HostConfig {
-            samples_per_class: self.samples_per_class,
-            pretrain_steps: self.pretrain_steps,
-            finetune_steps: self.finetune_steps,
-            critic_steps: self.critic_steps,
-            guidance_scale: self.guidance_scale,
-            guidance_entropy: self.guidance_entropy,
-            keep_threshold: self.keep_threshold as f32,
-            ..HostConfig::default()
-        };
-        cfg.flow.hidden = self.flow_hidden;
-        cfg.flow.blocks = self.flow_blocks;
-        cfg.flow.latent_dim = self.latent_dim;
-        cfg.flow.sample_steps = self.sample_steps;
         if self.tiny {
-            // The sizes of the end-to-end simulation tests (node/tests/simulate.rs).
-            cfg.samples_per_class = 4;
-            cfg.pretrain_steps = 10;
-            cfg.finetune_steps = 3;
-            cfg.critic_steps = 5;
-            cfg.flow.hidden = 32;
-            cfg.flow.blocks = 1;
-            cfg.flow.latent_dim = 8;
-            cfg.flow.sample_steps = 4;
+            self.host.tiny()
+        } else {
+            self.host
         }
-        cfg
     }
 
-    /// The clients' knobs this section describes (the tiny preset when `tiny`).
+    /// The clients' knobs this section describes (shrunk to the tiny preset when `tiny`).
     pub fn client_config(&self) -> ClientConfig {
-        let mut cfg = ClientConfig {
-            lr: self.lr,
-            distill_rounds: self.distill_rounds,
-            ..ClientConfig::default()
-        };
-        cfg.train.epochs = self.local_epochs;
-        cfg.train.batch = self.batch_size;
         if self.tiny {
-            cfg.train.epochs = 1;
+            self.client.tiny()
+        } else {
+            self.client
         }
-        cfg
     }
 }
 
-/// The f64 written the way `x` prints (0.7, not 0.699999988079071), for readable TOML.
-fn short_f64(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(f64::from(x))
-}
-
-/// `[node]`: local resources.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NodeSettings {
-    /// `"auto"` uses a GPU when one is found; `"off"` never does.
-    pub gpu: String,
-    /// Directory with IDX files and classes.txt, relative to the config file's directory
-    /// (none: a shard of the embedded data chosen from the peer id).
-    pub dataset: Option<String>,
-    /// Shards the embedded data is split into when no dataset is given.
-    pub embedded_shards: u32,
-    /// Dirichlet concentration α of the embedded shards' label skew.
-    pub alpha: f64,
-    /// Directory of the pre-training cache (none: `cache` in the data directory).
-    pub cache_dir: Option<String>,
+models::knobs! {
+    /// `[node]`: local resources.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NodeSettings {
+        /// "auto" uses a GPU when one is found; "off" never does.
+        pub gpu: String,
+        /// Directory with IDX image/label files and classes.txt; a relative path is relative
+        /// to this file's directory (unset: a shard of the embedded data chosen from the peer
+        /// id).
+        pub dataset: Option<String>,
+        /// Shards the embedded data is split into when no dataset is set.
+        pub embedded_shards: u32,
+        /// Dirichlet concentration α of the embedded shards' label skew (smaller = more
+        /// skewed).
+        pub alpha: f64,
+        /// Directory of the host's pre-training cache, relative to the data directory (unset:
+        /// `<data dir>/cache`).
+        pub cache_dir: Option<String>,
+    }
 }
 
 impl Default for NodeSettings {
@@ -335,73 +315,6 @@ impl NodeSettings {
         self.gpu != "off"
     }
 }
-
-/// The documentation line written above each field by [`NodeConfig::to_toml_documented`].
-const FIELD_DOCS: &[(&str, &[(&str, &str)])] = &[
-    (
-        "network",
-        &[
-            ("listen", "Multiaddrs to listen on (TCP and QUIC; port 0 picks a free port)."),
-            ("bootstrap", "Multiaddrs of peers to dial at start, each ending in /p2p/<peer id>."),
-            ("mdns", "Discover peers on the local network with mDNS."),
-            ("members", "PeerId allowlist; empty admits any holder of the PSK. When non-empty it is also the election membership."),
-            ("max_connections", "Most connections in total."),
-            ("max_connections_per_peer", "Most connections per peer."),
-            ("requests_per_second", "Per-peer rate limit on inbound requests; a peer above it is refused."),
-            ("psk_file", "Private-network pre-shared key file; a relative path is relative to this file's directory (unset: no PSK)."),
-        ],
-    ),
-    (
-        "privacy",
-        &[
-            ("epsilon", "Total ε this node may spend; the ledger refuses releases beyond it."),
-            ("delta", "δ of the (ε, δ) guarantee, in (0, 1)."),
-            ("clip", "L2 bound every upload is clipped to."),
-            ("planned_rounds", "Releases the noise is calibrated for: this many uploads spend the whole budget."),
-        ],
-    ),
-    (
-        "round",
-        &[
-            ("rounds", "Rounds the federation runs (0 = no limit)."),
-            ("min_contributors", "Fewest contributors a round starts with, the host included (at least 3: the host and two others, so a sum never exposes one node's upload to the host)."),
-            ("stage_timeout_secs", "Seconds a round stage may take before the round is aborted."),
-            ("round_interval_secs", "Seconds between the end of one round and the start of the next."),
-            ("seed", "Seed of the federation's random draws."),
-        ],
-    ),
-    (
-        "model",
-        &[
-            ("samples_per_class", "Synthetic samples per class the host generates each round."),
-            ("pretrain_steps", "Generator pre-training steps on the host's public set."),
-            ("finetune_steps", "Generator fine-tuning steps per round (0: improve through the critic only)."),
-            ("critic_steps", "Critic training steps per round."),
-            ("guidance_scale", "Strength of the critic's guidance when sampling (0: no critic)."),
-            ("guidance_entropy", "Weight of the critic's entropy when guiding the clients' synthetic set (0: plain guidance; > 0: samples nearer the class boundaries)."),
-            ("keep_threshold", "Reward threshold θ in [0, 1] for keeping a synthetic sample."),
-            ("flow_hidden", "Hidden width of the generator's flow network."),
-            ("flow_blocks", "Residual blocks of the flow network."),
-            ("latent_dim", "Width of the flow's PCA latent space (0: flow on pixels)."),
-            ("sample_steps", "Euler steps when sampling the generator."),
-            ("local_epochs", "Local training epochs per round on each client."),
-            ("batch_size", "Private samples per local training step."),
-            ("lr", "Learning rate of local training."),
-            ("distill_rounds", "Rounds of kept synthetic samples a client distils from (1: the last round's)."),
-            ("tiny", "Replace every size above with a tiny preset (seconds per round; for tests and smoke runs)."),
-        ],
-    ),
-    (
-        "node",
-        &[
-            ("gpu", "\"auto\" uses a GPU when one is found; \"off\" never does."),
-            ("dataset", "Directory with IDX image/label files and classes.txt; a relative path is relative to this file's directory (unset: a shard of the embedded data chosen from the peer id)."),
-            ("embedded_shards", "Shards the embedded data is split into when no dataset is set."),
-            ("alpha", "Dirichlet concentration α of the embedded shards' label skew (smaller = more skewed)."),
-            ("cache_dir", "Directory of the host's pre-training cache, relative to the data directory (unset: <data dir>/cache)."),
-        ],
-    ),
-];
 
 /// An example value written (commented out) for optional fields that are unset.
 fn example_for(section: &str, field: &str) -> Option<&'static str> {
@@ -505,36 +418,46 @@ impl NodeConfig {
             "round.stage_timeout_secs",
             || "must be at least 1".into(),
         )?;
-        let m = &self.model;
+        let (h, c) = (&self.model.host, &self.model.client);
         for (value, field) in [
-            (m.samples_per_class, "model.samples_per_class"),
-            (m.flow_hidden, "model.flow_hidden"),
-            (m.flow_blocks, "model.flow_blocks"),
-            (m.sample_steps, "model.sample_steps"),
-            (m.local_epochs, "model.local_epochs"),
-            (m.batch_size, "model.batch_size"),
-            (m.distill_rounds, "model.distill_rounds"),
+            (h.samples_per_class, "model.samples_per_class"),
+            (h.flow.hidden, "model.flow.hidden"),
+            (h.flow.blocks, "model.flow.blocks"),
+            (h.flow.sample_steps, "model.flow.sample_steps"),
+            (h.flow.batch, "model.flow.batch"),
+            (c.train.epochs, "model.train.epochs"),
+            (c.train.batch, "model.train.batch"),
+            (c.train.distill_batch, "model.train.distill_batch"),
+            (c.distill_rounds, "model.distill_rounds"),
         ] {
             ensure(value >= 1, field, || "must be at least 1".into())?;
         }
-        ensure(
-            (0.0..=1.0).contains(&m.keep_threshold),
-            "model.keep_threshold",
-            || format!("must lie in [0, 1], got {}", m.keep_threshold),
-        )?;
-        ensure(
-            m.guidance_scale.is_finite() && m.guidance_scale >= 0.0,
-            "model.guidance_scale",
-            || format!("must be a finite number ≥ 0, got {}", m.guidance_scale),
-        )?;
-        ensure(
-            m.guidance_entropy.is_finite() && m.guidance_entropy >= 0.0,
-            "model.guidance_entropy",
-            || format!("must be a finite number ≥ 0, got {}", m.guidance_entropy),
-        )?;
-        ensure(m.lr.is_finite() && m.lr > 0.0, "model.lr", || {
-            format!("must be a finite number > 0, got {}", m.lr)
-        })?;
+        for (value, field) in [
+            (h.keep_threshold, "model.keep_threshold"),
+            (h.prompt_mix, "model.prompt_mix"),
+            (h.flow.uncond_prob, "model.flow.uncond_prob"),
+        ] {
+            ensure((0.0..=1.0).contains(&value), field, || {
+                format!("must lie in [0, 1], got {value}")
+            })?;
+        }
+        for (value, field) in [
+            (h.guidance_scale, "model.guidance_scale"),
+            (h.guidance_entropy, "model.guidance_entropy"),
+        ] {
+            ensure(value.is_finite() && value >= 0.0, field, || {
+                format!("must be a finite number ≥ 0, got {value}")
+            })?;
+        }
+        for (value, field) in [
+            (c.lr, "model.lr"),
+            (h.finetune_lr, "model.finetune_lr"),
+            (h.flow.lr, "model.flow.lr"),
+        ] {
+            ensure(value.is_finite() && value > 0.0, field, || {
+                format!("must be a finite number > 0, got {value}")
+            })?;
+        }
         let s = &self.node;
         ensure(s.gpu == "auto" || s.gpu == "off", "node.gpu", || {
             format!("must be \"auto\" or \"off\", got {:?}", s.gpu)
@@ -575,7 +498,7 @@ impl NodeConfig {
     }
 
     /// Path of the PSK file, if one is set (a relative path is relative to `data_dir`, the
-    /// directory of the config file).
+    /// directory of the config file); [`crate::net::psk::load_psk`] reads it.
     pub fn psk_path(&self, data_dir: &Path) -> Option<UserPath> {
         (self.network.psk_file.as_ref()).map(|f| UserPath::relative_to(data_dir, Path::new(f)))
     }
@@ -602,7 +525,8 @@ impl NodeConfig {
         self.model.client_config()
     }
 
-    /// This config as TOML with a comment line above every field (what `init` writes).
+    /// This config as TOML with its doc comment above every field and section (what `init`
+    /// writes); an error when a field has no doc comment or an unset one no example.
     pub fn to_toml_documented(&self) -> Result<String, ConfigError> {
         let value = toml::Value::try_from(self).map_err(|e| ConfigError::Render(e.to_string()))?;
         let root = value
@@ -612,86 +536,113 @@ impl NodeConfig {
             "# fedmmkt node configuration (written by `fedmmkt init`).\n\
              # Every field is optional; a missing field takes the default shown here.\n",
         );
-        for (section, fields) in FIELD_DOCS {
-            let table = root
-                .get(*section)
-                .and_then(toml::Value::as_table)
-                .ok_or_else(|| ConfigError::Render(format!("section [{section}] missing")))?;
-            out.push_str(&format!("\n[{section}]\n"));
-            for (field, doc) in *fields {
-                out.push_str(&format!("# {doc}\n"));
-                match (table.get(*field), example_for(section, field)) {
-                    (Some(v), _) => out.push_str(&format!("{field} = {v}\n")),
-                    (None, Some(example)) => out.push_str(&format!("# {field} = {example}\n")),
-                    (None, None) => {
-                        return Err(ConfigError::Render(format!(
-                            "{section}.{field} has no value and no example"
-                        )))
-                    }
-                }
-            }
-            if let Some(extra) = table.keys().find(|k| !fields.iter().any(|(f, _)| f == k)) {
-                return Err(ConfigError::Render(format!(
-                    "{section}.{extra} has no documentation line"
-                )));
-            }
-        }
+        render_table(&mut out, "", Self::FIELDS, root)?;
         Ok(out)
     }
 }
 
-/// Reads a pre-shared key file in either accepted format (see [`parse_psk`]).
-pub fn load_psk(path: &Path) -> Result<PreSharedKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_psk(&text).map_err(|e| match e {
-        ConfigError::Psk { reason, .. } => ConfigError::Psk {
-            origin: path.display().to_string(),
-            reason,
-        },
-        other => other,
-    })
-}
-
-/// Parses a pre-shared key: libp2p's swarm.key format or 64 hex digits, surrounding
-/// whitespace (and `\r\n` line ends) allowed.
-pub fn parse_psk(text: &str) -> Result<PreSharedKey, ConfigError> {
-    let bad = |reason: String| ConfigError::Psk {
-        origin: "<text>".into(),
-        reason,
-    };
-    let trimmed = text.trim();
-    if trimmed.starts_with('/') {
-        let normalised: Vec<&str> = trimmed
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        if normalised.len() != 3 {
-            return Err(bad(format!(
-                "a swarm.key file has 3 lines, this one has {}",
-                normalised.len()
-            )));
-        }
-        return PreSharedKey::from_str(&normalised.join("\n")).map_err(|e| bad(e.to_string()));
-    }
-    if trimmed.len() != 64 {
-        return Err(bad(format!(
-            "{} characters where 64 hex digits were expected",
-            trimmed.chars().count()
+/// Writes `table` (the TOML table at `path`, "" for the root) with each field's doc comment
+/// above it: `fields`' values first, then each nested table under its own header.
+fn render_table(
+    out: &mut String,
+    path: &str,
+    fields: &[Field],
+    table: &toml::Table,
+) -> Result<(), ConfigError> {
+    let mut written = Vec::new();
+    let mut tables = Vec::new();
+    render_values(out, path, fields, table, &mut written, &mut tables)?;
+    if let Some(extra) = table.keys().find(|k| !written.contains(&k.as_str())) {
+        return Err(ConfigError::Render(format!(
+            "{} has no documentation line",
+            dotted(path, extra)
         )));
     }
-    let mut key = [0u8; 32];
-    for (i, pair) in trimmed.as_bytes().chunks(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(h), Some(l)) => key[i] = (h * 16 + l) as u8,
-            _ => return Err(bad(format!("not a hex digit near position {}", 2 * i))),
+    for (field, inner) in tables {
+        let name = dotted(path, field.name);
+        let sub = (table.get(field.name).and_then(toml::Value::as_table))
+            .ok_or_else(|| ConfigError::Render(format!("section [{name}] missing")))?;
+        out.push('\n');
+        push_doc(out, field);
+        out.push_str(&format!("[{name}]\n"));
+        render_table(out, &name, inner, sub)?;
+    }
+    Ok(())
+}
+
+/// Writes the plain values of `fields` (those of flattened structs too) that `table` holds,
+/// and collects the names written and the nested tables left for [`render_table`].
+fn render_values<'f>(
+    out: &mut String,
+    path: &str,
+    fields: &'f [Field],
+    table: &toml::Table,
+    written: &mut Vec<&'f str>,
+    tables: &mut Vec<(&'f Field, &'f [Field])>,
+) -> Result<(), ConfigError> {
+    for field in fields {
+        match field.kind {
+            FieldKind::Flatten(inner) => render_values(out, path, inner, table, written, tables)?,
+            FieldKind::Table(inner) => {
+                written.push(field.name);
+                tables.push((field, inner));
+            }
+            FieldKind::Value => {
+                written.push(field.name);
+                push_doc(out, field);
+                match (table.get(field.name), example_for(path, field.name)) {
+                    (Some(toml::Value::Table(_)), _) => {
+                        return Err(ConfigError::Render(format!(
+                            "{} is a table: mark it #[knob(table)]",
+                            dotted(path, field.name)
+                        )))
+                    }
+                    (Some(v), _) => out.push_str(&format!("{} = {}\n", field.name, short(v))),
+                    (None, Some(example)) => {
+                        out.push_str(&format!("# {} = {example}\n", field.name))
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::Render(format!(
+                            "{} has no value and no example",
+                            dotted(path, field.name)
+                        )))
+                    }
+                }
+            }
         }
     }
-    Ok(PreSharedKey::new(key))
+    Ok(())
+}
+
+/// `field`'s doc comment as `# ` lines.
+fn push_doc(out: &mut String, field: &Field) {
+    for line in field.doc_lines() {
+        if line.is_empty() {
+            out.push_str("#\n");
+        } else {
+            out.push_str(&format!("# {line}\n"));
+        }
+    }
+}
+
+/// `path.name`, or `name` at the root.
+fn dotted(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// `v` as TOML, a float that is an `f32` written the way the `f32` prints (0.7, not
+/// 0.699999988079071), for readable TOML that reads back to the same `f32`.
+fn short(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(x) if f64::from(*x as f32) == *x && x.is_finite() => {
+            toml::Value::Float((*x as f32).to_string().parse().unwrap_or(*x)).to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 fn ensure(ok: bool, field: &str, reason: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -722,8 +673,6 @@ fn parse_peer_id(text: &str, field: &str) -> Result<PeerId, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
     #[test]
     fn documented_toml_round_trips_and_documents_every_field() {
@@ -785,7 +734,10 @@ mod tests {
             |c| c.network.members = vec!["12D3KooWnotapeer".into()],
             |c| c.round.min_contributors = 2,
             |c| c.node.gpu = "cuda".into(),
-            |c| c.model.keep_threshold = 1.5,
+            |c| c.model.host.keep_threshold = 1.5,
+            |c| c.model.host.flow.hidden = 0,
+            |c| c.model.client.train.batch = 0,
+            |c| c.model.client.lr = f64::NAN,
         ];
         for (i, f) in bad.into_iter().enumerate() {
             let mut c = NodeConfig::default();
@@ -801,33 +753,94 @@ mod tests {
     #[test]
     fn tiny_shrinks_the_models() {
         let mut m = ModelConfig::default();
-        assert_eq!(
-            m.host_config().samples_per_class,
-            HostConfig::default().samples_per_class
-        );
-        assert_eq!(m.client_config().lr, ClientConfig::default().lr);
+        assert_eq!(m.host_config(), HostConfig::default());
+        assert_eq!(m.client_config(), ClientConfig::default());
         m.tiny = true;
+        assert_eq!(m.host_config(), HostConfig::default().tiny());
+        assert_eq!(m.client_config(), ClientConfig::default().tiny());
         assert!(m.host_config().flow.hidden < HostConfig::default().flow.hidden);
         assert_eq!(m.client_config().train.epochs, 1);
+        // The preset shrinks sizes only: the file's other knobs stay.
+        m.host.guidance_scale = 0.5;
+        m.client.lr = 0.01;
+        assert_eq!(m.host_config().guidance_scale, 0.5);
+        assert_eq!(m.client_config().lr, 0.01);
     }
 
     #[test]
-    fn psk_in_both_formats_and_errors() {
-        let plain = parse_psk(&format!("  {HEX}\n")).unwrap();
-        let file = parse_psk(&format!("/key/swarm/psk/1.0.0/\r\n/base16/\r\n{HEX}\r\n")).unwrap();
-        assert_eq!(plain.to_string(), file.to_string());
+    fn model_keys_are_the_host_and_client_knobs() {
+        let cfg = NodeConfig::from_toml(
+            "[model]\nsamples_per_class = 7\nkeep_threshold = 0.5\nlr = 0.01\n\
+             distill_rounds = 2\nprompt_mix = 0.25\ntiny = true\n\
+             [model.flow]\nhidden = 16\n[model.train]\nepochs = 3\nbatch = 8\n",
+        )
+        .unwrap();
+        let (h, c) = (&cfg.model.host, &cfg.model.client);
         assert_eq!(
-            parse_psk(&plain.to_string()).unwrap().to_string(),
-            plain.to_string()
+            (h.samples_per_class, h.keep_threshold, h.prompt_mix),
+            (7, 0.5, 0.25)
         );
-        for bad in [
-            "",
-            "abc",
-            &HEX.replace('0', "g"),
-            "/key/swarm/psk/1.0.0/\n/base64/\nxx",
+        assert_eq!(
+            (h.flow.hidden, h.flow.blocks),
+            (16, HostConfig::default().flow.blocks)
+        );
+        assert_eq!((c.lr, c.distill_rounds), (0.01, 2));
+        assert_eq!((c.train.epochs, c.train.batch), (3, 8));
+        assert!(cfg.model.tiny);
+        // Typos are errors in the flattened section and in its subtables alike.
+        for typo in [
+            "[model]\nsampels_per_class = 7\n",
+            "[model.flow]\nhiden = 16\n",
+            "[model.train]\nepoch = 3\n",
         ] {
-            let err = parse_psk(bad).unwrap_err().to_string();
-            assert!(err.contains("swarm.key format"), "{err}");
+            assert!(NodeConfig::from_toml(typo).is_err(), "{typo}");
         }
+        // The keys of earlier releases that moved into a subtable still work.
+        let old = NodeConfig::from_toml(
+            "[model]\nflow_hidden = 24\nflow_blocks = 2\nlatent_dim = 0\nsample_steps = 3\n\
+             local_epochs = 5\nbatch_size = 16\nlr = 0.01\n",
+        )
+        .unwrap();
+        let (h, c) = (&old.model.host, &old.model.client);
+        assert_eq!(
+            (h.flow.hidden, h.flow.blocks, h.flow.latent_dim),
+            (24, 2, 0)
+        );
+        assert_eq!(h.flow.sample_steps, 3);
+        assert_eq!((c.train.epochs, c.train.batch, c.lr), (5, 16, 0.01));
+        let mut want = NodeConfig::default();
+        want.model.host.flow = h.flow;
+        want.model.client = *c;
+        assert_eq!(old, want);
+    }
+
+    #[test]
+    fn documented_toml_writes_f32_knobs_short_and_every_doc_line() {
+        let text = NodeConfig::default().to_toml_documented().unwrap();
+        assert!(text.contains("\nkeep_threshold = 0.7\n"), "{text}");
+        assert!(text.contains("\nuncond_prob = 0.1\n"), "{text}");
+        // Multi-line doc comments keep every line, and sections carry their struct's doc.
+        assert!(text.contains("# Fewest contributors a round starts with, the host included (at least 3: the host\n# and two others"), "{text}");
+        assert!(
+            text.contains("\n# The generator's shape and optimiser.\n[model.flow]\n"),
+            "{text}"
+        );
+        for field in ["flow_hidden", "local_epochs", "batch_size"] {
+            assert!(!text.contains(&format!("\n{field} =")), "{field}");
+        }
+    }
+
+    #[test]
+    fn an_undocumented_field_is_a_render_error() {
+        let mut out = String::new();
+        let mut table = toml::Table::try_from(PrivacyConfig::default()).unwrap();
+        render_table(&mut out, "privacy", PrivacyConfig::FIELDS, &table).unwrap();
+        table.insert("stray".into(), toml::Value::Integer(1));
+        let err = render_table(&mut out, "privacy", PrivacyConfig::FIELDS, &table).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("privacy.stray has no documentation line"),
+            "{err}"
+        );
     }
 }

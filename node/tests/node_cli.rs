@@ -6,8 +6,9 @@ use std::process::{Command, Output};
 
 use libp2p::PeerId;
 use node::admin::{self, AdminState, PeerInfo, StatusReport};
-use node::config::{load_psk, NodeConfig};
+use node::config::NodeConfig;
 use node::metrics::RoundMetrics;
+use node::net::psk::load_psk;
 use node::store::{DataDir, NodeStore, PeerRecord};
 use protocol::wire::Phase;
 use serde_json::Value;

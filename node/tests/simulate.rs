@@ -1,7 +1,7 @@
 //! End-to-end: every method and ablation runs rounds in-process on tiny models and data, the
 //! report holds what scripts rely on, and one seed gives the same numbers twice.
 
-use models::data::{DataSource, SplitConfig};
+use models::data::DataSource;
 use std::collections::BTreeMap;
 
 use node::report::{write_compare, write_privacy_utility, write_run, write_seeds};
@@ -15,32 +15,7 @@ fn tiny() -> (SimConfig, DataSource) {
         test: full.test.subset(&idx),
         origin: "tiny".into(),
     };
-    let mut cfg = SimConfig {
-        clients: 3,
-        alpha: 0.5,
-        rounds: 2,
-        seed: 7,
-        emb_dim: 8,
-        split: SplitConfig {
-            host_per_class: 5,
-            test_per_class: 10,
-            oracle_per_class: 10,
-            public_per_class: 4,
-        },
-        oracle_epochs: 1,
-        eval_per_class: 3,
-        threads: 2,
-        ..SimConfig::default()
-    };
-    cfg.host.samples_per_class = 4;
-    cfg.host.pretrain_steps = 10;
-    cfg.host.finetune_steps = 3;
-    cfg.host.critic_steps = 5;
-    cfg.host.flow.hidden = 32;
-    cfg.host.flow.blocks = 1;
-    cfg.host.flow.latent_dim = 8;
-    cfg.host.flow.sample_steps = 4;
-    cfg.client.train.epochs = 1;
+    let cfg = SimConfig::tiny();
     (cfg, src)
 }
 

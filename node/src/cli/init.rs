@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use privacy::ledger::{Budget, Ledger};
 
-use crate::config::{load_psk, ConfigError, NodeConfig};
+use crate::config::{ConfigError, NodeConfig};
+use crate::net::psk::{load_psk, PskError};
 use crate::paths::UserPath;
 use crate::store::{create_identity, write_atomic, DataDir, NodeStore, StoreError, SWARM_KEY_FILE};
 
@@ -72,7 +73,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             };
             match load_psk(path.resolved()) {
                 Ok(k) => Some(k),
-                Err(ConfigError::Io { source, .. }) => {
+                Err(PskError::Io { source, .. }) => {
                     return usage(format!("--psk-file {path}: {source}"))
                 }
                 Err(e) => return usage(e.to_string()),

@@ -8,19 +8,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use models::data::DataSource;
 
 use crate::report::{write_compare, write_privacy_utility, write_run};
+use crate::round::{ClientConfig, HostConfig};
 use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig, TextEncoderKind};
 
 /// Arguments of `fedmmkt simulate`.
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
     /// Number of clients.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = SimConfig::default().clients)]
     pub clients: usize,
     /// Dirichlet concentration of the label skew (smaller = more skewed).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SimConfig::default().alpha)]
     pub alpha: f64,
     /// Rounds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = SimConfig::default().rounds)]
     pub rounds: usize,
     /// Method.
     #[arg(long, value_enum, default_value_t = Method::Fedmmkt)]
@@ -32,7 +33,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub compare: bool,
     /// Seed of every random draw.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SimConfig::default().seed)]
     pub seed: u64,
     /// Repeat everything for each of these seeds (comma-separated) into OUT/seed-S/ and write a
     /// mean ± standard deviation summary (seeds.md/.json); overrides --seed.
@@ -53,17 +54,17 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub text_encoder_dir: Option<PathBuf>,
     /// Synthetic samples per class each round.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = HostConfig::default().samples_per_class)]
     pub samples_per_class: usize,
     /// Reward threshold θ for keeping a synthetic sample.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = HostConfig::default().keep_threshold)]
     pub keep_threshold: f32,
     /// Strength of the critic's guidance of the generator (0: no critic).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = HostConfig::default().guidance_scale)]
     pub guidance: f64,
     /// Weight of the critic's entropy when guiding the clients' synthetic set (0: plain
     /// guidance; > 0: samples nearer the class boundaries; 0.6 was best on the validation split).
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = HostConfig::default().guidance_entropy)]
     pub guidance_entropy: f64,
     /// Report client accuracy on the oracle split (a validation set) instead of the test split.
     #[arg(long)]
@@ -73,41 +74,41 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub secagg: bool,
     /// Critic training steps per round.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = HostConfig::default().critic_steps)]
     pub critic_steps: usize,
     /// Rounds of kept synthetic samples each client distils from (1: the last round's).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = ClientConfig::default().distill_rounds)]
     pub distill_rounds: usize,
     /// Images per class in the host's public set (pre-trains the generator).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = SimConfig::default().split.host_per_class)]
     pub host_per_class: usize,
     /// Images per class only the oracle trains on.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = SimConfig::default().split.oracle_per_class)]
     pub oracle_per_class: usize,
     /// Weight of the host's public images, relative to a reward of 1, when fine-tuning.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = HostConfig::default().public_weight)]
     pub public_weight: f32,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ClientConfig::default().train.epochs)]
     pub local_epochs: usize,
     /// Generator pre-training steps on the host's public set.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = HostConfig::default().pretrain_steps)]
     pub pretrain_steps: usize,
     /// Steps of reward-weighted fine-tuning of the generator's flow per round (0: the host
     /// improves the generator through its critic's guidance only, which measured better).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = HostConfig::default().finetune_steps)]
     pub finetune_steps: usize,
     /// Hidden width of the generator.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = HostConfig::default().flow.hidden)]
     pub generator_width: usize,
     /// Width of the generator's PCA latent space (0: flow on pixels).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = HostConfig::default().flow.latent_dim)]
     pub latent_dim: usize,
     /// Epochs of oracle training.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = SimConfig::default().oracle_epochs)]
     pub oracle_epochs: usize,
     /// Generated images per class the oracle scores each round.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SimConfig::default().eval_per_class)]
     pub eval_per_class: usize,
     /// Clip and noise every FedMMKT upload so each client spends at most this ε over the run
     /// (client-level DP; each client keeps a signed ledger under OUT/ledgers/).
@@ -132,7 +133,7 @@ pub struct SimulateArgs {
     #[arg(long, value_delimiter = ',')]
     pub dp_sweep: Option<Vec<f64>>,
     /// Threads (clients trained at once).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = SimConfig::default().threads)]
     pub threads: usize,
 }
 

@@ -3,6 +3,7 @@
 //! announcements, Kademlia and optional mDNS for discovery, and request-response for bulk traffic.
 
 pub mod codec;
+pub mod psk;
 pub mod rate;
 
 use std::collections::HashSet;

@@ -12,16 +12,20 @@ use protocol::{RoundStart, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The client's knobs.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct ClientConfig {
-    /// Local objective and its sizes.
-    pub train: ClientTrainConfig,
-    /// Learning rate.
-    pub lr: f64,
-    /// Rounds of kept synthetic samples (with their teachers) a client distils from: 1 is
-    /// the last round's only.
-    pub distill_rounds: usize,
+models::knobs! {
+    /// The client's knobs (the `[model]` section of the node's config.toml holds them).
+    #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(default)]
+    pub struct ClientConfig {
+        /// The local objective and its sizes.
+        #[knob(table)]
+        pub train: ClientTrainConfig,
+        /// Learning rate of local training.
+        pub lr: f64,
+        /// Rounds of kept synthetic samples (with their teachers) a client distils from: 1 is
+        /// the last round's only.
+        pub distill_rounds: usize,
+    }
 }
 
 impl Default for ClientConfig {
@@ -30,6 +34,20 @@ impl Default for ClientConfig {
             train: ClientTrainConfig::default(),
             lr: 2e-3,
             distill_rounds: 1,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// These knobs with the tiny preset's sizes (one local epoch per round); see
+    /// [`crate::round::HostConfig::tiny`].
+    pub fn tiny(self) -> Self {
+        Self {
+            train: ClientTrainConfig {
+                epochs: 1,
+                ..self.train
+            },
+            ..self
         }
     }
 }

@@ -25,39 +25,43 @@ struct HostCheckpoint {
     rng_seed: u64,
 }
 
-/// The host's knobs.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct HostConfig {
-    /// Synthetic samples per class each round (M).
-    pub samples_per_class: usize,
-    /// Keep samples whose reward ρ_j reaches this (θ); 0 keeps all.
-    pub keep_threshold: f32,
-    /// Fine-tune the generator after each round (false: the frozen-generator ablation).
-    pub improve_generator: bool,
-    /// Generator steps of pre-training on the public set.
-    pub pretrain_steps: usize,
-    /// Generator steps of fine-tuning per round.
-    pub finetune_steps: usize,
-    /// Learning rate of fine-tuning.
-    pub finetune_lr: f64,
-    /// Weight of the public real images in fine-tuning, relative to a reward of 1.
-    pub public_weight: f32,
-    /// Weight of the prompted class in the teacher sent to clients, `(1 − m)·Q + m·onehot(y)`:
-    /// 0 trusts the clients' ensemble alone; larger values guard against DP noise in Q.
-    pub prompt_mix: f32,
-    /// Strength of the critic's guidance when sampling (0: the flow alone).
-    pub guidance_scale: f64,
-    /// Weight of the critic's entropy when guiding the clients' synthetic set (0: plain
-    /// guidance): the host asks for samples that stay their class but sit nearer the
-    /// boundaries, where the ensemble's soft labels carry the most knowledge.
+models::knobs! {
+    /// The host's knobs (the `[model]` section of the node's config.toml holds them).
+    #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(default)]
-    pub guidance_entropy: f64,
-    /// Critic training steps per round (the critic distils the clients' ensemble teacher).
-    pub critic_steps: usize,
-    /// Most (image, teacher) pairs the critic remembers, newest first.
-    pub critic_memory: usize,
-    /// Generator shape and optimiser.
-    pub flow: FlowConfig,
+    pub struct HostConfig {
+        /// Synthetic samples per class the host generates each round (M).
+        pub samples_per_class: usize,
+        /// Reward threshold θ in [0, 1] for keeping a synthetic sample (0 keeps all).
+        pub keep_threshold: f32,
+        /// Fine-tune the generator after each round (false: the frozen-generator ablation).
+        pub improve_generator: bool,
+        /// Generator pre-training steps on the host's public set.
+        pub pretrain_steps: usize,
+        /// Generator fine-tuning steps per round (0: improve through the critic only).
+        pub finetune_steps: usize,
+        /// Learning rate of the generator's fine-tuning.
+        pub finetune_lr: f64,
+        /// Weight of the public real images in fine-tuning, relative to a reward of 1.
+        pub public_weight: f32,
+        /// Weight m of the prompted class in the teacher sent to clients,
+        /// (1 − m)·Q + m·onehot(y): 0 trusts the clients' ensemble Q alone; larger values
+        /// guard against DP noise in Q.
+        pub prompt_mix: f32,
+        /// Strength of the critic's guidance when sampling (0: the flow alone, no critic).
+        pub guidance_scale: f64,
+        /// Weight of the critic's entropy when guiding the clients' synthetic set (0: plain
+        /// guidance): the host asks for samples that stay their class but sit nearer the
+        /// class boundaries, where the ensemble's soft labels carry the most knowledge.
+        pub guidance_entropy: f64,
+        /// Critic training steps per round (the critic distils the clients' ensemble teacher).
+        pub critic_steps: usize,
+        /// Most (image, teacher) pairs the critic remembers, newest first.
+        pub critic_memory: usize,
+        /// The generator's shape and optimiser.
+        #[knob(table)]
+        pub flow: FlowConfig,
+    }
 }
 
 impl Default for HostConfig {
@@ -76,6 +80,27 @@ impl Default for HostConfig {
             critic_steps: 150,
             critic_memory: 5000,
             flow: FlowConfig::default(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// These knobs with the tiny preset's sizes: a round in seconds on a CPU, for tests and
+    /// smoke runs (the node config's `tiny = true`).
+    pub fn tiny(self) -> Self {
+        Self {
+            samples_per_class: 4,
+            pretrain_steps: 10,
+            finetune_steps: 3,
+            critic_steps: 5,
+            flow: FlowConfig {
+                hidden: 32,
+                blocks: 1,
+                latent_dim: 8,
+                sample_steps: 4,
+                ..self.flow
+            },
+            ..self
         }
     }
 }
@@ -417,21 +442,14 @@ pub(crate) mod fixtures {
         Arc::new(BowTextEncoder::new(4, seed, &corpus))
     }
 
-    /// A host config small enough to pre-train in milliseconds.
+    /// A host config small enough to pre-train in milliseconds: the tiny preset with two
+    /// samples per class (four samples over the two classes of [`public`]).
     pub(crate) fn config() -> HostConfig {
-        let mut cfg = HostConfig {
+        HostConfig {
             samples_per_class: 2,
             keep_threshold: 0.6,
-            pretrain_steps: 2,
-            finetune_steps: 1,
-            critic_steps: 2,
-            ..HostConfig::default()
-        };
-        cfg.flow.hidden = 8;
-        cfg.flow.blocks = 1;
-        cfg.flow.latent_dim = 4;
-        cfg.flow.sample_steps = 2;
-        cfg
+            ..HostConfig::default().tiny()
+        }
     }
 }
 

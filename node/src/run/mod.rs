@@ -220,7 +220,7 @@ pub async fn run(
         .context("an Ed25519 public key has 32 bytes")?;
     let psk =
         match cfg.psk_path(dir.root()) {
-            Some(path) => Some(crate::config::load_psk(path.resolved()).with_context(|| {
+            Some(path) => Some(crate::net::psk::load_psk(path.resolved()).with_context(|| {
                 format!("network.psk_file {path} in {}", dir.config().display())
             })?),
             None => None,

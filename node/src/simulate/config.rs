@@ -157,6 +157,31 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The end-to-end tests' run: 3 clients, 2 rounds, tiny splits and the tiny preset's
+    /// models ([`HostConfig::tiny`], [`ClientConfig::tiny`]), seconds on a CPU.
+    pub fn tiny() -> Self {
+        let base = Self::default();
+        Self {
+            clients: 3,
+            alpha: 0.5,
+            rounds: 2,
+            seed: 7,
+            emb_dim: 8,
+            split: SplitConfig {
+                host_per_class: 5,
+                test_per_class: 10,
+                oracle_per_class: 10,
+                public_per_class: 4,
+            },
+            host: base.host.tiny(),
+            client: base.client.tiny(),
+            oracle_epochs: 1,
+            eval_per_class: 3,
+            threads: 2,
+            ..base
+        }
+    }
+
     /// Checks ranges a user could get wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.clients >= 2, "--clients must be at least 2");

@@ -610,9 +610,10 @@ fn for_each_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::data::{DataSource, SplitConfig};
+    use models::data::DataSource;
 
-    /// Tiny models and data (the sizes of node/tests/simulate.rs) and a setup in `dir`.
+    /// Tiny models and data ([`SimConfig::tiny`], as node/tests/simulate.rs) and a setup in
+    /// `dir`.
     fn tiny(dir: &std::path::Path) -> (SimConfig, Setup) {
         let full = DataSource::embedded().unwrap();
         let idx: Vec<usize> = (0..1400).collect();
@@ -621,31 +622,7 @@ mod tests {
             test: full.test.subset(&idx),
             origin: "tiny".into(),
         };
-        let mut cfg = SimConfig {
-            clients: 3,
-            alpha: 0.5,
-            rounds: 2,
-            seed: 7,
-            emb_dim: 8,
-            split: SplitConfig {
-                host_per_class: 5,
-                test_per_class: 10,
-                oracle_per_class: 10,
-                public_per_class: 4,
-            },
-            oracle_epochs: 1,
-            eval_per_class: 3,
-            threads: 2,
-            ..SimConfig::default()
-        };
-        cfg.host.samples_per_class = 4;
-        cfg.host.pretrain_steps = 10;
-        cfg.host.critic_steps = 5;
-        cfg.host.flow.hidden = 32;
-        cfg.host.flow.blocks = 1;
-        cfg.host.flow.latent_dim = 8;
-        cfg.host.flow.sample_steps = 4;
-        cfg.client.train.epochs = 1;
+        let cfg = SimConfig::tiny();
         let setup = Setup::build(&cfg, &src, dir, &|_| {}).unwrap();
         (cfg, setup)
     }
