@@ -1,0 +1,207 @@
+//! What this node knows of its peers and the election: membership, capabilities and
+//! progress, the election's actions, and who may contribute to a round.
+
+use super::*;
+
+/// What this node knows about a connected or remembered peer.
+#[derive(Debug, Clone)]
+pub(super) struct Peer {
+    pub(super) addrs: Vec<Multiaddr>,
+    pub(super) connected: bool,
+    /// Ed25519 key from identify, checked against the PeerId.
+    pub(super) identity: Option<[u8; 32]>,
+    pub(super) gpu: bool,
+    pub(super) memory_mb: u64,
+    pub(super) last_completed_round: u64,
+    pub(super) last_seen: Option<Instant>,
+    /// Requests in the current one-second window (rate limit).
+    pub(super) window: RateWindow,
+}
+
+impl Peer {
+    pub(super) fn new() -> Self {
+        Self {
+            addrs: Vec::new(),
+            connected: false,
+            identity: None,
+            gpu: false,
+            memory_mb: 0,
+            last_completed_round: 0,
+            last_seen: None,
+            window: RateWindow::new(Instant::now()),
+        }
+    }
+}
+
+/// The Ed25519 key behind a PeerId-bearing public key, if it is one.
+pub(super) fn ed25519_bytes(key: &libp2p::identity::PublicKey) -> Option<[u8; 32]> {
+    key.clone().try_into_ed25519().ok().map(|k| k.to_bytes())
+}
+
+impl Node {
+    pub(super) fn is_member(&self, peer: &PeerId) -> bool {
+        if self.open_membership {
+            return true;
+        }
+        self.members.contains(peer)
+    }
+
+    pub(super) fn peer_mut(&mut self, peer: PeerId) -> &mut Peer {
+        self.peers.entry(peer).or_insert_with(Peer::new)
+    }
+
+    /// Adds a newly seen peer to an open membership (rebuilding the election with its
+    /// persisted term and vote).
+    pub(super) fn grow_membership(&mut self, peer: PeerId) -> anyhow::Result<()> {
+        if !self.open_membership || self.election.members().contains(&peer.to_bytes()) {
+            return Ok(());
+        }
+        let mut members: Vec<Vec<u8>> = self.election.members().iter().cloned().collect();
+        members.push(peer.to_bytes());
+        members.sort();
+        let (term, voted_for) = self.store.election()?;
+        let was_leader = self.election.is_leader();
+        let mut election = Election::new(
+            self.me_bytes.clone(),
+            self.capability,
+            members,
+            Persistent { term, voted_for },
+            ElectionConfig::default(),
+            self.cfg.round.seed ^ self.ticks,
+        )?;
+        election.set_last_completed_round(self.store.last_completed_round()?);
+        self.election = election;
+        if was_leader {
+            self.stop_hosting("membership grew")?;
+        }
+        Ok(())
+    }
+
+    /// Persists what we know of `peer` (for `peers` and restarts).
+    pub(super) fn remember(&mut self, peer: PeerId) -> anyhow::Result<()> {
+        let Some(p) = self.peers.get(&peer) else {
+            return Ok(());
+        };
+        self.store.upsert_peer(&PeerRecord {
+            peer_id: peer.to_string(),
+            addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+            gpu: p.gpu,
+            memory_mb: p.memory_mb,
+            last_completed_round: p.last_completed_round,
+            last_seen_unix_ms: now_ms(),
+        })?;
+        Ok(())
+    }
+
+    /// Records a member's capability and progress (persisted when they change).
+    pub(super) fn note_peer(
+        &mut self,
+        from: PeerId,
+        cap: Capability,
+        round: u64,
+    ) -> anyhow::Result<()> {
+        let p = self.peer_mut(from);
+        let changed =
+            p.gpu != cap.gpu || p.memory_mb != cap.memory_mb || p.last_completed_round != round;
+        p.gpu = cap.gpu;
+        p.memory_mb = cap.memory_mb;
+        p.last_completed_round = round;
+        p.last_seen = Some(Instant::now());
+        if changed {
+            self.remember(from)?;
+        }
+        Ok(())
+    }
+
+    /// A member's liveness announcement: what the election ranks it by.
+    pub(super) fn on_alive(
+        &mut self,
+        from: PeerId,
+        capability: Capability,
+        last_completed_round: u64,
+    ) -> anyhow::Result<()> {
+        self.note_peer(from, capability, last_completed_round)?;
+        if let Err(e) = self
+            .election
+            .observe(&from.to_bytes(), capability, last_completed_round)
+        {
+            tracing::debug!(peer = %from, "liveness announcement ignored: {e}");
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_election(
+        &mut self,
+        from: PeerId,
+        msg: ElectionMessage<Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        if let Some((cap, round)) = msg.advertised() {
+            self.note_peer(from, cap, round)?;
+        }
+        match self.election.handle(&from.to_bytes(), msg) {
+            Ok(actions) => self.apply(actions),
+            Err(e) => {
+                tracing::warn!(peer = %from, "election message refused: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Who a host invites: this node itself (the host contributes to its own rounds) and the
+    /// connected members with a verified identity key, heard from recently.
+    pub(super) fn live_contributors(&self) -> BTreeMap<PeerId, [u8; 32]> {
+        let fresh = Duration::from_secs(self.cfg.round.stage_timeout_secs.max(5));
+        let mut live: BTreeMap<PeerId, [u8; 32]> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.connected
+                    && self.is_member(id)
+                    && p.last_seen.is_some_and(|t| t.elapsed() < fresh)
+            })
+            .filter_map(|(id, p)| p.identity.map(|k| (*id, k)))
+            .collect();
+        live.insert(self.me, self.identity);
+        live
+    }
+
+    /// Fewest contributors, this node included, a round is offered to.
+    pub(super) fn min_contributors(&self) -> usize {
+        (self.cfg.round.min_contributors as usize).max(protocol::round::MIN_CONTRIBUTORS)
+    }
+
+    /// Carries out what the election decided: persist first, then send.
+    pub(super) fn apply(&mut self, actions: Vec<Action<Vec<u8>>>) -> anyhow::Result<()> {
+        for action in actions {
+            match action {
+                Action::Persist(p) => self.store.set_election(p.term, p.voted_for.as_deref())?,
+                Action::Send { to, msg } => {
+                    if let Ok(peer) = PeerId::from_bytes(&to) {
+                        self.request(peer, Request::Election(msg), Pending::Other);
+                    }
+                }
+                Action::Broadcast(msg) => self.broadcast(msg),
+                Action::BecameLeader { term } => {
+                    tracing::info!(term, "elected generator host");
+                    self.store.record_host(term, &self.me.to_string())?;
+                    self.client_abandon("this node became host")?;
+                    self.become_host(term)?;
+                }
+                Action::SteppedDown { term } => {
+                    tracing::info!(term, "no longer the generator host");
+                    self.stop_hosting("stepped down")?;
+                }
+                Action::LeaderChanged { term, leader } => {
+                    if let Some(leader) = leader.as_ref().and_then(|l| PeerId::from_bytes(l).ok()) {
+                        tracing::info!(term, host = %leader, "host known");
+                        self.store.record_host(term, &leader.to_string())?;
+                    }
+                    if self.client.engaged().is_some_and(|(t, _, _)| t != term) {
+                        self.client_abandon("the host changed")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

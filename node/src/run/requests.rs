@@ -1,0 +1,199 @@
+//! Requests between members: what an outbound request was for, requests between this node's
+//! own host and client sides, and dispatching an inbound request to the role it is for.
+
+use super::*;
+
+/// What an outbound request was for, to act on its response.
+#[derive(Debug, Clone)]
+pub(super) enum Pending {
+    Offer {
+        peer: PeerId,
+        term: u64,
+        round: u64,
+        attempt: u32,
+    },
+    Checkpoint {
+        peer: PeerId,
+        term: u64,
+        round: u64,
+    },
+    Other,
+}
+
+/// A request between this node's own host and client sides (the host is a participant of its
+/// own rounds): carried out by the event loop after the current event, never over the network.
+#[derive(Debug)]
+pub(super) enum Local {
+    /// From the host side to this node's client side; the response goes to `Pending`.
+    ToClient(Request, Pending),
+    /// From the client side to this node's host side.
+    ToHost(Request),
+}
+
+impl Node {
+    /// Sends a request to `peer`; one addressed to this node goes to its own client side.
+    pub(super) fn request(&mut self, peer: PeerId, req: Request, pending: Pending) {
+        if peer == self.me {
+            self.local.push_back(Local::ToClient(req, pending));
+            return;
+        }
+        let id = self.swarm.behaviour_mut().rr.send_request(&peer, req);
+        self.pending.insert(id, pending);
+    }
+
+    /// Sends a client-side request to the round's host, which may be this node itself.
+    pub(super) fn request_host(&mut self, host: PeerId, req: Request) {
+        if host == self.me {
+            self.local.push_back(Local::ToHost(req));
+        } else {
+            self.request(host, req, Pending::Other);
+        }
+    }
+
+    /// Carries out the requests between this node's own host and client sides, as a peer's
+    /// would be (each may queue more: the secure-aggregation stages follow one another).
+    pub(super) fn drain_local(&mut self) -> anyhow::Result<()> {
+        let me = self.me;
+        while let Some(local) = self.local.pop_front() {
+            match local {
+                Local::ToClient(req, pending) => {
+                    let result = match req {
+                        Request::Offer(offer) => self.on_offer(me, *offer),
+                        Request::SecAgg(packet) => self.client_secagg(me, packet),
+                        other => Err(Refusal::WrongRole(other.kind())),
+                    };
+                    let response = match result {
+                        Ok(()) => Response::Ack,
+                        Err(reason) => {
+                            tracing::warn!(
+                                "this node's client side refused its own host: {reason}"
+                            );
+                            Response::Rejected(reason)
+                        }
+                    };
+                    self.settle(me, pending, response)?;
+                }
+                Local::ToHost(req) => {
+                    let result = match req {
+                        Request::SecAgg(packet) => self.host_secagg(me, packet),
+                        Request::Abstain {
+                            term,
+                            round,
+                            attempt,
+                            ..
+                        } => self.host_abstain(me, term, round, attempt),
+                        Request::Upload(packet) => self.host_upload(me, packet),
+                        other => Err(Refusal::WrongRole(other.kind())),
+                    };
+                    if let Err(reason) = result {
+                        tracing::warn!("this node's host side refused its own client: {reason}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn respond(&mut self, channel: ResponseChannel<Response>, res: Response) {
+        let _ = self.swarm.behaviour_mut().rr.send_response(channel, res);
+    }
+
+    /// Per-peer request rate limit; true when the request may proceed.
+    pub(super) fn within_rate(&mut self, peer: PeerId) -> bool {
+        let limit = self.cfg.network.requests_per_second.max(1);
+        self.peer_mut(peer).window.allow(Instant::now(), limit)
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) -> anyhow::Result<()> {
+        if !self.is_member(&peer) {
+            tracing::warn!(peer = %peer, kind = ?request.kind(), "request from a non-member refused");
+            self.respond(channel, Response::Rejected(Refusal::NotMember));
+            return Ok(());
+        }
+        if !self.within_rate(peer) {
+            tracing::warn!(peer = %peer, "rate limit exceeded: request refused");
+            self.respond(channel, Response::Rejected(Refusal::RateLimited));
+            return Ok(());
+        }
+        let result = match request {
+            Request::Election(msg) => {
+                self.on_election(peer, msg)?;
+                Ok(())
+            }
+            Request::Offer(offer) => self.on_offer(peer, *offer),
+            Request::SecAgg(packet) => {
+                if self.host.is_some() {
+                    self.host_secagg(peer, packet)
+                } else {
+                    self.client_secagg(peer, packet)
+                }
+            }
+            Request::Abstain { .. } if self.host.is_none() => {
+                Err(Refusal::WrongRole(Kind::Abstain))
+            }
+            Request::Upload(packet) => match self.host {
+                Some(_) => self.host_upload(peer, packet),
+                None => Err(Refusal::WrongRole(Kind::Upload)),
+            },
+            Request::Abstain {
+                term,
+                round,
+                attempt,
+                ..
+            } => self.host_abstain(peer, term, round, attempt),
+            Request::Checkpoint(transfer) => self.on_checkpoint(peer, transfer),
+        };
+        match result {
+            Ok(()) => self.respond(channel, Response::Ack),
+            Err(reason) => {
+                tracing::warn!(peer = %peer, "request refused: {reason}");
+                self.respond(channel, Response::Rejected(reason));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        peer: PeerId,
+        id: OutboundRequestId,
+        response: Response,
+    ) -> anyhow::Result<()> {
+        let pending = self.pending.remove(&id).unwrap_or(Pending::Other);
+        self.settle(peer, pending, response)
+    }
+
+    /// Acts on `from`'s response (a peer's, or this node's own client side) to a request made
+    /// for `pending`.
+    pub(super) fn settle(
+        &mut self,
+        from: PeerId,
+        pending: Pending,
+        response: Response,
+    ) -> anyhow::Result<()> {
+        match (pending, response) {
+            (Pending::Checkpoint { peer, term, round }, Response::Ack) => {
+                self.host_replica(peer, term, round)
+            }
+            (
+                Pending::Offer {
+                    peer,
+                    term,
+                    round,
+                    attempt,
+                },
+                Response::Rejected(reason),
+            ) => self.offer_refused(peer, term, round, attempt, &reason.to_string()),
+            (_, Response::Rejected(reason)) => {
+                tracing::debug!(peer = %from, "peer refused a request: {reason}");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

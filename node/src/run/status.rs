@@ -1,0 +1,112 @@
+//! What the admin endpoint shows: the durable phase record, the ledger view and the status
+//! report, refreshed when they change.
+
+use super::*;
+
+/// The ledger as the admin endpoint shows it (ε spent, budget, audit), read when it changes.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LedgerView {
+    pub(super) spent: f64,
+    pub(super) budget: f64,
+    pub(super) audit: Option<serde_json::Value>,
+}
+
+impl Node {
+    /// Records this node's phase durably (for `status` and for restarts) and shows it on the
+    /// admin endpoint at once.
+    pub(super) fn set_phase(
+        &self,
+        term: u64,
+        round: u64,
+        phase: Phase,
+        role: &str,
+    ) -> anyhow::Result<()> {
+        tracing::info!(term, round, phase = phase.name(), role, "round phase");
+        self.store.set_phase(&PhaseRecord {
+            round,
+            term,
+            phase,
+            role: role.to_string(),
+            updated_unix_ms: now_ms(),
+        })?;
+        self.publish_admin();
+        Ok(())
+    }
+
+    /// Re-reads the ledger (verifying its chain) for the admin endpoint; called when it changed,
+    /// so the per-second status refresh never re-verifies every entry.
+    pub(super) fn refresh_ledger_view(&mut self) {
+        let delta = self.cfg.privacy.delta;
+        self.ledger_view = LedgerView {
+            spent: self
+                .ledger
+                .epsilon_spent(delta)
+                .map(|e| e.epsilon)
+                .unwrap_or(f64::NAN),
+            budget: self
+                .ledger
+                .budget()
+                .ok()
+                .flatten()
+                .map(|b| b.epsilon)
+                .unwrap_or(self.cfg.privacy.epsilon),
+            audit: self
+                .ledger
+                .audit()
+                .ok()
+                .and_then(|a| serde_json::to_value(a).ok()),
+        };
+    }
+
+    /// Refreshes what the admin endpoint answers.
+    pub(super) fn publish_admin(&self) {
+        let delta = self.cfg.privacy.delta;
+        let phase = self.store.phase().ok().flatten().map(|p| p.phase);
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut peers: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerInfo {
+                peer_id: id.to_string(),
+                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                gpu: p.gpu,
+                memory_mb: p.memory_mb,
+                last_completed_round: p.last_completed_round,
+                connected: connected.contains(id),
+                last_seen_unix_ms: now_ms().saturating_sub(
+                    p.last_seen
+                        .map(|t| t.elapsed().as_millis() as u64)
+                        .unwrap_or(u64::MAX / 2),
+                ),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let status = StatusReport {
+            peer_id: self.me.to_string(),
+            running: true,
+            term: self.election.term(),
+            host: self
+                .election
+                .leader()
+                .and_then(|l| PeerId::from_bytes(l).ok())
+                .map(|p| p.to_string()),
+            round: self.store.last_completed_round().unwrap_or(0),
+            phase,
+            peers: peers
+                .iter()
+                .filter(|p| p.connected)
+                .map(|p| p.peer_id.clone())
+                .collect(),
+            epsilon_spent: self.ledger_view.spent,
+            epsilon_budget: self.ledger_view.budget,
+            delta,
+            last_metrics: self.last_metrics.clone(),
+            preparing: self.ml.preparing().map(|p| p.label().to_string()),
+        };
+        let _ = self.admin.send(AdminState {
+            status,
+            peers,
+            audit: self.ledger_view.audit.clone(),
+        });
+    }
+}
