@@ -3,8 +3,8 @@
 //!
 //! Every section is optional in the file and every field has a default, so a config may
 //! name only what it changes; unknown fields are rejected (a typo is an error, not a no-op).
-//! The `[model]` knobs are the host's and the clients' own configs ([`HostConfig`],
-//! [`ClientConfig`]), and every field's doc comment is also its comment in the documented
+//! The `[model]` knobs are the host's and the clients' own configs ([`SynthesizerConfig`],
+//! [`LearnerConfig`]), and every field's doc comment is also its comment in the documented
 //! file ([`models::knobs!`]).
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use libp2p::{Multiaddr, PeerId};
 use models::knobs::{Documented, Field, FieldKind};
 use serde::{Deserialize, Serialize};
 
+use crate::learn::{LearnerConfig, SynthesizerConfig};
 use crate::paths::UserPath;
-use crate::round::{ClientConfig, HostConfig};
 
 /// File name of the config inside the data directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -197,11 +197,11 @@ models::knobs! {
         /// The host's knobs.
         #[serde(flatten)]
         #[knob(flatten)]
-        pub host: HostConfig,
+        pub host: SynthesizerConfig,
         /// The clients' knobs.
         #[serde(flatten)]
         #[knob(flatten)]
-        pub client: ClientConfig,
+        pub client: LearnerConfig,
         /// Replace every size with the tiny preset's (seconds per round; for tests and smoke
         /// runs).
         pub tiny: bool,
@@ -214,9 +214,9 @@ models::knobs! {
 #[serde(default, deny_unknown_fields)]
 struct ModelFile {
     #[serde(flatten)]
-    host: HostConfig,
+    host: SynthesizerConfig,
     #[serde(flatten)]
-    client: ClientConfig,
+    client: LearnerConfig,
     tiny: bool,
     /// Now `[model.flow] hidden`.
     flow_hidden: Option<usize>,
@@ -257,7 +257,7 @@ impl From<ModelFile> for ModelConfig {
 
 impl ModelConfig {
     /// The host's knobs this section describes (shrunk to the tiny preset when `tiny`).
-    pub fn host_config(&self) -> HostConfig {
+    pub fn host_config(&self) -> SynthesizerConfig {
         if self.tiny {
             self.host.tiny()
         } else {
@@ -266,7 +266,7 @@ impl ModelConfig {
     }
 
     /// The clients' knobs this section describes (shrunk to the tiny preset when `tiny`).
-    pub fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self) -> LearnerConfig {
         if self.tiny {
             self.client.tiny()
         } else {
@@ -516,12 +516,12 @@ impl NodeConfig {
     }
 
     /// The host's knobs (see [`ModelConfig::host_config`]).
-    pub fn host_config(&self) -> HostConfig {
+    pub fn host_config(&self) -> SynthesizerConfig {
         self.model.host_config()
     }
 
     /// The clients' knobs (see [`ModelConfig::client_config`]).
-    pub fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self) -> LearnerConfig {
         self.model.client_config()
     }
 
@@ -753,12 +753,12 @@ mod tests {
     #[test]
     fn tiny_shrinks_the_models() {
         let mut m = ModelConfig::default();
-        assert_eq!(m.host_config(), HostConfig::default());
-        assert_eq!(m.client_config(), ClientConfig::default());
+        assert_eq!(m.host_config(), SynthesizerConfig::default());
+        assert_eq!(m.client_config(), LearnerConfig::default());
         m.tiny = true;
-        assert_eq!(m.host_config(), HostConfig::default().tiny());
-        assert_eq!(m.client_config(), ClientConfig::default().tiny());
-        assert!(m.host_config().flow.hidden < HostConfig::default().flow.hidden);
+        assert_eq!(m.host_config(), SynthesizerConfig::default().tiny());
+        assert_eq!(m.client_config(), LearnerConfig::default().tiny());
+        assert!(m.host_config().flow.hidden < SynthesizerConfig::default().flow.hidden);
         assert_eq!(m.client_config().train.epochs, 1);
         // The preset shrinks sizes only: the file's other knobs stay.
         m.host.guidance_scale = 0.5;
@@ -782,7 +782,7 @@ mod tests {
         );
         assert_eq!(
             (h.flow.hidden, h.flow.blocks),
-            (16, HostConfig::default().flow.blocks)
+            (16, SynthesizerConfig::default().flow.blocks)
         );
         assert_eq!((c.lr, c.distill_rounds), (0.01, 2));
         assert_eq!((c.train.epochs, c.train.batch), (3, 8));

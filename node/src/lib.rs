@@ -3,12 +3,12 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod learn;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod paths;
 pub mod report;
-pub mod round;
 pub mod run;
 pub mod simulate;
 pub mod store;

@@ -13,7 +13,7 @@ use models::oracle::Oracle;
 use models::text::TextEncoder;
 use models::train::accuracy;
 use node::config::{ModelConfig, NodeConfig};
-use node::round::{pretrained_host, Host, PretrainCache};
+use node::learn::{pretrained_synthesizer, PretrainCache, Synthesizer};
 use node::run::ml::node_client;
 use node::world::{eval_rng, federation_encoder, sub_seed, World};
 
@@ -69,13 +69,14 @@ impl Evaluator {
         let (cfg, seed) = (self.model.host_config(), sub_seed(self.seed, 4));
         let host = match checkpoint {
             Some(bytes) => {
-                let mut host = Host::new(cfg, self.encoder.clone(), &self.splits.host, seed)?;
+                let mut host =
+                    Synthesizer::new(cfg, self.encoder.clone(), &self.splits.host, seed)?;
                 host.restore(bytes)?;
                 host
             }
             None => {
                 let cache = self.cache.as_ref();
-                pretrained_host(cfg, self.encoder.clone(), &self.splits.host, seed, cache)?.0
+                pretrained_synthesizer(cfg, self.encoder.clone(), &self.splits.host, seed, cache)?.0
             }
         };
         let (pixels, labels) =
@@ -180,7 +181,7 @@ pub fn local_only_all(
 mod tests {
     use super::*;
     use models::classifier::Arch;
-    use node::round::Client;
+    use node::learn::Learner;
     use node::world::{federation_splits, partition};
 
     /// A node directory as the testnet writes it: a config naming the node's dataset directory.
@@ -219,7 +220,7 @@ mod tests {
         // The node's client (id 0, MLP, its seed) on its shard, judged on the federation's
         // test split.
         let cfg = NodeConfig::load(&dirs[0].join("config.toml")).unwrap();
-        let mut client = Client::new(
+        let mut client = Learner::new(
             0,
             Arch::Mlp,
             splits.pool.subset(&parts[0]),

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use models::data::DataSource;
 
+use crate::learn::{LearnerConfig, SynthesizerConfig};
 use crate::report::{write_compare, write_privacy_utility, write_run};
-use crate::round::{ClientConfig, HostConfig};
 use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig, TextEncoderKind};
 
 /// Arguments of `fedmmkt simulate`.
@@ -54,17 +54,17 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub text_encoder_dir: Option<PathBuf>,
     /// Synthetic samples per class each round.
-    #[arg(long, default_value_t = HostConfig::default().samples_per_class)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().samples_per_class)]
     pub samples_per_class: usize,
     /// Reward threshold θ for keeping a synthetic sample.
-    #[arg(long, default_value_t = HostConfig::default().keep_threshold)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().keep_threshold)]
     pub keep_threshold: f32,
     /// Strength of the critic's guidance of the generator (0: no critic).
-    #[arg(long, default_value_t = HostConfig::default().guidance_scale)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().guidance_scale)]
     pub guidance: f64,
     /// Weight of the critic's entropy when guiding the clients' synthetic set (0: plain
     /// guidance; > 0: samples nearer the class boundaries; 0.6 was best on the validation split).
-    #[arg(long, default_value_t = HostConfig::default().guidance_entropy)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().guidance_entropy)]
     pub guidance_entropy: f64,
     /// Report client accuracy on the oracle split (a validation set) instead of the test split.
     #[arg(long)]
@@ -74,10 +74,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub secagg: bool,
     /// Critic training steps per round.
-    #[arg(long, default_value_t = HostConfig::default().critic_steps)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().critic_steps)]
     pub critic_steps: usize,
     /// Rounds of kept synthetic samples each client distils from (1: the last round's).
-    #[arg(long, default_value_t = ClientConfig::default().distill_rounds)]
+    #[arg(long, default_value_t = LearnerConfig::default().distill_rounds)]
     pub distill_rounds: usize,
     /// Images per class in the host's public set (pre-trains the generator).
     #[arg(long, default_value_t = SimConfig::default().split.host_per_class)]
@@ -86,23 +86,23 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = SimConfig::default().split.oracle_per_class)]
     pub oracle_per_class: usize,
     /// Weight of the host's public images, relative to a reward of 1, when fine-tuning.
-    #[arg(long, default_value_t = HostConfig::default().public_weight)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().public_weight)]
     pub public_weight: f32,
     /// Local epochs per round.
-    #[arg(long, default_value_t = ClientConfig::default().train.epochs)]
+    #[arg(long, default_value_t = LearnerConfig::default().train.epochs)]
     pub local_epochs: usize,
     /// Generator pre-training steps on the host's public set.
-    #[arg(long, default_value_t = HostConfig::default().pretrain_steps)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().pretrain_steps)]
     pub pretrain_steps: usize,
     /// Steps of reward-weighted fine-tuning of the generator's flow per round (0: the host
     /// improves the generator through its critic's guidance only, which measured better).
-    #[arg(long, default_value_t = HostConfig::default().finetune_steps)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().finetune_steps)]
     pub finetune_steps: usize,
     /// Hidden width of the generator.
-    #[arg(long, default_value_t = HostConfig::default().flow.hidden)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().flow.hidden)]
     pub generator_width: usize,
     /// Width of the generator's PCA latent space (0: flow on pixels).
-    #[arg(long, default_value_t = HostConfig::default().flow.latent_dim)]
+    #[arg(long, default_value_t = SynthesizerConfig::default().flow.latent_dim)]
     pub latent_dim: usize,
     /// Epochs of oracle training.
     #[arg(long, default_value_t = SimConfig::default().oracle_epochs)]

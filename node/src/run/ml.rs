@@ -10,7 +10,9 @@ use models::train::accuracy;
 use protocol::RoundStart;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::round::{Client, ClientConfig, Host, HostConfig, PretrainCache, Pretraining};
+use crate::learn::{
+    Learner, LearnerConfig, PretrainCache, Pretraining, Synthesizer, SynthesizerConfig,
+};
 use crate::world::{sub_seed, World};
 
 /// Work for the model thread.
@@ -130,14 +132,14 @@ type Preparing = Arc<Mutex<Option<HostPrep>>>;
 
 /// The learner a node trains on its own data (its architecture from its embedded shard, or
 /// the first one with a dataset of its own); the testnet's local-only reference builds the same.
-pub fn node_client(world: &World, cfg: ClientConfig, seed: u64) -> anyhow::Result<Client> {
+pub fn node_client(world: &World, cfg: LearnerConfig, seed: u64) -> anyhow::Result<Learner> {
     let shard = world.shard.unwrap_or(0);
     let arch = match shard % 3 {
         0 => Arch::Mlp,
         1 => Arch::SmallCnn,
         _ => Arch::WideCnn,
     };
-    Client::new(
+    Learner::new(
         shard,
         arch,
         world.private.clone(),
@@ -157,8 +159,8 @@ impl Ml {
     /// Starts the model thread; results arrive on `out`.
     pub fn spawn(
         world: World,
-        host_cfg: HostConfig,
-        client_cfg: ClientConfig,
+        host_cfg: SynthesizerConfig,
+        client_cfg: LearnerConfig,
         seed: u64,
         out: UnboundedSender<Outcome>,
     ) -> anyhow::Result<Self> {
@@ -188,8 +190,8 @@ impl Ml {
 
 fn worker(
     world: World,
-    host_cfg: HostConfig,
-    mut client: Client,
+    host_cfg: SynthesizerConfig,
+    mut client: Learner,
     seed: u64,
     rx: mpsc::Receiver<Job>,
     out: UnboundedSender<Outcome>,
@@ -197,7 +199,7 @@ fn worker(
 ) {
     let set_preparing =
         |p: Option<HostPrep>| *preparing.lock().unwrap_or_else(PoisonError::into_inner) = p;
-    let mut host: Option<Host> = None;
+    let mut host: Option<Synthesizer> = None;
     while let Ok(job) = rx.recv() {
         let t0 = Instant::now();
         let name = match &job {
@@ -216,8 +218,12 @@ fn worker(
                 let (h, resumed_from, cached) = match checkpoint {
                     Some((round, bytes)) => {
                         set_preparing(Some(HostPrep::Resuming));
-                        let mut h =
-                            Host::new(host_cfg, world.encoder.clone(), &world.host_public, seed)?;
+                        let mut h = Synthesizer::new(
+                            host_cfg,
+                            world.encoder.clone(),
+                            &world.host_public,
+                            seed,
+                        )?;
                         h.restore(&bytes)?;
                         (h, round, false)
                     }

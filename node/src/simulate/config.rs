@@ -4,7 +4,7 @@ use models::classifier::Arch;
 use models::data::SplitConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::round::{ClientConfig, HostConfig};
+use crate::learn::{LearnerConfig, SynthesizerConfig};
 
 /// Training method of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -77,7 +77,7 @@ pub struct DpConfig {
     pub delta: f64,
     /// L2 bound C every upload is clipped to.
     pub clip: f64,
-    /// The host's `prompt_mix` under DP (see [`crate::round::HostConfig::prompt_mix`]).
+    /// The host's `prompt_mix` under DP (see [`crate::learn::SynthesizerConfig::prompt_mix`]).
     pub prompt_mix: f32,
     /// Rounds the noise is calibrated for (None: the run's rounds); in later rounds the
     /// clients' budgets are spent and they abstain.
@@ -104,9 +104,9 @@ pub struct SimConfig {
     /// Fixed splits.
     pub split: SplitConfig,
     /// Host settings.
-    pub host: HostConfig,
+    pub host: SynthesizerConfig,
     /// Client settings.
-    pub client: ClientConfig,
+    pub client: LearnerConfig,
     /// Architecture of every client under FedAvg.
     pub fedavg_arch: Arch,
     /// Epochs of oracle training.
@@ -143,8 +143,8 @@ impl Default for SimConfig {
                 oracle_per_class: 300,
                 ..SplitConfig::default()
             },
-            host: HostConfig::default(),
-            client: ClientConfig::default(),
+            host: SynthesizerConfig::default(),
+            client: LearnerConfig::default(),
             fedavg_arch: Arch::SmallCnn,
             oracle_epochs: 15,
             eval_per_class: 50,
@@ -158,7 +158,7 @@ impl Default for SimConfig {
 
 impl SimConfig {
     /// The end-to-end tests' run: 3 clients, 2 rounds, tiny splits and the tiny preset's
-    /// models ([`HostConfig::tiny`], [`ClientConfig::tiny`]), seconds on a CPU.
+    /// models ([`SynthesizerConfig::tiny`], [`LearnerConfig::tiny`]), seconds on a CPU.
     pub fn tiny() -> Self {
         let base = Self::default();
         Self {

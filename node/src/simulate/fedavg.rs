@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use crate::round::Client;
+use crate::learn::Learner;
 
 /// Replaces every client's parameters by their average weighted by `weights`.
-pub fn average_into(clients: &mut [Client], weights: &[f64]) -> anyhow::Result<()> {
+pub fn average_into(clients: &mut [Learner], weights: &[f64]) -> anyhow::Result<()> {
     let total: f64 = weights.iter().sum();
     anyhow::ensure!(
         total > 0.0 && weights.len() == clients.len(),
@@ -48,7 +48,7 @@ pub fn average_into(clients: &mut [Client], weights: &[f64]) -> anyhow::Result<(
 }
 
 /// Copies the first client's parameters into every other client (FedAvg's common initialisation).
-pub fn copy_from_first(clients: &mut [Client]) -> anyhow::Result<()> {
+pub fn copy_from_first(clients: &mut [Learner]) -> anyhow::Result<()> {
     let weights: Vec<f64> = (0..clients.len())
         .map(|i| if i == 0 { 1.0 } else { 0.0 })
         .collect();

@@ -14,7 +14,7 @@ use super::dp::DpClients;
 use super::fedavg::{average_into, copy_from_first};
 use super::federation::{Federation, RoundEnd};
 use super::setup::Setup;
-use crate::round::{Client, Host};
+use crate::learn::{Learner, Synthesizer};
 use crate::world::{eval_rng, sub_seed};
 
 /// Seconds spent in each phase of a round. Its fields are [`protocol::wire::Phase`] names (a
@@ -208,7 +208,7 @@ fn run_clients(
     let mut clients = Vec::with_capacity(cfg.clients);
     for (k, &arch) in archs.iter().enumerate() {
         let seed = sub_seed(cfg.seed, 100 + k as u64);
-        clients.push(Client::new(
+        clients.push(Learner::new(
             k,
             arch,
             setup.client_data(k),
@@ -223,7 +223,7 @@ fn run_clients(
     }
     let client_sizes: Vec<usize> = clients.iter().map(|c| c.data().len()).collect();
     let mut host = if method == Method::Fedmmkt {
-        let mut h = Host::new(
+        let mut h = Synthesizer::new(
             host_cfg,
             setup.encoder.clone(),
             &setup.splits.host,
@@ -416,8 +416,8 @@ struct Traffic {
 fn fedmmkt_round(
     r: usize,
     cfg: &SimConfig,
-    host: &mut Host,
-    clients: &mut [Client],
+    host: &mut Synthesizer,
+    clients: &mut [Learner],
     fed: &mut Federation,
     mut dp: Option<&mut DpClients>,
     distill: bool,
@@ -495,7 +495,7 @@ fn fedmmkt_round(
 fn fedavg_round(
     r: usize,
     cfg: &SimConfig,
-    clients: &mut [Client],
+    clients: &mut [Learner],
     client_sizes: &[usize],
     ph: &mut PhaseSeconds,
     progress: Progress,
@@ -529,7 +529,7 @@ fn fedavg_round(
 fn fedmd_round(
     r: usize,
     cfg: &SimConfig,
-    clients: &mut [Client],
+    clients: &mut [Learner],
     public: &Dataset,
     distill: Option<&DistillSet>,
     ph: &mut PhaseSeconds,
@@ -574,9 +574,9 @@ pub fn sum_uploads(uploads: &[Vec<f32>]) -> Vec<f64> {
 
 /// Runs `f` on every client, `threads` clients at a time; results in client order.
 fn map_clients<T: Send>(
-    clients: &mut [Client],
+    clients: &mut [Learner],
     threads: usize,
-    f: impl Fn(&mut Client) -> anyhow::Result<T> + Sync,
+    f: impl Fn(&mut Learner) -> anyhow::Result<T> + Sync,
 ) -> anyhow::Result<Vec<T>> {
     let chunk = clients.len().div_ceil(threads.max(1)).max(1);
     let results: Vec<anyhow::Result<Vec<T>>> = std::thread::scope(|s| {
@@ -600,9 +600,9 @@ fn map_clients<T: Send>(
 }
 
 fn for_each_client(
-    clients: &mut [Client],
+    clients: &mut [Learner],
     threads: usize,
-    f: impl Fn(&mut Client) -> anyhow::Result<()> + Sync,
+    f: impl Fn(&mut Learner) -> anyhow::Result<()> + Sync,
 ) -> anyhow::Result<()> {
     map_clients(clients, threads, f).map(|_| ())
 }

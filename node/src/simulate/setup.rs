@@ -10,7 +10,7 @@ use models::oracle::{GenScore, Oracle};
 use models::text::{MiniLmEncoder, TextEncoder};
 
 use super::config::{SimConfig, TextEncoderKind};
-use crate::round::Host;
+use crate::learn::Synthesizer;
 use crate::world::{bow_encoder, eval_rng, partition, sub_seed};
 
 /// Shared, read-only inputs of every run with one config and seed.
@@ -62,7 +62,7 @@ impl Setup {
         )?;
         let oracle_acc_real = oracle.accuracy(&splits.test)?;
         progress("pre-training generator");
-        let mut host = Host::new(
+        let mut host = Synthesizer::new(
             cfg.host,
             encoder.clone(),
             &splits.host,

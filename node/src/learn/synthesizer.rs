@@ -29,7 +29,7 @@ models::knobs! {
     /// The host's knobs (the `[model]` section of the node's config.toml holds them).
     #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(default)]
-    pub struct HostConfig {
+    pub struct SynthesizerConfig {
         /// Synthetic samples per class the host generates each round (M).
         pub samples_per_class: usize,
         /// Reward threshold θ in [0, 1] for keeping a synthetic sample (0 keeps all).
@@ -64,7 +64,7 @@ models::knobs! {
     }
 }
 
-impl Default for HostConfig {
+impl Default for SynthesizerConfig {
     fn default() -> Self {
         Self {
             samples_per_class: 50,
@@ -84,7 +84,7 @@ impl Default for HostConfig {
     }
 }
 
-impl HostConfig {
+impl SynthesizerConfig {
     /// These knobs with the tiny preset's sizes: a round in seconds on a CPU, for tests and
     /// smoke runs (the node config's `tiny = true`).
     pub fn tiny(self) -> Self {
@@ -117,8 +117,8 @@ pub struct RoundOutcome {
 }
 
 /// The generator host of a federation.
-pub struct Host {
-    cfg: HostConfig,
+pub struct Synthesizer {
+    cfg: SynthesizerConfig,
     generator: FlowGenerator,
     encoder: Arc<dyn TextEncoder>,
     classes: Vec<String>,
@@ -131,10 +131,10 @@ pub struct Host {
     rng: ChaCha8Rng,
 }
 
-impl Host {
+impl Synthesizer {
     /// A host whose generator is freshly initialised (call [`Host::pretrain`] next).
     pub fn new(
-        cfg: HostConfig,
+        cfg: SynthesizerConfig,
         encoder: Arc<dyn TextEncoder>,
         public: &Dataset,
         seed: u64,
@@ -444,11 +444,11 @@ pub(crate) mod fixtures {
 
     /// A host config small enough to pre-train in milliseconds: the tiny preset with two
     /// samples per class (four samples over the two classes of [`public`]).
-    pub(crate) fn config() -> HostConfig {
-        HostConfig {
+    pub(crate) fn config() -> SynthesizerConfig {
+        SynthesizerConfig {
             samples_per_class: 2,
             keep_threshold: 0.6,
-            ..HostConfig::default().tiny()
+            ..SynthesizerConfig::default().tiny()
         }
     }
 }
@@ -458,8 +458,8 @@ mod tests {
     use super::fixtures::{config, encoder, public};
     use super::*;
 
-    fn tiny_host(cfg: HostConfig) -> Host {
-        let mut host = Host::new(cfg, encoder(0), &public(), 1).unwrap();
+    fn tiny_host(cfg: SynthesizerConfig) -> Synthesizer {
+        let mut host = Synthesizer::new(cfg, encoder(0), &public(), 1).unwrap();
         host.pretrain().unwrap();
         host
     }

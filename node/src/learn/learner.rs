@@ -16,7 +16,7 @@ models::knobs! {
     /// The client's knobs (the `[model]` section of the node's config.toml holds them).
     #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(default)]
-    pub struct ClientConfig {
+    pub struct LearnerConfig {
         /// The local objective and its sizes.
         #[knob(table)]
         pub train: ClientTrainConfig,
@@ -28,7 +28,7 @@ models::knobs! {
     }
 }
 
-impl Default for ClientConfig {
+impl Default for LearnerConfig {
     fn default() -> Self {
         Self {
             train: ClientTrainConfig::default(),
@@ -38,9 +38,9 @@ impl Default for ClientConfig {
     }
 }
 
-impl ClientConfig {
+impl LearnerConfig {
     /// These knobs with the tiny preset's sizes (one local epoch per round); see
-    /// [`crate::round::HostConfig::tiny`].
+    /// [`crate::learn::SynthesizerConfig::tiny`].
     pub fn tiny(self) -> Self {
         Self {
             train: ClientTrainConfig {
@@ -53,26 +53,26 @@ impl ClientConfig {
 }
 
 /// One data owner with its private data and its own task model.
-pub struct Client {
+pub struct Learner {
     /// Index of this client in the federation.
     pub id: usize,
     model: TaskModel,
     data: Dataset,
     emb: Vec<f32>,
-    cfg: ClientConfig,
+    cfg: LearnerConfig,
     previous: Option<RoundStart>,
     memory: std::collections::VecDeque<DistillSet>,
     rng: ChaCha8Rng,
 }
 
-impl Client {
+impl Learner {
     /// A client with private `data`, captioned with random templates, and a fresh `arch` model.
     pub fn new(
         id: usize,
         arch: Arch,
         data: Dataset,
         encoder: &Arc<dyn TextEncoder>,
-        cfg: ClientConfig,
+        cfg: LearnerConfig,
         seed: u64,
     ) -> anyhow::Result<Self> {
         let mut rng =

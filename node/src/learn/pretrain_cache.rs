@@ -15,7 +15,7 @@ use models::data::Dataset;
 use models::text::TextEncoder;
 use sha2::{Digest, Sha256};
 
-use super::host::{Host, HostConfig};
+use super::synthesizer::{Synthesizer, SynthesizerConfig};
 use crate::store::{write_atomic, StoreError};
 
 /// Bump when pre-training, the generator or the checkpoint format changes, so old entries
@@ -61,7 +61,7 @@ impl CacheKey {
     /// The key of pre-training a [`Host::new`]`(cfg, _, public, seed)` whose caption encoder
     /// embeds the public captions as `emb` (the embeddings stand for the encoder itself).
     pub fn new(
-        cfg: &HostConfig,
+        cfg: &SynthesizerConfig,
         seed: u64,
         public: &Dataset,
         emb: &[f32],
@@ -164,13 +164,13 @@ impl PretrainCache {
 /// A host being pre-trained: [`Pretraining::start`] looks the cache up (so the caller can
 /// say which it will be), [`Pretraining::finish`] loads or pre-trains.
 pub struct Pretraining<'a> {
-    cfg: HostConfig,
+    cfg: SynthesizerConfig,
     encoder: Arc<dyn TextEncoder>,
     public: &'a Dataset,
     seed: u64,
     cache: Option<&'a PretrainCache>,
     key: CacheKey,
-    host: Host,
+    host: Synthesizer,
     hit: Option<Vec<u8>>,
 }
 
@@ -178,13 +178,13 @@ impl<'a> Pretraining<'a> {
     /// A fresh [`Host::new`] with these arguments and its cache entry, if `cache` holds a
     /// sound one (a corrupt or unreadable entry is logged and treated as missing).
     pub fn start(
-        cfg: HostConfig,
+        cfg: SynthesizerConfig,
         encoder: Arc<dyn TextEncoder>,
         public: &'a Dataset,
         seed: u64,
         cache: Option<&'a PretrainCache>,
     ) -> anyhow::Result<Self> {
-        let host = Host::new(cfg, encoder.clone(), public, seed)?;
+        let host = Synthesizer::new(cfg, encoder.clone(), public, seed)?;
         let key = CacheKey::new(&cfg, seed, public, host.public_embeddings())?;
         let hit = cache.and_then(|c| match c.load(&key) {
             Ok(hit) => hit,
@@ -212,7 +212,7 @@ impl<'a> Pretraining<'a> {
 
     /// The pre-trained host: restored from the cache entry, or pre-trained, stored in the
     /// cache (a failed store is logged) and restored from its own checkpoint the same way.
-    pub fn finish(self) -> anyhow::Result<Host> {
+    pub fn finish(self) -> anyhow::Result<Synthesizer> {
         let Self {
             cfg,
             encoder,
@@ -230,7 +230,7 @@ impl<'a> Pretraining<'a> {
                     tracing::warn!(
                         "pre-training cache entry unusable ({e:#}); pre-training instead"
                     );
-                    host = Host::new(cfg, encoder.clone(), public, seed)?;
+                    host = Synthesizer::new(cfg, encoder.clone(), public, seed)?;
                 }
             }
         }
@@ -241,20 +241,20 @@ impl<'a> Pretraining<'a> {
                 tracing::warn!("could not store the pre-training in the cache: {e}");
             }
         }
-        let mut host = Host::new(cfg, encoder, public, seed)?;
+        let mut host = Synthesizer::new(cfg, encoder, public, seed)?;
         host.restore(&state)?;
         Ok(host)
     }
 }
 
 /// [`Pretraining::start`] then [`Pretraining::finish`]; also says whether the cache had it.
-pub fn pretrained_host(
-    cfg: HostConfig,
+pub fn pretrained_synthesizer(
+    cfg: SynthesizerConfig,
     encoder: Arc<dyn TextEncoder>,
     public: &Dataset,
     seed: u64,
     cache: Option<&PretrainCache>,
-) -> anyhow::Result<(Host, bool)> {
+) -> anyhow::Result<(Synthesizer, bool)> {
     let prep = Pretraining::start(cfg, encoder, public, seed, cache)?;
     let cached = prep.cached();
     Ok((prep.finish()?, cached))
@@ -263,10 +263,10 @@ pub fn pretrained_host(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::round::host::fixtures::{config, encoder, public};
+    use crate::learn::synthesizer::fixtures::{config, encoder, public};
 
     /// Everything a host's next two rounds produce, and its checkpoint after them.
-    fn trajectory(mut host: Host) -> (Vec<protocol::RoundStart>, Vec<u8>) {
+    fn trajectory(mut host: Synthesizer) -> (Vec<protocol::RoundStart>, Vec<u8>) {
         let first = host.start_round(1).unwrap();
         let rows = [[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.1, 0.9]];
         let mut sum: Vec<f64> = rows.iter().flatten().copied().collect();
@@ -276,8 +276,12 @@ mod tests {
         (vec![first, second], host.checkpoint().unwrap())
     }
 
-    fn prepare(cache: Option<&PretrainCache>, seed: u64, cfg: HostConfig) -> (Host, bool) {
-        pretrained_host(cfg, encoder(0), &public(), seed, cache).unwrap()
+    fn prepare(
+        cache: Option<&PretrainCache>,
+        seed: u64,
+        cfg: SynthesizerConfig,
+    ) -> (Synthesizer, bool) {
+        pretrained_synthesizer(cfg, encoder(0), &public(), seed, cache).unwrap()
     }
 
     #[test]
@@ -300,11 +304,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = PretrainCache::new(tmp.path());
         prepare(Some(&cache), 1, config());
-        let hit = |cfg: HostConfig, enc: Arc<dyn TextEncoder>, public: &Dataset, seed: u64| {
-            Pretraining::start(cfg, enc, public, seed, Some(&cache))
-                .unwrap()
-                .cached()
-        };
+        let hit =
+            |cfg: SynthesizerConfig, enc: Arc<dyn TextEncoder>, public: &Dataset, seed: u64| {
+                Pretraining::start(cfg, enc, public, seed, Some(&cache))
+                    .unwrap()
+                    .cached()
+            };
         assert!(hit(config(), encoder(0), &public(), 1));
         assert!(!hit(config(), encoder(0), &public(), 2), "seed");
         let mut steps = config();
