@@ -1,6 +1,7 @@
 //! The in-process simulation: every node's role run in one process over the same round code
 //! the network node uses, for methods, baselines and ablations, with reports.
 
+pub mod baselines;
 pub mod config;
 pub mod dp;
 pub mod fedavg;

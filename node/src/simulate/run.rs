@@ -3,15 +3,15 @@
 use std::time::Instant;
 
 use models::classifier::Arch;
-use models::data::Dataset;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
 use protocol::session::release::Release;
 use serde::Serialize;
 
+use super::baselines::{fedavg_round, fedmd_round};
 use super::config::{Ablation, Method, SimConfig};
 use super::dp::DpClients;
-use super::fedavg::{average_into, copy_from_first};
+use super::fedavg::copy_from_first;
 use super::federation::{Federation, RoundEnd};
 use super::setup::Setup;
 use crate::learn::{Learner, Synthesizer};
@@ -400,14 +400,14 @@ fn run_clients(
 
 /// What one round moved and kept, for its report.
 #[derive(Default)]
-struct Traffic {
-    down: usize,
-    up: usize,
-    kept: Option<usize>,
-    mean_reward: Option<f32>,
+pub(super) struct Traffic {
+    pub(super) down: usize,
+    pub(super) up: usize,
+    pub(super) kept: Option<usize>,
+    pub(super) mean_reward: Option<f32>,
     /// Uploads in the aggregate (None: every client).
-    participants: Option<usize>,
-    abstained: usize,
+    pub(super) participants: Option<usize>,
+    pub(super) abstained: usize,
 }
 
 /// One FedMMKT round through the node's round sessions: generate, offer, learn, judge,
@@ -491,89 +491,8 @@ fn fedmmkt_round(
     Ok(traffic)
 }
 
-/// One FedAvg round: local training, then the data-weighted average of the parameters.
-fn fedavg_round(
-    r: usize,
-    cfg: &SimConfig,
-    clients: &mut [Learner],
-    client_sizes: &[usize],
-    ph: &mut PhaseSeconds,
-    progress: Progress,
-) -> anyhow::Result<Traffic> {
-    progress(r, "learn");
-    let t = Instant::now();
-    for_each_client(clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
-    ph.learn = t.elapsed().as_secs_f64();
-    progress(r, "aggregate");
-    let t = Instant::now();
-    let weights: Vec<f64> = client_sizes.iter().map(|&n| n as f64).collect();
-    average_into(clients, &weights)?;
-    ph.aggregate = t.elapsed().as_secs_f64();
-    let params: usize = clients.first().map_or(0, |c| {
-        c.model()
-            .varmap()
-            .all_vars()
-            .iter()
-            .map(|v| v.elem_count())
-            .sum()
-    });
-    Ok(Traffic {
-        down: params * 4 * cfg.clients,
-        up: params * 4 * cfg.clients,
-        ..Traffic::default()
-    })
-}
-
-/// One FedMD/FedDF round: local training with distillation on the public set, then the
-/// clients' mean prediction on it becomes the next round's consensus teacher.
-fn fedmd_round(
-    r: usize,
-    cfg: &SimConfig,
-    clients: &mut [Learner],
-    public: &Dataset,
-    distill: Option<&DistillSet>,
-    ph: &mut PhaseSeconds,
-    progress: Progress,
-) -> anyhow::Result<(Vec<f32>, Traffic)> {
-    progress(r, "learn");
-    let t = Instant::now();
-    for_each_client(clients, cfg.threads, |c| c.train(distill).map(|_| ()))?;
-    ph.learn = t.elapsed().as_secs_f64();
-    progress(r, "judge");
-    let t = Instant::now();
-    let preds = map_clients(clients, cfg.threads, |c| {
-        Ok(c.model().predict_proba(&public.images, public.len())?)
-    })?;
-    ph.judge = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let teacher = sum_uploads(&preds)
-        .iter()
-        .map(|v| (*v / cfg.clients as f64) as f32)
-        .collect();
-    ph.aggregate = t.elapsed().as_secs_f64();
-    let traffic = Traffic {
-        // The public images travel once; each round carries the consensus teacher.
-        down: public.len() * public.num_classes() * 4 * cfg.clients,
-        up: preds.iter().map(|p| p.len() * 4).sum(),
-        ..Traffic::default()
-    };
-    Ok((teacher, traffic))
-}
-
-/// The aggregate: the element-wise sum of equally long uploads, in f64.
-pub fn sum_uploads(uploads: &[Vec<f32>]) -> Vec<f64> {
-    let len = uploads.first().map_or(0, Vec::len);
-    let mut sum = vec![0f64; len];
-    for u in uploads {
-        for (s, v) in sum.iter_mut().zip(u) {
-            *s += *v as f64;
-        }
-    }
-    sum
-}
-
 /// Runs `f` on every client, `threads` clients at a time; results in client order.
-fn map_clients<T: Send>(
+pub(super) fn map_clients<T: Send>(
     clients: &mut [Learner],
     threads: usize,
     f: impl Fn(&mut Learner) -> anyhow::Result<T> + Sync,
@@ -599,7 +518,7 @@ fn map_clients<T: Send>(
     Ok(out)
 }
 
-fn for_each_client(
+pub(super) fn for_each_client(
     clients: &mut [Learner],
     threads: usize,
     f: impl Fn(&mut Learner) -> anyhow::Result<()> + Sync,
@@ -667,16 +586,5 @@ mod tests {
         let fedavg = local_reference(&cfg, &setup, Method::Fedavg, &|_, _| {}).unwrap();
         assert!(fedavg.client_archs.iter().all(|&a| a == cfg.fedavg_arch));
         assert_ne!(fedavg.rounds[0].client_acc, reference.rounds[0].client_acc);
-    }
-
-    #[test]
-    fn aggregate_is_the_elementwise_sum() {
-        let uploads = vec![
-            vec![1.0f32, 2.0, -3.0],
-            vec![0.5, 0.25, 3.0],
-            vec![0.0, 1.0, 1.0],
-        ];
-        assert_eq!(sum_uploads(&uploads), vec![1.5, 3.25, 1.0]);
-        assert!(sum_uploads(&[]).is_empty());
     }
 }
