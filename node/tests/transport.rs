@@ -22,6 +22,7 @@ fn config(psk: Option<[u8; 32]>, members: Vec<PeerId>, quic: bool) -> NetConfig 
         max_connections: 8,
         max_connections_per_peer: 2,
         request_timeout: Duration::from_secs(5),
+        memory: false,
     }
 }
 

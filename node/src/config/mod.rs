@@ -91,7 +91,8 @@ models::knobs! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct NetworkConfig {
-        /// Multiaddrs to listen on (TCP and QUIC; port 0 picks a free port).
+        /// Multiaddrs to listen on (TCP and QUIC; port 0 picks a free port; only `/memory/N`
+        /// addresses: in-process channels instead of sockets, for tests).
         pub listen: Vec<String>,
         /// Multiaddrs of peers to dial at start, each ending in `/p2p/<peer id>`.
         pub bootstrap: Vec<String>,

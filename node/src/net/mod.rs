@@ -71,17 +71,44 @@ pub struct NetConfig {
     pub max_connections_per_peer: u32,
     /// How long a request may take before it fails (bulk payloads are large).
     pub request_timeout: Duration,
+    /// Connect over in-process memory channels (`/memory/N` addresses) instead of TCP/QUIC:
+    /// several nodes in one process, for tests without sockets.
+    pub memory: bool,
 }
 
 /// A boxed error from building the stack.
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
-/// TCP (+ pnet when a key is given) + noise + yamux, or'ed with QUIC when enabled.
+/// Whether `addr` is an in-process memory address (`/memory/N`).
+pub fn is_memory(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Memory(_)))
+}
+
+/// TCP (+ pnet when a key is given) + noise + yamux, or'ed with QUIC when enabled; or the
+/// same upgrades over in-process memory channels.
 fn transport(
     key: &Keypair,
     psk: Option<PreSharedKey>,
     quic_on: bool,
+    memory: bool,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BuildError> {
+    if memory {
+        let base = libp2p::core::transport::MemoryTransport::default();
+        let guarded = match psk {
+            Some(psk) => either::Either::Left(
+                base.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+            ),
+            None => either::Either::Right(base),
+        };
+        return Ok(guarded
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed());
+    }
     let base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let guarded = match psk {
         Some(psk) => either::Either::Left(
@@ -112,12 +139,13 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
     // QUIC's rustls needs a process-wide crypto provider; ignore "already installed".
     let _ = rustls::crypto::ring::default_provider().install_default();
     let psk = cfg.psk;
-    let quic_on = cfg.quic;
+    let quic_on = cfg.quic && !cfg.memory;
+    let memory = cfg.memory;
     let members: HashSet<PeerId> = cfg.members.iter().copied().collect();
     let cfg = cfg.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_other_transport(|key| transport(key, psk, quic_on))?
+        .with_other_transport(|key| transport(key, psk, quic_on, memory))?
         .with_behaviour(|key| -> Result<Behaviour, BuildError> {
             let me = key.public().to_peer_id();
             let limits = connection_limits::Behaviour::new(

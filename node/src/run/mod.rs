@@ -177,7 +177,9 @@ pub async fn run(
     } else {
         opts.listen.clone()
     };
-    let quic = !members.is_empty();
+    // Memory addresses only: an in-process federation (tests), no sockets for the swarm.
+    let memory = !listen.is_empty() && listen.iter().all(net::is_memory);
+    let quic = !members.is_empty() && !memory;
     let net_cfg = NetConfig {
         psk,
         members: members.clone(),
@@ -186,6 +188,7 @@ pub async fn run(
         max_connections: cfg.network.max_connections,
         max_connections_per_peer: cfg.network.max_connections_per_peer,
         request_timeout: Duration::from_secs(cfg.round.stage_timeout_secs.max(5) * 2),
+        memory,
     };
     let mut swarm = net::build_swarm(key, &net_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for addr in &listen {
