@@ -116,12 +116,30 @@ fn three_nodes_in_one_process_elect_a_host_and_every_node_contributes_to_each_ro
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want);
-    // Every node charged its ledger once per round, within budget, and its chain verifies.
+    // Every node charged its ledger for every round, at most once per attempt (an attempt
+    // abandoned by a host change stays charged, and its retry is a new attempt), within
+    // budget, and its chain verifies.
     for d in &dirs {
         let audit: Value = admin::query(d, "audit").unwrap().unwrap();
         assert_eq!(audit["chain"]["valid"], Value::Bool(true), "{audit}");
         let entries = audit["entries"].as_array().unwrap();
-        assert_eq!(entries.len() as u64, rounds, "{audit}");
+        let mut attempts: Vec<&str> = entries
+            .iter()
+            .map(|e| e["dataset_id"].as_str().unwrap())
+            .collect();
+        attempts.sort();
+        attempts.dedup();
+        assert_eq!(
+            attempts.len(),
+            entries.len(),
+            "an attempt charged twice: {audit}"
+        );
+        for round in 1..=rounds {
+            assert!(
+                entries.iter().any(|e| e["round"].as_u64() == Some(round)),
+                "round {round} never charged: {audit}"
+            );
+        }
         let spent = audit["epsilon_spent"].as_f64().unwrap();
         assert!(spent <= audit["budget"]["epsilon"].as_f64().unwrap() + 1e-9);
     }
