@@ -292,16 +292,16 @@ impl Node {
         }
     }
 
-    /// A participant's secure-aggregation message.
+    /// A participant's secure-aggregation message, `size` bytes as it was encoded.
     pub(super) fn host_secagg(
         &mut self,
         peer: PeerId,
         packet: SecAggPacket,
+        size: usize,
     ) -> Result<(), Refusal> {
         let Some(active) = self.active_mut() else {
             return Err(Refusal::NoRound);
         };
-        let size = protocol::wire::encoded_len(&Request::SecAgg(packet.clone())).unwrap_or(0);
         let effects = active.session.on_secagg(&peer.to_bytes(), packet)?;
         active.clock.count(size);
         self.host_effects(effects).map_err(Refusal::local)

@@ -74,8 +74,9 @@ impl Node {
                     self.settle(me, pending, response)?;
                 }
                 Local::ToHost(req) => {
+                    let size = protocol::wire::encoded_len(&req).unwrap_or(0);
                     let result = match req {
-                        Request::SecAgg(packet) => self.host_secagg(me, packet),
+                        Request::SecAgg(packet) => self.host_secagg(me, packet, size),
                         Request::Abstain {
                             term,
                             round,
@@ -120,6 +121,7 @@ impl Node {
             self.respond(channel, Response::Rejected(Refusal::RateLimited));
             return Ok(());
         }
+        let size = protocol::wire::encoded_len(&request).unwrap_or(0);
         let result = match request {
             Request::Election(msg) => {
                 self.on_election(peer, msg)?;
@@ -128,7 +130,7 @@ impl Node {
             Request::Offer(offer) => self.on_offer(peer, *offer),
             Request::SecAgg(packet) => {
                 if self.host.is_some() {
-                    self.host_secagg(peer, packet)
+                    self.host_secagg(peer, packet, size)
                 } else {
                     self.client_secagg(peer, packet)
                 }
