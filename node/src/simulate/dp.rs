@@ -14,40 +14,24 @@ use super::config::DpConfig;
 pub struct DpClients {
     ledgers: Vec<Ledger>,
     releasers: Vec<Releaser>,
-    /// The noise multiplier of this run's round shape (what the report shows).
-    z: f64,
+    /// The noise multiplier of the last release (what the report shows; every round of a run
+    /// has the same shape, which the round sessions fix).
+    z: Option<f64>,
     delta: f64,
     dir: PathBuf,
 }
 
 impl DpClients {
-    /// Opens a fresh ledger for each client under `dir/client-K`, capped at the budget, and
-    /// calibrates the noise so `rounds` releases of a round with `noise_shares` of
-    /// `clients` uploads in its sum, `dimension` values each, spend exactly the budget.
-    pub fn new(
-        dp: &DpConfig,
-        clients: usize,
-        rounds: usize,
-        dimension: usize,
-        noise_shares: u32,
-        dir: &Path,
-    ) -> anyhow::Result<Self> {
+    /// Opens a fresh ledger for each client under `dir/client-K`, capped at the budget; the
+    /// noise is calibrated so `rounds` releases of a round's shape spend exactly the budget.
+    pub fn new(dp: &DpConfig, clients: usize, rounds: usize, dir: &Path) -> anyhow::Result<Self> {
         let plan = PrivacyPlan {
             epsilon: dp.epsilon,
             delta: dp.delta,
             clip: dp.clip,
             planned_rounds: u32::try_from(rounds)?,
         };
-        let mut releaser = Releaser::new(plan);
-        let z = releaser.noise_multiplier(&ReleasePlan {
-            term: 0,
-            round: 0,
-            attempt: 0,
-            participants: clients as u32,
-            noise_shares,
-            dim: dimension,
-            bound: f32::INFINITY,
-        })?;
+        let releaser = Releaser::new(plan);
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -61,14 +45,14 @@ impl DpClients {
         Ok(Self {
             ledgers,
             releasers: vec![releaser; clients],
-            z,
+            z: None,
             delta: dp.delta,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// The calibrated noise multiplier z.
-    pub fn noise_multiplier(&self) -> f64 {
+    /// The calibrated noise multiplier z of the releases so far (`None` before the first).
+    pub fn noise_multiplier(&self) -> Option<f64> {
         self.z
     }
 
@@ -90,6 +74,7 @@ impl DpClients {
         else {
             anyhow::bail!("no ledger for client {k}");
         };
+        self.z = Some(releaser.noise_multiplier(plan)?);
         let release = releaser.release(ledger, plan, format!("client-{k}"), upload)?;
         if release == Release::BudgetExhausted {
             tracing::info!(
@@ -129,8 +114,8 @@ mod tests {
             prompt_mix: 0.0,
             calibration_rounds: None,
         };
-        let mut clients = DpClients::new(&dp, 2, 2, 4, 2, dir.path()).unwrap();
-        assert!(clients.noise_multiplier() > 0.0);
+        let mut clients = DpClients::new(&dp, 2, 2, dir.path()).unwrap();
+        assert_eq!(clients.noise_multiplier(), None);
         let upload = [3.0f32, 0.0, 0.0, 4.0]; // norm 5: clipped to 1 before noise
         let mut plan = ReleasePlan {
             term: 1,
@@ -148,6 +133,7 @@ mod tests {
             };
             assert_eq!(out.len(), 4);
             assert_ne!(out, upload.to_vec());
+            assert!(clients.noise_multiplier().is_some_and(|z| z > 0.0));
         }
         plan.round = 2;
         assert_eq!(

@@ -247,21 +247,6 @@ fn run_clients(
     let mut fed = Federation::new(cfg.clients, cfg.secagg, clip, sub_seed(cfg.seed, 5))?;
     let mut dp = match (&cfg.dp, method) {
         (Some(dp), Method::Fedmmkt) => {
-            let layout = protocol::UploadLayout {
-                samples: host_cfg.samples_per_class * setup.splits.test.num_classes(),
-                classes: setup.splits.test.num_classes(),
-            };
-            // The sum's noise shares: every upload in a plain round; a secure round's
-            // threshold (its sum may be released with that many).
-            let n = cfg.clients as u32;
-            let noise_shares = if cfg.secagg {
-                protocol::round::noise_shares_unknown_to_host(
-                    privacy::secagg::RoundParams::min_threshold(n.saturating_sub(1)).max(2),
-                    false,
-                )
-            } else {
-                n
-            };
             let name = ablation.map_or(method.name(), Ablation::name);
             let dir = setup
                 .work_dir
@@ -271,8 +256,6 @@ fn run_clients(
                 dp,
                 cfg.clients,
                 dp.calibration_rounds.unwrap_or(cfg.rounds),
-                layout.len(),
-                noise_shares,
                 &dir,
             )?)
         }
@@ -392,7 +375,7 @@ fn run_clients(
         image_side: setup.splits.test.rows,
         config: cfg.clone(),
         total_seconds: t0.elapsed().as_secs_f64(),
-        dp_noise_multiplier: dp.as_ref().map(DpClients::noise_multiplier),
+        dp_noise_multiplier: dp.as_ref().and_then(DpClients::noise_multiplier),
         ledgers_verified: dp.as_ref().map(DpClients::verify_all),
     };
     Ok((report, images))
