@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use privacy::ledger::{ChargeContext, Ledger, DB_DIR, TREE};
+use privacy::ledger::{ChargeContext, Ledger, TrainingCost, DB_DIR, TREE};
 use privacy::mechanism::{GaussianRelease, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 fn fedmmkt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
@@ -227,6 +228,7 @@ fn record(dir: &Path, n: u64) {
         let ctx = ChargeContext {
             round,
             dataset_id: "cli-test".into(),
+            unit: PrivacyUnit::Client,
         };
         ledger
             .charge(release, &ctx)
@@ -234,6 +236,53 @@ fn record(dir: &Path, n: u64) {
             .noise_f32(&[0.1; 32])
             .unwrap();
     }
+}
+
+#[test]
+fn audit_shows_units_and_training_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    record(dir.path(), 1);
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let cost = TrainingCost {
+            records: 600,
+            sample_rate: 0.1,
+            noise_multiplier: 1.2,
+            clip: 1.0,
+            steps: 20,
+        };
+        let ctx = ChargeContext {
+            round: 1,
+            dataset_id: "cli-train".into(),
+            unit: PrivacyUnit::Record,
+        };
+        assert_eq!(ledger.charge_training(&cost, &ctx).unwrap(), 1);
+    }
+    let v = stdout_json(&fedmmkt(&["privacy", "audit", "--data-dir", d, "--json"]));
+    assert_eq!(v["chain"]["valid"], true);
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["unit"], "client");
+    assert_eq!(entries[0]["steps"], serde_json::Value::Null);
+    assert_eq!(entries[1]["unit"], "record");
+    assert_eq!(entries[1]["mechanism"], "dp_sgd");
+    assert_eq!(entries[1]["steps"], 20);
+    assert_eq!(entries[1]["records"], 600);
+    assert_eq!(entries[1]["dimension"], serde_json::Value::Null);
+
+    let human = fedmmkt(&["privacy", "audit", "--data-dir", d]);
+    assert!(human.status.success());
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("unit") && text.contains("steps"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("cli-train"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("record") && row.contains("dp_sgd") && row.contains(" 600 "),
+        "{text}"
+    );
+    assert!(text.contains("over 2 entries"), "{text}");
 }
 
 #[test]

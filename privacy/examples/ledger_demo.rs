@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use privacy::error::PrivacyError;
 use privacy::ledger::{ChargeContext, Ledger};
 use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -51,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ctx = ChargeContext {
             round,
             dataset_id: "fashion-mnist/client-0".into(),
+            unit: PrivacyUnit::Client,
         };
         match ledger.charge(release, &ctx) {
             Ok(charged) => {

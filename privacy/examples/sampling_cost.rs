@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use privacy::ledger::{ChargeContext, Ledger};
 use privacy::mechanism::{DiscreteGaussianRelease, GaussianRelease, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -25,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = ChargeContext {
         round: 0,
         dataset_id: "bench".into(),
+        unit: PrivacyUnit::Client,
     };
     for k in [-30, -20] {
         let (mut charge_s, mut noise_s) = (0.0, 0.0);

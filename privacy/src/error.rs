@@ -22,15 +22,15 @@ pub enum PrivacyError {
     /// A numerical computation did not produce a finite, trustworthy value.
     #[error("numerical failure: {0}")]
     Numerical(String),
-    /// The release would take the node over its (ε, δ) cap; the node must abstain.
+    /// The release or training would take the node over its (ε, δ) cap; the node must abstain.
     #[error(
-        "privacy budget exceeded: spent ε = {spent:.4}, this release would make it ε = {would_be:.4} \
+        "privacy budget exceeded: spent ε = {spent:.4}, this charge would make it ε = {would_be:.4} \
          but the cap is ε = {cap} at δ = {delta:e}; abstaining"
     )]
     BudgetExceeded {
         /// ε spent before this release, at the budget's δ.
         spent: f64,
-        /// ε after this release, at the budget's δ.
+        /// ε after this charge (a release or training), at the budget's δ.
         would_be: f64,
         /// The cap ε_max.
         cap: f64,
@@ -126,6 +126,18 @@ pub(crate) fn check_noise_multiplier(z: f64) -> Result<()> {
         Err(PrivacyError::invalid(
             "noise multiplier",
             format!("must be finite and > 0, got {z}"),
+        ))
+    }
+}
+
+/// Checks that an L2 clip bound C is finite and positive.
+pub(crate) fn check_clip(clip: f64) -> Result<()> {
+    if clip.is_finite() && clip > 0.0 {
+        Ok(())
+    } else {
+        Err(PrivacyError::invalid(
+            "clip",
+            format!("must be finite and > 0, got {clip}"),
         ))
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! # Differential privacy: mechanisms, accountant, ledger
 //!
-//! Privacy unit: **one client's whole contribution in one round** (client-level DP, add/remove
-//! one client). What is protected, what is not, and the distributed-noise rule are spelled out
-//! in `privacy/README.md`.
+//! Privacy units ([`PrivacyUnit`]): **record** (the default whenever DP is on) protects every
+//! record of a node (an image with its caption and label) through DP-SGD on the node's local
+//! training, recorded in the ledger as [`ledger::TrainingCost`]; **client** protects a node's whole
+//! contribution in one round (add/remove one client) through noised uploads. What each protects,
+//! what it does not, and the distributed-noise rule are spelled out in `privacy/README.md`.
 //!
 //! - [`mechanism`]: L2 clip + OpenDP Gaussian ([`mechanism::GaussianRelease`], f32/f64) or
 //!   discrete Gaussian on the quantized integers ([`mechanism::DiscreteGaussianRelease`]); each
@@ -13,8 +15,11 @@
 //!   that are guaranteed to be in the released sum.
 //! - [`accountant`]: RDP of the Poisson-subsampled Gaussian (integer and fractional orders),
 //!   composition, Balle et al. 2020 conversion over a dense order grid, bisection inverse.
-//! - [`ledger`]: per-node sled ledger, one SHA-256-chained, Ed25519-signed entry per release,
-//!   written and flushed *before* the release runs; a budget (ε_max at δ) refuses releases.
+//! - [`ledger`]: per-node sled ledger, one SHA-256-chained, Ed25519-signed entry per spend (a
+//!   release, or a round's DP-SGD training), written and flushed *before* the release or the
+//!   training runs; a budget (ε_max at δ) refuses spends over it.
+//! - [`audit`]: the empirical lower bound on ε of one-run privacy auditing (Steinke, Nasr and
+//!   Jagielski 2023) from canary membership guesses.
 //!
 //! One client's round, as the simulation runs it:
 //!
@@ -22,6 +27,7 @@
 //! use privacy::error::PrivacyError;
 //! use privacy::ledger::{Budget, ChargeContext, Ledger, NodeKey};
 //! use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
+//! use privacy::PrivacyUnit;
 //!
 //! # fn main() -> Result<(), PrivacyError> {
 //! // Host, once: the z that meets ε = 4 at δ = 1e-5 over 3 rounds, exactly as ledgers charge it.
@@ -46,7 +52,7 @@
 //! let mut sent = 0;
 //! for round in 0..4 {
 //!     let release = GaussianRelease::new(&config)?; // (1) cost from OpenDP, no data touched
-//!     let ctx = ChargeContext { round, dataset_id: "client-3".into() };
+//!     let ctx = ChargeContext { round, dataset_id: "client-3".into(), unit: PrivacyUnit::Client };
 //!     match ledger.charge(release, &ctx) {          // (2) budget check + (3) durable record
 //!         Ok(charged) => {
 //!             let noised: Vec<f32> = charged.noise_f32(&upload)?; // (4) clip + noise share
@@ -64,7 +70,11 @@
 //! ```
 
 pub mod accountant;
+pub mod audit;
 pub mod error;
 pub mod ledger;
 pub mod mechanism;
 pub mod secagg;
+pub mod unit;
+
+pub use unit::PrivacyUnit;

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use privacy::accountant::{epsilon_for, RdpAccountant};
 use privacy::error::PrivacyError;
-use privacy::ledger::{Budget, ChargeContext, Ledger, DB_DIR, KEY_FILE, TREE};
-use privacy::mechanism::{GaussianRelease, ReleaseConfig};
+use privacy::ledger::{Budget, ChargeContext, Ledger, Spend, TrainingCost, DB_DIR, KEY_FILE, TREE};
+use privacy::mechanism::{GaussianRelease, MechanismKind, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 fn release(z: f64) -> GaussianRelease {
     GaussianRelease::new(&ReleaseConfig {
@@ -22,6 +24,7 @@ fn ctx(round: u64) -> ChargeContext {
     ChargeContext {
         round,
         dataset_id: "fashion-mnist/client-3".into(),
+        unit: PrivacyUnit::Client,
     }
 }
 
@@ -81,9 +84,14 @@ fn untouched_ledger_verifies_and_survives_reopen() {
         vec![0, 1, 2, 3]
     );
     assert_eq!(entries[2].dataset_id, "fashion-mnist/client-3");
-    assert!((entries[0].cost.charged_noise_multiplier - 3.0 * (0.8f64).sqrt()).abs() < 1e-5);
+    let charged = entries[0]
+        .cost
+        .as_release()
+        .unwrap()
+        .charged_noise_multiplier;
+    assert!((charged - 3.0 * (0.8f64).sqrt()).abs() < 1e-5);
     // ε of 4 rounds equals the accountant's for the charged noise multiplier.
-    let z = entries[0].cost.charged_noise_multiplier;
+    let z = charged;
     let want = privacy::accountant::epsilon_for(z, 1.0, 4, 1e-5)
         .unwrap()
         .epsilon;
@@ -245,4 +253,191 @@ fn corrupt_key_file_is_an_error_not_a_new_key() {
     std::fs::write(dir.path().join(KEY_FILE), b"not a key").unwrap();
     let err = Ledger::open(dir.path()).unwrap_err();
     assert!(matches!(err, PrivacyError::Malformed { .. }), "{err}");
+}
+
+/// One round of DP-SGD on a node's 600 records: 20 steps at q = 0.1, z = 1.2, C = 1.
+fn training() -> TrainingCost {
+    TrainingCost {
+        records: 600,
+        sample_rate: 0.1,
+        noise_multiplier: 1.2,
+        clip: 1.0,
+        steps: 20,
+    }
+}
+
+fn record_ctx(round: u64) -> ChargeContext {
+    ChargeContext {
+        round,
+        dataset_id: "coco-captions/node-1".into(),
+        unit: PrivacyUnit::Record,
+    }
+}
+
+/// The one-time release of a node's class shares: a single Gaussian release, record-level.
+fn class_shares() -> GaussianRelease {
+    GaussianRelease::new(&ReleaseConfig {
+        clip: 1.0,
+        noise_multiplier: 8.0,
+        expected_participants: 1,
+        min_participants: 1,
+        sample_rate: 1.0,
+        dimension: 10,
+    })
+    .unwrap()
+}
+
+#[test]
+fn charged_training_is_durable_and_costs_the_composed_subsampled_gaussian() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let check = ledger.check_training(&training()).unwrap();
+        assert!(check.fits && check.spent == 0.0 && check.after > 0.0);
+        assert_eq!(
+            ledger.charge_training(&training(), &record_ctx(1)).unwrap(),
+            0
+        );
+        // Dropped without any further call: the entry must already be on disk.
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.len().unwrap(), 1);
+    let entries = ledger.entries().unwrap();
+    assert_eq!(entries[0].unit, PrivacyUnit::Record);
+    assert_eq!(entries[0].round, 1);
+    assert_eq!(entries[0].cost, Spend::Training(training()));
+    let want = epsilon_for(1.2, 0.1, 20, 1e-5).unwrap().epsilon;
+    let got = ledger.epsilon_spent(1e-5).unwrap().epsilon;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+
+    let audit = ledger.audit().unwrap();
+    assert!(audit.chain.valid);
+    let row = &audit.entries[0];
+    assert_eq!(row.unit, PrivacyUnit::Record);
+    assert_eq!(row.mechanism, MechanismKind::DpSgd);
+    assert_eq!((row.records, row.steps), (Some(600), Some(20)));
+    assert_eq!((row.sample_rate, row.noise_multiplier), (0.1, 1.2));
+    assert_eq!(row.expected_participants, None);
+    assert_eq!(row.aggregate_rho, None);
+    let json = serde_json::to_value(row).unwrap();
+    assert_eq!(json["unit"], "record");
+    assert_eq!(json["mechanism"], "dp_sgd");
+    assert!(json["dimension"].is_null() && json["steps"] == 20);
+}
+
+#[test]
+fn class_shares_and_training_rounds_compose() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let shares = class_shares();
+    let mut want = RdpAccountant::new();
+    want.compose_curve(&shares.cost().rdp_curve(ledger.orders()).unwrap())
+        .unwrap();
+    let charged = ledger.charge(shares, &record_ctx(0)).unwrap();
+    assert_eq!(charged.seq(), 0);
+    charged.noise_f32(&[0.1; 10]).unwrap();
+    for round in 1..=3 {
+        let predicted = ledger.check_training(&training()).unwrap().after;
+        let seq = ledger
+            .charge_training(&training(), &record_ctx(round))
+            .unwrap();
+        assert_eq!(seq, round);
+        want.compose_subsampled_gaussian(0.1, 1.2, 20).unwrap();
+        let spent = ledger.epsilon_spent(1e-5).unwrap().epsilon;
+        assert!((spent - predicted).abs() < 1e-12, "{spent} vs {predicted}");
+    }
+    let got = ledger.epsilon_spent(1e-5).unwrap().epsilon;
+    let want = want.epsilon(1e-5).unwrap().epsilon;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    // More than training alone: the share release counts.
+    assert!(got > epsilon_for(1.2, 0.1, 60, 1e-5).unwrap().epsilon);
+
+    let audit = ledger.audit().unwrap();
+    assert!(audit.chain.valid && audit.entries.len() == 4);
+    assert!(audit.entries.iter().all(|e| e.unit == PrivacyUnit::Record));
+    assert_eq!(audit.entries[0].mechanism, MechanismKind::Gaussian);
+    assert_eq!(audit.entries[0].steps, None);
+    assert_eq!(audit.entries[0].dimension, Some(10));
+    assert!(audit.entries[1..]
+        .iter()
+        .all(|e| e.mechanism == MechanismKind::DpSgd));
+    assert!((audit.entries[3].epsilon_cumulative - got).abs() < 1e-12);
+    drop(ledger);
+    assert!(Ledger::open(dir.path()).unwrap().verify().unwrap().valid);
+}
+
+#[test]
+fn training_over_the_budget_is_refused_and_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let one_round = epsilon_for(1.2, 0.1, 20, 1e-5).unwrap().epsilon;
+    // Room for one round of training but not two.
+    let cap = one_round * 1.2;
+    ledger.set_budget(Budget::new(cap, 1e-5).unwrap()).unwrap();
+    ledger.charge_training(&training(), &record_ctx(1)).unwrap();
+    let check = ledger.check_training(&training()).unwrap();
+    assert!(!check.fits && check.after > cap, "{check:?}");
+    let err = ledger
+        .charge_training(&training(), &record_ctx(2))
+        .unwrap_err();
+    assert!(err.is_budget_exceeded(), "{err}");
+    assert_eq!(ledger.len().unwrap(), 1);
+    drop(ledger);
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.len().unwrap(), 1);
+    assert!(ledger.verify().unwrap().valid);
+    let spent = ledger.epsilon_spent(1e-5).unwrap().epsilon;
+    assert!((spent - one_round).abs() < 1e-9 && spent <= cap);
+}
+
+#[test]
+fn invalid_training_and_a_client_unit_are_rejected_without_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let bad = TrainingCost {
+        steps: 0,
+        ..training()
+    };
+    assert!(ledger
+        .check_training(&bad)
+        .unwrap_err()
+        .is_invalid_argument());
+    let err = ledger.charge_training(&bad, &record_ctx(1)).unwrap_err();
+    assert!(err.is_invalid_argument(), "{err}");
+    let client = ChargeContext {
+        unit: PrivacyUnit::Client,
+        ..record_ctx(1)
+    };
+    let err = ledger.charge_training(&training(), &client).unwrap_err();
+    assert!(
+        err.is_invalid_argument() && err.to_string().contains("record"),
+        "{err}"
+    );
+    assert!(ledger.is_empty().unwrap());
+}
+
+#[test]
+fn tampering_with_a_training_entry_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.charge(release(3.0), &ctx(0)).unwrap();
+        ledger.charge_training(&training(), &record_ctx(1)).unwrap();
+        ledger.charge_training(&training(), &record_ctx(2)).unwrap();
+        assert!(ledger.verify().unwrap().valid);
+    }
+    tamper(dir.path(), |t| {
+        let v = t.get(entry_key(1)).unwrap().unwrap();
+        let s = String::from_utf8(v.to_vec()).unwrap();
+        // Pretend only 2 of the 20 steps ran, to claw back budget.
+        let edited = s.replacen("\\\"steps\\\":20", "\\\"steps\\\":2", 1);
+        assert_ne!(s, edited);
+        t.insert(entry_key(1), edited.as_bytes()).unwrap();
+    });
+    assert_detected(dir.path(), "entry 1: its hash does not match");
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let err = ledger
+        .charge_training(&training(), &record_ctx(3))
+        .unwrap_err();
+    assert!(matches!(err, PrivacyError::ChainBroken(_)), "{err}");
 }

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use privacy::ledger::{ChargeContext, Ledger};
 use privacy::mechanism::{GaussianRelease, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 /// Data directory handed to the child.
 const DIR_ENV: &str = "FEDMMKT_LEDGER_CRASH_DIR";
@@ -42,6 +43,7 @@ fn crash_child() {
         let ctx = ChargeContext {
             round,
             dataset_id: "crash".into(),
+            unit: PrivacyUnit::Client,
         };
         let charged = ledger.charge(release(), &ctx).unwrap();
         writeln!(out, "recorded {}", charged.seq()).unwrap();
@@ -118,6 +120,7 @@ fn entry_written_before_send_survives_sigkill() {
             &ChargeContext {
                 round: 9,
                 dataset_id: "crash".into(),
+                unit: PrivacyUnit::Client,
             },
         )
         .unwrap();

@@ -11,6 +11,7 @@ use privacy::mechanism::{
     calibrate_noise_multiplier, clip_l2, DiscreteGaussianRelease, GaussianRelease, NoiseSpec,
     ReleaseConfig, ReleaseCost,
 };
+use privacy::PrivacyUnit;
 
 fn config(z: f64, n: u32, m: u32, d: usize) -> ReleaseConfig {
     ReleaseConfig {
@@ -33,6 +34,7 @@ fn ctx(round: u64) -> ChargeContext {
     ChargeContext {
         round,
         dataset_id: "test".into(),
+        unit: PrivacyUnit::Client,
     }
 }
 

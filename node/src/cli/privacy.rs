@@ -223,10 +223,11 @@ fn print_audit(dir: &Path, r: &AuditReport) {
     println!("ledger  {}", Ledger::db_path(dir).display());
     println!("key     {}", r.public_key);
     println!(
-        "{:>4} {:>6} {:<20} {:<17} {:>6} {:>8} {:>9} {:>7} {:>7} {:>7} {:>12}  dataset",
+        "{:>4} {:>6} {:<20} {:<6} {:<17} {:>6} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>12}  dataset",
         "seq",
         "round",
         "time (UTC)",
+        "unit",
         "mechanism",
         "clip",
         "z",
@@ -234,27 +235,38 @@ fn print_audit(dir: &Path, r: &AuditReport) {
         "q",
         "n/m",
         "dim",
+        "records",
+        "steps",
         "ε cumul."
     );
     for e in &r.entries {
+        // Release-only and training-only columns read "-" on the other kind of row.
+        let n_m = match (e.expected_participants, e.min_participants) {
+            (Some(n), Some(m)) => format!("{n}/{m}"),
+            _ => "-".into(),
+        };
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:>4} {:>6} {:<20} {:<17} {:>6} {:>8.4} {:>9.4} {:>7} {:>7} {:>7} {:>12.6}  {}",
+            "{:>4} {:>6} {:<20} {:<6} {:<17} {:>6} {:>8.4} {:>9.4} {:>7} {:>7} {:>7} {:>8} {:>6} {:>12.6}  {}",
             e.seq,
             e.round,
             utc(e.time_unix_ms),
+            e.unit.as_str(),
             e.mechanism.as_str(),
             e.clip,
             e.noise_multiplier,
             e.charged_noise_multiplier,
             e.sample_rate,
-            format!("{}/{}", e.expected_participants, e.min_participants),
-            e.dimension,
+            n_m,
+            or_dash(e.dimension.map(|d| d.to_string())),
+            or_dash(e.records.map(|n| n.to_string())),
+            or_dash(e.steps.map(|t| t.to_string())),
             e.epsilon_cumulative,
             e.dataset_id
         );
     }
     println!(
-        "spent   ε = {:.6} at δ = {:e} (order α = {}) over {} releases",
+        "spent   ε = {:.6} at δ = {:e} (order α = {}) over {} entries",
         r.epsilon_spent,
         r.delta,
         r.order,

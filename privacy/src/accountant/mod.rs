@@ -12,7 +12,7 @@
 
 pub mod calibrate;
 pub mod conversion;
-mod log_space;
+pub(crate) mod log_space;
 pub mod rdp;
 
 pub use calibrate::{bisect_noise_multiplier, noise_multiplier_for};

@@ -8,8 +8,10 @@ use super::entry::{
     StoredMeta, StoredRecord, GENESIS_HASH,
 };
 use super::key::verify_signature;
+use super::spend::Spend;
 use super::{ENTRY_PREFIX, HEAD_KEY, META_KEY};
 use crate::error::Result;
+use crate::unit::PrivacyUnit;
 
 /// Outcome of verifying a ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +121,15 @@ fn verify_into(
         }
         if entry.rdp.len() != n_orders || entry.rdp.iter().any(|r| !r.is_finite() || *r < 0.0) {
             return Ok(Err(format!("entry {seq} has a malformed RDP curve")));
+        }
+        if let Err(e) = entry.cost.validate() {
+            return Ok(Err(format!("entry {seq} records invalid parameters: {e}")));
+        }
+        if matches!(entry.cost, Spend::Training(_)) && entry.unit != PrivacyUnit::Record {
+            return Ok(Err(format!(
+                "entry {seq} records training under unit {}; training is record-level",
+                entry.unit
+            )));
         }
         prev = hash;
         loaded.entries.push(entry);

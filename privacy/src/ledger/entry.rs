@@ -1,11 +1,12 @@
-//! Ledger records: the signed entry per release, the signed head and the signed metadata.
+//! Ledger records: the signed entry per spend, the signed head and the signed metadata.
 
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::key::{verify_signature, NodeKey};
+use super::spend::Spend;
 use crate::error::{PrivacyError, Result};
-use crate::mechanism::ReleaseCost;
+use crate::unit::PrivacyUnit;
 
 /// Domain separator of entry hashes.
 const ENTRY_TAG: &[u8] = b"fedmmkt-ledger-entry-v1\0";
@@ -17,7 +18,7 @@ const META_TAG: &[u8] = b"fedmmkt-ledger-meta-v1\0";
 /// The hash that precedes entry 0.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
-/// One release as recorded: what was released, under which parameters, at what cost.
+/// One spend as recorded: what was released or trained, under which parameters, at what cost.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// Position in the chain, from 0.
@@ -30,10 +31,20 @@ pub struct LedgerEntry {
     pub time_unix_ms: u64,
     /// Which local dataset the upload was computed from.
     pub dataset_id: String,
-    /// The mechanism, its parameters and OpenDP's ρ.
-    pub cost: ReleaseCost,
+    /// What the entry protects; absent from entries written before units were recorded, which
+    /// were all client-level.
+    #[serde(default = "unit_of_unlabelled_entries")]
+    pub unit: PrivacyUnit,
+    /// The release (mechanism, parameters, OpenDP's ρ) or the training (DP-SGD parameters).
+    pub cost: Spend,
     /// This release's RDP at the ledger's orders (what the accountant composes).
     pub rdp: Vec<f64>,
+}
+
+/// The unit of entries that do not name one: every entry before units were recorded was a
+/// client-level release.
+fn unit_of_unlabelled_entries() -> PrivacyUnit {
+    PrivacyUnit::Client
 }
 
 /// How an entry sits in sled: the body's exact JSON bytes, its hash and signature.

@@ -1,5 +1,11 @@
-//! The per-node privacy ledger: one signed, hash-chained sled entry per release, written and
-//! flushed *before* the release runs, plus the budget that refuses releases over the cap.
+//! The per-node privacy ledger: one signed, hash-chained sled entry per spend (a noised release,
+//! or a stretch of DP-SGD training), written and flushed *before* the release or the training
+//! runs, plus the budget that refuses spends over the cap.
+//!
+//! Every entry names its [`PrivacyUnit`]. All entries compose into one total, a guarantee of
+//! the unit the entries share. A ledger mixing units is a clean guarantee of neither: a
+//! client-level entry is charged for adding or removing a whole contribution (sensitivity C),
+//! while one changed record moves the contribution by up to 2C, so keep a ledger to one unit.
 //!
 //! Layout (one sled tree, `privacy-ledger`): `m:meta` signed metadata (public key, order grid),
 //! `e:` + big-endian seq → entry record, `m:head` signed (entry count, last hash),
@@ -15,11 +21,15 @@ mod budget;
 mod chain;
 mod entry;
 mod key;
+#[cfg(test)]
+mod old_entries;
+mod spend;
 
 pub use budget::{Budget, BudgetCheck};
 pub use chain::ChainReport;
 pub use entry::LedgerEntry;
 pub use key::{NodeKey, KEY_FILE};
+pub use spend::{Spend, TrainingCost};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::accountant::{default_orders, RdpAccountant};
 use crate::error::{check_delta, PrivacyError, Result};
 use crate::mechanism::{Charged, MechanismKind, Release, ReleaseCost};
+use crate::unit::PrivacyUnit;
 use entry::{seal_entry, seal_head, to_hex, MetaBody, StoredMeta};
 
 /// Name of the sled database directory inside the data directory.
@@ -44,13 +55,15 @@ pub(crate) const HEAD_KEY: &[u8] = b"m:head";
 pub(crate) const META_KEY: &[u8] = b"m:meta";
 const BUDGET_KEY: &[u8] = b"m:budget";
 
-/// Where a release is used: which round and which local dataset.
+/// Where a spend is used: which round, which local dataset, and what it protects.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChargeContext {
     /// Federation round.
     pub round: u64,
-    /// Identifier of the local dataset the upload comes from.
+    /// Identifier of the local dataset the upload or training comes from.
     pub dataset_id: String,
+    /// The unit the spend's guarantee protects (training is always [`PrivacyUnit::Record`]).
+    pub unit: PrivacyUnit,
 }
 
 /// In-memory view of the verified chain.
@@ -223,6 +236,14 @@ impl Ledger {
         Self::check_locked(&st, &curve)
     }
 
+    /// Would this much DP-SGD training fit the budget? (Nothing is recorded.)
+    pub fn check_training(&self, cost: &TrainingCost) -> Result<BudgetCheck> {
+        cost.validate()?;
+        let curve = cost.rdp_curve(&self.orders)?;
+        let st = self.lock()?;
+        Self::check_locked(&st, &curve)
+    }
+
     fn check_locked(st: &State, curve: &[f64]) -> Result<BudgetCheck> {
         let delta = st.budget.map_or(DEFAULT_AUDIT_DELTA, |b| b.delta);
         let spent = st.total.epsilon(delta)?.epsilon;
@@ -244,11 +265,36 @@ impl Ledger {
     /// Refuses with [`PrivacyError::BudgetExceeded`] if it would take ε over the cap, and with
     /// [`PrivacyError::ChainBroken`] if the ledger did not verify when opened.
     pub fn charge<R: Release>(&self, release: R, ctx: &ChargeContext) -> Result<Charged<R>> {
-        let curve = release.cost().rdp_curve(&self.orders)?;
+        let cost = Spend::Release(release.cost().clone());
+        let seq = self.append(cost, ctx)?;
+        Ok(Charged::new(release, seq))
+    }
+
+    /// Records `cost` (DP-SGD training about to run) durably and returns the entry's seq; the
+    /// training may start only after this returns.
+    ///
+    /// `ctx.unit` must be [`PrivacyUnit::Record`]. Refuses like [`Ledger::charge`]:
+    /// [`PrivacyError::BudgetExceeded`] over the cap (nothing is recorded),
+    /// [`PrivacyError::ChainBroken`] when the chain did not verify.
+    pub fn charge_training(&self, cost: &TrainingCost, ctx: &ChargeContext) -> Result<u64> {
+        cost.validate()?;
+        if ctx.unit != PrivacyUnit::Record {
+            return Err(PrivacyError::invalid(
+                "privacy unit",
+                format!("DP-SGD training protects records, got unit {}", ctx.unit),
+            ));
+        }
+        self.append(Spend::Training(cost.clone()), ctx)
+    }
+
+    /// The write-ahead append shared by every charge: chain and budget checks, then the entry
+    /// and the new head in one sled batch, flushed before returning the entry's seq.
+    fn append(&self, cost: Spend, ctx: &ChargeContext) -> Result<u64> {
+        let curve = cost.rdp_curve(&self.orders)?;
         let mut st = self.lock()?;
         if let Some(problem) = &st.broken {
             return Err(PrivacyError::ChainBroken(format!(
-                "{problem}; refusing to record new releases"
+                "{problem}; refusing to record new spends"
             )));
         }
         let check = Self::check_locked(&st, &curve)?;
@@ -269,7 +315,8 @@ impl Ledger {
             round: ctx.round,
             time_unix_ms: now_ms(),
             dataset_id: ctx.dataset_id.clone(),
-            cost: release.cost().clone(),
+            unit: ctx.unit,
+            cost,
             rdp: curve.clone(),
         };
         let (record, hash) = seal_entry(&entry, &self.key)?;
@@ -291,7 +338,7 @@ impl Ledger {
         st.total.compose_curve(&curve)?;
         st.next_seq = seq + 1;
         st.head_hash = hash;
-        Ok(Charged::new(release, seq))
+        Ok(seq)
     }
 
     /// Re-reads the store and verifies the whole chain against this node's key.
@@ -314,23 +361,7 @@ impl Ledger {
         for e in &loaded.entries {
             acc.compose_curve(&e.rdp)?;
             let eps = acc.epsilon(delta)?;
-            rows.push(AuditRow {
-                seq: e.seq,
-                round: e.round,
-                time_unix_ms: e.time_unix_ms,
-                dataset_id: e.dataset_id.clone(),
-                mechanism: e.cost.mechanism,
-                clip: e.cost.config.clip,
-                noise_multiplier: e.cost.config.noise_multiplier,
-                charged_noise_multiplier: e.cost.charged_noise_multiplier,
-                sample_rate: e.cost.config.sample_rate,
-                expected_participants: e.cost.config.expected_participants,
-                min_participants: e.cost.config.min_participants,
-                dimension: e.cost.config.dimension,
-                aggregate_rho: e.cost.aggregate_rho,
-                epsilon_cumulative: eps.epsilon,
-                order: eps.order,
-            });
+            rows.push(AuditRow::new(e, eps));
         }
         let spent = acc.epsilon(delta)?;
         Ok(AuditReport {
@@ -353,6 +384,13 @@ impl Ledger {
 }
 
 /// One audit table row: an entry and the cumulative ε up to and including it.
+///
+/// Every row has every key in JSON. The fields shared by both kinds of spend (`clip`,
+/// `noise_multiplier`, `charged_noise_multiplier`, `sample_rate`) are always set; for training,
+/// `sample_rate` is the per-record Poisson rate and the charged z equals the nominal z. The
+/// release-only fields (`expected_participants`, `min_participants`, `dimension`,
+/// `aggregate_rho`) are `null` on training rows, and the training-only fields (`records`,
+/// `steps`) are `null` on release rows; `mechanism` is `dp_sgd` exactly on training rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditRow {
     /// Entry number.
@@ -363,28 +401,82 @@ pub struct AuditRow {
     pub time_unix_ms: u64,
     /// Local dataset.
     pub dataset_id: String,
-    /// Mechanism.
+    /// What the entry protects (older reports without it were all client-level).
+    #[serde(default = "client_unit")]
+    pub unit: PrivacyUnit,
+    /// Mechanism (`dp_sgd` for training).
     pub mechanism: MechanismKind,
-    /// L2 clip C.
+    /// L2 clip C: of the whole upload for a release, of each example's gradient for training.
     pub clip: f64,
     /// Nominal noise multiplier z.
     pub noise_multiplier: f64,
-    /// Noise multiplier charged (dropouts and rounding included).
+    /// Noise multiplier charged (dropouts and rounding included; z itself for training).
     pub charged_noise_multiplier: f64,
-    /// Client sampling rate q.
+    /// Sampling rate q: of clients per round for a release, of records per step for training.
     pub sample_rate: f64,
-    /// n.
-    pub expected_participants: u32,
-    /// m.
-    pub min_participants: u32,
-    /// Upload length.
-    pub dimension: usize,
-    /// OpenDP ρ of the aggregate.
-    pub aggregate_rho: f64,
+    /// n (releases only).
+    pub expected_participants: Option<u32>,
+    /// m (releases only).
+    pub min_participants: Option<u32>,
+    /// Upload length (releases only).
+    pub dimension: Option<usize>,
+    /// OpenDP ρ of the aggregate (releases only).
+    pub aggregate_rho: Option<f64>,
+    /// Private dataset size (training only).
+    pub records: Option<u64>,
+    /// DP-SGD steps T (training only).
+    pub steps: Option<u64>,
     /// ε after this entry, at the report's δ.
     pub epsilon_cumulative: f64,
     /// Order attaining it.
     pub order: f64,
+}
+
+impl AuditRow {
+    /// The row of entry `e`, with the cumulative ε `eps` up to and including it.
+    fn new(e: &LedgerEntry, eps: crate::accountant::EpsilonAt) -> Self {
+        let (clip, noise_multiplier, charged_noise_multiplier, sample_rate) = match &e.cost {
+            Spend::Release(c) => (
+                c.config.clip,
+                c.config.noise_multiplier,
+                c.charged_noise_multiplier,
+                c.config.sample_rate,
+            ),
+            Spend::Training(c) => (
+                c.clip,
+                c.noise_multiplier,
+                c.noise_multiplier,
+                c.sample_rate,
+            ),
+        };
+        let release = e.cost.as_release();
+        let training = e.cost.as_training();
+        Self {
+            seq: e.seq,
+            round: e.round,
+            time_unix_ms: e.time_unix_ms,
+            dataset_id: e.dataset_id.clone(),
+            unit: e.unit,
+            mechanism: e.cost.mechanism(),
+            clip,
+            noise_multiplier,
+            charged_noise_multiplier,
+            sample_rate,
+            expected_participants: release.map(|c| c.config.expected_participants),
+            min_participants: release.map(|c| c.config.min_participants),
+            dimension: release.map(|c| c.config.dimension),
+            aggregate_rho: release.map(|c| c.aggregate_rho),
+            records: training.map(|c| c.records),
+            steps: training.map(|c| c.steps),
+            epsilon_cumulative: eps.epsilon,
+            order: eps.order,
+        }
+    }
+}
+
+/// The unit of audit rows that do not name one (reports from before units were recorded).
+fn client_unit() -> PrivacyUnit {
+    PrivacyUnit::Client
 }
 
 /// The ledger audit: `fedmmkt privacy audit` prints this (as JSON with `--json`).

@@ -26,8 +26,8 @@ use crate::accountant::{
     bisect_noise_multiplier, default_orders, subsampled_gaussian_curve, RdpAccountant,
 };
 use crate::error::{
-    check_delta, check_epsilon, check_noise_multiplier, check_rounds, check_sample_rate,
-    PrivacyError, Result,
+    check_clip, check_delta, check_epsilon, check_noise_multiplier, check_rounds,
+    check_sample_rate, PrivacyError, Result,
 };
 
 /// Smallest per-client noise scale, in units of the lattice the noise lives on (2^k or 1).
@@ -37,7 +37,7 @@ use crate::error::{
 /// e^{−2π²·16} ≈ e^{−315} (Kairouz et al. 2021; Canonne et al. 2020), far below f64 precision.
 pub const MIN_SCALE_IN_LATTICE_STEPS: f64 = 4.0;
 
-/// Which OpenDP mechanism produced a release.
+/// Which mechanism produced a ledger entry: an OpenDP release, or DP-SGD training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MechanismKind {
@@ -45,6 +45,8 @@ pub enum MechanismKind {
     Gaussian,
     /// Discrete Gaussian noise on the integers of a quantized upload.
     DiscreteGaussian,
+    /// DP-SGD: per-example clipping and Gaussian noise on each Poisson-sampled batch's sum.
+    DpSgd,
 }
 
 impl MechanismKind {
@@ -53,6 +55,7 @@ impl MechanismKind {
         match self {
             Self::Gaussian => "gaussian",
             Self::DiscreteGaussian => "discrete_gaussian",
+            Self::DpSgd => "dp_sgd",
         }
     }
 }
@@ -93,12 +96,7 @@ pub struct ReleaseConfig {
 impl ReleaseConfig {
     /// Checks every field (C > 0, z > 0, 1 ≤ m ≤ n, q in (0, 1], dimension ≥ 1).
     pub fn validate(&self) -> Result<()> {
-        if !(self.clip.is_finite() && self.clip > 0.0) {
-            return Err(PrivacyError::invalid(
-                "clip",
-                format!("must be finite and > 0, got {}", self.clip),
-            ));
-        }
+        check_clip(self.clip)?;
         check_noise_multiplier(self.noise_multiplier)?;
         check_sample_rate(self.sample_rate)?;
         if self.expected_participants == 0 {

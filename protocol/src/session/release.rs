@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use privacy::error::PrivacyError;
 use privacy::ledger::{ChargeContext, Ledger};
 use privacy::mechanism::{calibrate_noise_multiplier, GaussianRelease, NoiseSpec, ReleaseConfig};
+use privacy::PrivacyUnit;
 
 use super::client::ReleasePlan;
 
@@ -107,6 +108,7 @@ impl Releaser {
         let ctx = ChargeContext {
             round: round.round,
             dataset_id,
+            unit: PrivacyUnit::Client,
         };
         let charged = match ledger.charge(release, &ctx) {
             Ok(charged) => charged,
