@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{
     conv2d_no_bias, linear, AdamW, Conv2d, Conv2dConfig, Linear, Module, Optimizer, ParamsAdamW,
     VarBuilder, VarMap,
@@ -78,17 +79,79 @@ impl Features {
         })
     }
 
-    fn forward(&self, x: &Tensor, side: usize) -> Result<Tensor> {
+    /// Features of `x`; with `taps`, every layer's input and output probe is recorded.
+    fn forward(&self, x: &Tensor, side: usize, taps: &mut Option<&mut Vec<Tap>>) -> Result<Tensor> {
         Ok(match self {
-            Features::Mlp(a, b) => b.forward(&a.forward(x)?.relu()?)?.relu()?,
+            Features::Mlp(a, b) => {
+                let h = tap_linear(a, x, taps)?.relu()?;
+                tap_linear(b, &h, taps)?.relu()?
+            }
             Features::Cnn(c1, c2, fc) => {
                 let n = x.dim(0)?;
                 let h = x.reshape((n, 1, side, side))?;
-                let h = c2.forward(&c1.forward(&h)?.relu()?)?.relu()?;
-                fc.forward(&h.flatten_from(1)?)?.relu()?
+                let h = tap_conv(c1, &h, taps)?.relu()?;
+                let h = tap_conv(c2, &h, taps)?.relu()?;
+                tap_linear(fc, &h.flatten_from(1)?, taps)?.relu()?
             }
         })
     }
+}
+
+/// A parameterised layer seen by DP-SGD: its input, and a zero variable added to its output
+/// whose gradient is the gradient with respect to that output (candle keeps gradients only
+/// for variables).
+pub(crate) struct Tap {
+    /// The layer's input `[B, in]` or `[B, C, H, W]`, detached.
+    pub input: Tensor,
+    /// Zeros shaped like the layer's output.
+    pub probe: Var,
+    /// Which kind of layer.
+    pub layer: TapLayer,
+}
+
+/// The layer kinds whose per-example gradient norms DP-SGD computes.
+pub(crate) enum TapLayer {
+    /// `y = x Wᵀ (+ b)`.
+    Linear {
+        /// Whether it has a bias.
+        bias: bool,
+    },
+    /// A bias-free 2-D convolution with a square kernel.
+    Conv {
+        /// Kernel side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+}
+
+fn probe(
+    out: Tensor,
+    input: &Tensor,
+    layer: TapLayer,
+    taps: &mut Option<&mut Vec<Tap>>,
+) -> Result<Tensor> {
+    let Some(taps) = taps else {
+        return Ok(out);
+    };
+    let probe = Var::zeros(out.shape(), out.dtype(), out.device())?;
+    let out = (out + probe.as_tensor())?;
+    taps.push(Tap {
+        input: input.detach(),
+        probe,
+        layer,
+    });
+    Ok(out)
+}
+
+fn tap_linear(l: &Linear, x: &Tensor, taps: &mut Option<&mut Vec<Tap>>) -> Result<Tensor> {
+    let bias = l.bias().is_some();
+    probe(l.forward(x)?, x, TapLayer::Linear { bias }, taps)
+}
+
+fn tap_conv(c: &Conv2d, x: &Tensor, taps: &mut Option<&mut Vec<Tap>>) -> Result<Tensor> {
+    let (kernel, stride) = (c.weight().dim(3)?, c.config().stride);
+    probe(c.forward(x)?, x, TapLayer::Conv { kernel, stride }, taps)
 }
 
 /// A client's task model: `head ∘ features` classifies, `projection ∘ features` embeds.
@@ -158,6 +221,11 @@ impl TaskModel {
         self.arch
     }
 
+    /// Pixels per image (side²).
+    pub fn pixels(&self) -> usize {
+        self.side * self.side
+    }
+
     /// The device its tensors live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -165,7 +233,37 @@ impl TaskModel {
 
     /// Feature vectors `[B, F]` of images `[B, pixels]` in [-1, 1].
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        self.features.forward(x, self.side)
+        self.features.forward(x, self.side, &mut None)
+    }
+
+    /// [`Self::forward`] with every parameterised layer tapped (input and output probe), in
+    /// forward order, for per-example gradient norms.
+    pub(crate) fn forward_tapped(&self, x: &Tensor) -> Result<(Forward, Vec<Tap>)> {
+        let mut taps = Vec::new();
+        let f = self.features.forward(x, self.side, &mut Some(&mut taps))?;
+        let logits = tap_linear(&self.head, &f, &mut Some(&mut taps))?;
+        let embedding = tap_linear(&self.projection, &f, &mut Some(&mut taps))?;
+        Ok((Forward { logits, embedding }, taps))
+    }
+
+    /// The trainable variables sorted by name (a fixed order, unlike the map's).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut vars: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// One optimiser step from gradients computed elsewhere (DP-SGD's noised ones).
+    pub fn step_with(&mut self, grads: &GradStore) -> Result<()> {
+        self.opt.step(grads)?;
+        Ok(())
     }
 
     /// Logits and embeddings of images `[B, pixels]` in [-1, 1].

@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod data;
+pub mod dp_sgd;
 pub mod error;
 pub mod generator;
 pub mod init;

@@ -102,20 +102,23 @@ pub struct TrainStats {
     pub loss: f32,
 }
 
-struct Cycler {
+/// Indices of a set in reshuffled passes.
+pub(crate) struct Cycler {
     order: Vec<usize>,
     cursor: usize,
 }
 
 impl Cycler {
-    fn new(n: usize) -> Self {
+    /// A cycler over `0..n`.
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             order: (0..n).collect(),
             cursor: n,
         }
     }
 
-    fn take(&mut self, b: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    /// The next `b` indices (fewer only when the set is smaller).
+    pub(crate) fn take(&mut self, b: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
         let mut out = Vec::with_capacity(b);
         while out.len() < b.min(self.order.len()) {
             if self.cursor == self.order.len() {
