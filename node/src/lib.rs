@@ -1,6 +1,7 @@
 //! fedmmkt node: the round roles, the in-process simulation, reports and the CLI.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod learn;

@@ -1,5 +1,5 @@
-//! `fedmmkt privacy`: the accountant (ε for a noise level, noise for a target ε) and the node's
-//! budget ledger (audit, cap).
+//! `fedmmkt privacy`: the accountant (ε for a noise level, noise for a target ε), the node's
+//! budget ledger (audit, cap) and an empirical canary audit of DP-SGD training.
 //!
 //! Exit codes: 0 success; 1 runtime error (I/O, storage, ...); 2 bad arguments; 3 the ledger's
 //! hash chain or signatures do not verify.
@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use privacy::accountant::{epsilon_for, noise_multiplier_for};
 use privacy::error::PrivacyError;
 use privacy::ledger::{AuditReport, Budget, Ledger};
 
 use super::EXIT_USAGE;
+use crate::audit::canary::{self, CanaryConfig, InvalidAudit};
 /// Exit code when the ledger does not verify.
 const EXIT_CHAIN_BROKEN: u8 = 3;
 
@@ -33,6 +35,16 @@ enum PrivacyCommand {
     Audit(AuditArgs),
     /// Set the node's privacy budget (ε_max at δ); releases beyond it are refused.
     Budget(BudgetArgs),
+    /// One-run canary audit of record-level DP-SGD: an empirical lower bound on its ε.
+    ///
+    /// Trains a task model with `models::dp_sgd::train_private` on real embedded Fashion-MNIST
+    /// records plus M canaries (random-pixel images with random labels, each included with
+    /// probability 1/2), scores every canary by the log-probability of its label, guesses "in"
+    /// for the k = max(1, M/10) highest scores and "out" for the k lowest, and turns the
+    /// correct guesses into a lower bound on ε at 95 % confidence and the run's δ (Steinke,
+    /// Nasr & Jagielski 2023). A bound above the claimed ε means the training leaks more than
+    /// its accounting says.
+    CanaryAudit(CanaryAuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,6 +108,69 @@ struct BudgetArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// Arguments of `fedmmkt privacy canary-audit`.
+#[derive(clap::Args)]
+struct CanaryAuditArgs {
+    /// Claimed ε > 0 of the run: z is calibrated so training is (ε, δ)-DP per record.
+    #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
+    epsilon: f64,
+    /// δ in (0, 1) of the claim and of the bound.
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    delta: f64,
+    /// Number M ≥ 2 of canaries.
+    #[arg(long, default_value_t = 1000)]
+    canaries: usize,
+    /// Real Fashion-MNIST records in the private set (1..=10000).
+    #[arg(long, default_value_t = 3000)]
+    records: usize,
+    /// Passes over the private set.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Expected private batch size (Poisson rate q = batch / n).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Per-example clip C.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    clip: f64,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true)]
+    lr: f64,
+    /// Task model architecture.
+    #[arg(long, value_enum, default_value_t = AuditArch::Mlp)]
+    arch: AuditArch,
+    /// Train without clipping or noise (no privacy: the audit should then find a large ε).
+    #[arg(long)]
+    no_noise: bool,
+    /// Seed of canaries, inclusion, records, model, sampling and noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object: {"epsilon_claimed" (null with --no-noise),
+    /// "epsilon_lower_bound", "canaries", "guesses", "correct"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Architectures `canary-audit` can train.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditArch {
+    /// 784-256-128 multilayer perceptron.
+    Mlp,
+    /// Two strided convolutions (8 and 16 channels).
+    SmallCnn,
+    /// Two strided convolutions (16 and 32 channels).
+    WideCnn,
+}
+
+impl From<AuditArch> for models::classifier::Arch {
+    fn from(a: AuditArch) -> Self {
+        match a {
+            AuditArch::Mlp => Self::Mlp,
+            AuditArch::SmallCnn => Self::SmallCnn,
+            AuditArch::WideCnn => Self::WideCnn,
+        }
+    }
+}
+
 /// Runs `fedmmkt privacy`.
 pub fn run(args: PrivacyArgs) -> anyhow::Result<ExitCode> {
     let result = match args.command {
@@ -103,6 +178,7 @@ pub fn run(args: PrivacyArgs) -> anyhow::Result<ExitCode> {
         PrivacyCommand::Noise(a) => noise(&a),
         PrivacyCommand::Audit(a) => audit(&a),
         PrivacyCommand::Budget(a) => budget(&a),
+        PrivacyCommand::CanaryAudit(a) => canary_audit(&a),
     };
     match result {
         Err(err) if is_usage_error(&err) => {
@@ -133,6 +209,7 @@ pub fn default_data_dir() -> PathBuf {
 fn is_usage_error(err: &anyhow::Error) -> bool {
     err.downcast_ref::<PrivacyError>()
         .is_some_and(PrivacyError::is_invalid_argument)
+        || err.downcast_ref::<InvalidAudit>().is_some()
 }
 
 fn epsilon(a: &EpsilonArgs) -> anyhow::Result<ExitCode> {
@@ -311,6 +388,81 @@ fn budget(a: &BudgetArgs) -> anyhow::Result<ExitCode> {
     }
     if !ledger.verify()?.valid {
         eprintln!("warning: this ledger does not verify (see `fedmmkt privacy audit`); the node will refuse to release");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn canary_audit(a: &CanaryAuditArgs) -> anyhow::Result<ExitCode> {
+    let cfg = CanaryConfig {
+        epsilon: (!a.no_noise).then_some(a.epsilon),
+        delta: a.delta,
+        canaries: a.canaries,
+        records: a.records,
+        epochs: a.epochs,
+        batch: a.batch,
+        clip: a.clip,
+        lr: a.lr,
+        arch: a.arch.into(),
+        seed: a.seed,
+    };
+    if a.no_noise && !(a.epsilon.is_finite() && a.epsilon > 0.0) {
+        return Err(InvalidAudit(format!(
+            "--epsilon must be finite and > 0, got {}",
+            a.epsilon
+        ))
+        .into());
+    }
+    cfg.validate()?;
+    let bar = ProgressBar::new(cfg.epochs as u64).with_style(
+        ProgressStyle::with_template(
+            "canary audit [{bar:30}] epoch {pos}/{len} {msg} [{elapsed}<{eta}]",
+        )?
+        .progress_chars("=> "),
+    );
+    let report = canary::run(&cfg, &|epoch, _, loss| {
+        bar.set_position(epoch as u64);
+        bar.set_message(format!("loss {loss:.3}"));
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "epsilon_claimed": report.epsilon_claimed,
+                "epsilon_lower_bound": report.epsilon_lower_bound,
+                "canaries": report.canaries,
+                "guesses": report.guesses,
+                "correct": report.correct,
+            })
+        );
+    } else {
+        let claimed = report
+            .epsilon_claimed
+            .map_or("∞ (no clipping, no noise)".to_string(), |e| {
+                format!("{e} at δ = {:e}", cfg.delta)
+            });
+        println!("canary audit of record-level DP-SGD ({:?})", cfg.arch);
+        println!("  claimed       ε = {claimed}");
+        println!(
+            "  lower bound   ε ≥ {:.3} at 95 % confidence (δ = {:e})",
+            report.epsilon_lower_bound, cfg.delta
+        );
+        println!(
+            "  guesses       {} of {} correct ({} canaries, {} trained on)",
+            report.correct, report.guesses, report.canaries, report.included
+        );
+        println!(
+            "  training      {} records, q = {:.4}, {} steps, z = {:.4}, C = {}",
+            report.private_records,
+            report.sample_rate,
+            report.steps,
+            report.noise_multiplier,
+            report.clip
+        );
+        println!(
+            "  scores        mean log p(label): {:.3} in, {:.3} out",
+            report.mean_score_in, report.mean_score_out
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

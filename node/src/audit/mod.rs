@@ -1,0 +1,3 @@
+//! Empirical privacy audits of the node's training pipeline.
+
+pub mod canary;
