@@ -260,6 +260,17 @@ impl TaskModel {
         vars
     }
 
+    /// One plain SGD step `w ← w − lr·g` (DP-SGD's noised private steps), leaving the
+    /// optimiser's state alone.
+    pub fn sgd_step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        for (_, var) in self.named_vars() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                var.set(&(var.as_tensor() - (g * lr)?)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One optimiser step from gradients computed elsewhere (DP-SGD's noised ones).
     pub fn step_with(&mut self, grads: &GradStore) -> Result<()> {
         self.opt.step(grads)?;

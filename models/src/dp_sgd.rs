@@ -43,7 +43,7 @@ impl DpSgdConfig {
     /// Checks C > 0, z ≥ 0 finite (z > 0 unless C is infinite), q in (0, 1].
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(ModelError::Config(format!("DP-SGD: {what}")));
-        if !(self.clip > 0.0) {
+        if self.clip.is_nan() || self.clip <= 0.0 {
             return bad(&format!("clip must be > 0, got {}", self.clip));
         }
         if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
@@ -172,7 +172,8 @@ fn private_losses(step: &Step, cfg: &ClientTrainConfig) -> Result<Tensor> {
     Ok(loss)
 }
 
-/// The unclipped loss on the synthetic rows (distillation and their own alignment), if any.
+/// The unclipped loss on the synthetic rows (distillation, cross-entropy against the
+/// prompted class, their own alignment), if any.
 fn public_loss(step: &Step, cfg: &ClientTrainConfig) -> Result<Option<Tensor>> {
     let b = step.batch;
     let c = step.out.logits.dim(1)?;
@@ -191,6 +192,11 @@ fn public_loss(step: &Step, cfg: &ClientTrainConfig) -> Result<Option<Tensor>> {
         let teacher = Tensor::from_vec(b.teacher.clone(), (bs, c), dev)?;
         let kd = kl_distill(&step.out.logits.narrow(0, step.bp, bs)?, &teacher, cfg.tau)?;
         add((kd * cfg.kd_weight)?)?;
+    }
+    if bs > 0 && cfg.dp_label_weight > 0.0 && b.public_labels.len() == bs {
+        let y = Tensor::from_vec(b.public_labels.clone(), bs, dev)?;
+        let ce = candle_nn::loss::cross_entropy(&step.out.logits.narrow(0, step.bp, bs)?, &y)?;
+        add((ce * cfg.dp_label_weight)?)?;
     }
     if bs > 1
         && cfg.align_weight > 0.0
@@ -368,6 +374,21 @@ pub fn dp_step(
     expected_batch: f64,
     noise: &mut dyn RngCore,
 ) -> Result<f32> {
+    let (grads, shown) = dp_gradient(model, batch, cfg, dp, expected_batch, noise)?;
+    model.step_with(&grads)?;
+    Ok(shown)
+}
+
+/// [`dp_step`]'s gradient (noised clipped private mean plus the synthetic terms) and loss,
+/// without the optimiser step.
+fn dp_gradient(
+    model: &TaskModel,
+    batch: &StepBatch,
+    cfg: &ClientTrainConfig,
+    dp: &DpSgdConfig,
+    expected_batch: f64,
+    noise: &mut dyn RngCore,
+) -> Result<(GradStore, f32)> {
     let zero_row;
     let batch = if batch.private_len() == 0 && batch.public_pixels.is_empty() {
         // Nothing sampled: the step is noise alone; one zero row gives the graph (× 0).
@@ -420,8 +441,7 @@ pub fn dp_step(
         };
         grads.insert(t, g);
     }
-    model.step_with(&grads)?;
-    Ok(shown)
+    Ok((grads, shown))
 }
 
 /// One non-private step on the same loss (mean over private rows, plus the synthetic terms):
@@ -441,8 +461,10 @@ pub fn plain_step(
     Ok(shown)
 }
 
-/// A round of DP-SGD: `dp.steps` steps, each on a Poisson sample of the private data (rate
-/// q) next to a cycled batch of the synthetic set, noise drawn from `noise`.
+/// A round of DP-SGD: `dp.steps` private steps, each on a Poisson sample of the private data
+/// (rate q) next to a cycled batch of the synthetic set, noise drawn from `noise`, spread
+/// evenly among the synthetic-only steps that give the synthetic set `cfg.epochs` passes.
+#[allow(clippy::too_many_arguments)]
 pub fn train_private(
     model: &mut TaskModel,
     private: &Dataset,
@@ -475,30 +497,54 @@ pub fn train_private(
     }
     let expected = dp.sample_rate * n as f64;
     let mut dc = Cycler::new(n_distill);
+    // The synthetic set gets its `epochs` passes whatever the private steps: the steps beyond
+    // the private ones are synthetic-only, the private ones spread evenly among them.
+    let synthetic_steps = if n_distill > 0 && cfg.distill_batch > 0 {
+        cfg.epochs * n_distill.div_ceil(cfg.distill_batch)
+    } else {
+        0
+    };
+    let steps = dp.steps.max(synthetic_steps);
     let mut total = 0.0;
-    for _ in 0..dp.steps {
-        let pi: Vec<usize> = (0..n)
-            .filter(|_| rng.random::<f64>() < dp.sample_rate)
-            .collect();
-        let mut batch = StepBatch {
-            private_pixels: gather(&private.images, &pi, p),
-            private_labels: pi.iter().map(|&i| u32::from(private.labels[i])).collect(),
-            private_emb: gather(private_emb, &pi, e),
-            ..Default::default()
-        };
+    let mut private_done = 0;
+    for s in 0..steps {
+        let private_step = (s + 1) * dp.steps / steps.max(1) > private_done;
+        let mut batch = StepBatch::default();
         if let Some(d) = distill {
             let di = dc.take(cfg.distill_batch, rng);
             fill_public(&mut batch, d, &di, p, c, e);
         }
-        total += dp_step(model, &batch, cfg, dp, expected, noise)?;
+        if !private_step {
+            let step = forward(model, &batch, false)?;
+            if let Some(loss) = public_loss(&step, cfg)? {
+                total += scalar(&loss)?;
+                model.step(&loss)?;
+            }
+            continue;
+        }
+        private_done += 1;
+        let pi: Vec<usize> = (0..n)
+            .filter(|_| rng.random::<f64>() < dp.sample_rate)
+            .collect();
+        // The noised private step goes by plain SGD: fed to Adam, its noise would fill the
+        // second moments and stall the synthetic steps for hundreds of steps after. The
+        // synthetic captions stay as alignment candidates; their images are not in it.
+        let private_batch = StepBatch {
+            private_pixels: gather(&private.images, &pi, p),
+            private_labels: pi.iter().map(|&i| u32::from(private.labels[i])).collect(),
+            private_emb: gather(private_emb, &pi, e),
+            public_labels: std::mem::take(&mut batch.public_labels),
+            public_emb: std::mem::take(&mut batch.public_emb),
+            ..Default::default()
+        };
+        let (grads, loss) = dp_gradient(model, &private_batch, cfg, dp, expected, noise)?;
+        model.sgd_step(&grads, cfg.dp_lr)?;
+        total += loss;
     }
+    debug_assert_eq!(private_done, dp.steps);
     Ok(TrainStats {
-        steps: dp.steps,
-        loss: if dp.steps > 0 {
-            total / dp.steps as f32
-        } else {
-            0.0
-        },
+        steps,
+        loss: if steps > 0 { total / steps as f32 } else { 0.0 },
     })
 }
 

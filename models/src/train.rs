@@ -76,6 +76,20 @@ crate::knobs! {
         pub align_weight: f64,
         /// Temperature of the alignment logits.
         pub align_temperature: f64,
+        /// Record-level DP: expected private examples per DP-SGD step (Poisson rate q =
+        /// this / records; large batches keep the noise small next to the signal).
+        pub dp_batch: usize,
+        /// Record-level DP: passes over the private data per round (steps = this × records /
+        /// `dp_batch`, at least 1); the synthetic set still gets `epochs` passes, the steps
+        /// beyond the private ones touching synthetic samples only.
+        pub dp_epochs: f64,
+        /// Record-level DP: SGD learning rate of the noised private steps (the synthetic
+        /// steps keep the model's Adam).
+        pub dp_lr: f64,
+        /// Record-level DP: weight of the cross-entropy of the synthetic samples against
+        /// their prompted class (public, so free; it stands in for the private signal the
+        /// noise takes away).
+        pub dp_label_weight: f64,
     }
 }
 
@@ -89,6 +103,10 @@ impl Default for ClientTrainConfig {
             kd_weight: 1.0,
             align_weight: 0.2,
             align_temperature: 0.2,
+            dp_batch: 128,
+            dp_epochs: 1.0,
+            dp_lr: 0.5,
+            dp_label_weight: 1.0,
         }
     }
 }

@@ -111,6 +111,13 @@ pub struct StatusReport {
     pub epsilon_budget: f64,
     /// δ at which ε is measured.
     pub delta: f64,
+    /// What the privacy budget protects ("record" or "client").
+    #[serde(default)]
+    pub privacy_unit: privacy::PrivacyUnit,
+    /// How the last round's learning used the private records: "dp-sgd", "budget-spent"
+    /// (synthetic samples only, at no cost), "already-trained", "plain".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_training: Option<crate::learn::PrivateUse>,
     /// Metrics of the last completed round.
     pub last_metrics: Option<RoundMetrics>,
     /// What the host does before its first round, while it does it: "pre-training",

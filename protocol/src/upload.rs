@@ -44,12 +44,12 @@ impl UploadLayout {
     }
 
     /// Builds a client's upload from its predictions (`samples * classes`), the prompted
-    /// class of each sample, and its class counts.
+    /// class of each sample, and its class counts (exact, or as released under DP).
     pub fn build(
         &self,
         preds: &[f32],
         prompt_class: &[u16],
-        counts: &[usize],
+        counts: &[f64],
     ) -> Result<Vec<f32>, ProtocolError> {
         let (s, c) = (self.samples, self.classes);
         if preds.len() != s * c || prompt_class.len() != s || counts.len() != c {
@@ -63,14 +63,14 @@ impl UploadLayout {
                 ),
             });
         }
-        let total: usize = counts.iter().sum();
+        let total: f64 = counts.iter().map(|n| n.max(0.0)).sum();
         let share: Vec<f32> = counts
             .iter()
             .map(|&n| {
-                if total == 0 {
-                    0.0
+                if total > 0.0 {
+                    (n.max(0.0) / total) as f32
                 } else {
-                    n as f32 / total as f32
+                    0.0
                 }
             })
             .collect();
@@ -137,10 +137,10 @@ mod tests {
         let prompts = [0u16, 1];
         // Client A: all class 0; client B: 3 of class 0, 1 of class 1.
         let a = layout
-            .build(&[0.8, 0.2, 0.6, 0.4], &prompts, &[10, 0])
+            .build(&[0.8, 0.2, 0.6, 0.4], &prompts, &[10.0, 0.0])
             .unwrap();
         let b = layout
-            .build(&[0.4, 0.6, 0.2, 0.8], &prompts, &[3, 1])
+            .build(&[0.4, 0.6, 0.2, 0.8], &prompts, &[3.0, 1.0])
             .unwrap();
         assert_eq!(a.len(), layout.len());
         let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (*x + *y) as f64).collect();
@@ -167,7 +167,7 @@ mod tests {
         let t = layout.teacher(&[0.0; 8], &[2]).unwrap();
         assert_eq!(t.probs, vec![0.25; 4]);
         assert!(layout.teacher(&[0.0; 7], &[2]).is_err());
-        assert!(layout.build(&[0.25; 4], &[9], &[1, 1, 1, 1]).is_err());
-        assert!(layout.build(&[0.25; 3], &[0], &[1, 1, 1, 1]).is_err());
+        assert!(layout.build(&[0.25; 4], &[9], &[1.0; 4]).is_err());
+        assert!(layout.build(&[0.25; 3], &[0], &[1.0; 4]).is_err());
     }
 }

@@ -18,6 +18,8 @@ pub struct NodeSettings {
     pub rounds: u64,
     /// Per-node ε budget.
     pub epsilon: f64,
+    /// What the budget protects.
+    pub unit: privacy::PrivacyUnit,
     /// δ.
     pub delta: f64,
     /// Releases the noise is calibrated for.
@@ -189,6 +191,7 @@ fn configure(
     cfg.round.seed = s.seed;
     cfg.round.stage_timeout_secs = s.stage_timeout_secs;
     cfg.round.round_interval_secs = 1;
+    cfg.privacy.unit = s.unit;
     cfg.privacy.epsilon = s.epsilon;
     cfg.privacy.delta = s.delta;
     cfg.privacy.planned_rounds = s.planned_rounds;

@@ -124,9 +124,9 @@ pub fn local_only(node_dir: &Path, rounds: u64) -> anyhow::Result<Vec<f64>> {
         cfg.node.alpha,
     )?;
     let mut client = node_client(&world, cfg.client_config(), cfg.round.seed)?;
-    (0..rounds)
-        .map(|_| {
-            client.train(None)?;
+    (1..=rounds as u64)
+        .map(|r| {
+            client.train(r, None)?;
             Ok(accuracy(client.model(), &world.test)?)
         })
         .collect()
@@ -229,9 +229,9 @@ mod tests {
             sub_seed(seed, 5),
         )
         .unwrap();
-        let expected: Vec<f64> = (0..2)
-            .map(|_| {
-                client.train(None).unwrap();
+        let expected: Vec<f64> = (1..=2)
+            .map(|r| {
+                client.train(r, None).unwrap();
                 accuracy(client.model(), &splits.test).unwrap()
             })
             .collect();

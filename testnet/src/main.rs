@@ -42,9 +42,14 @@ struct UpArgs {
     /// Seed of the data partition, models and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Per-node privacy budget ε (client-level, at δ = --dp-delta).
+    /// Per-node privacy budget ε (at δ = --dp-delta), in the unit of --privacy-unit.
     #[arg(long, default_value_t = 8.0)]
     dp_epsilon: f64,
+    /// What the budget protects: `record` (every private record, by DP-SGD in local
+    /// training) or `client` (each node's whole upload per round; pays only with hundreds
+    /// of contributors per round).
+    #[arg(long, default_value = "record")]
+    privacy_unit: privacy::PrivacyUnit,
     /// δ of the privacy guarantee.
     #[arg(long, default_value_t = 1e-5)]
     dp_delta: f64,
@@ -103,6 +108,7 @@ fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         epsilon: a.dp_epsilon,
         delta: a.dp_delta,
+        unit: a.privacy_unit,
         out: a.out.clone(),
         tiny: a.tiny,
         faults,

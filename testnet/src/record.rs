@@ -177,6 +177,9 @@ pub struct TestnetReport {
     pub alpha: f64,
     /// Per-node privacy budget ε.
     pub dp_epsilon: f64,
+    /// What the budget protects.
+    #[serde(default)]
+    pub privacy_unit: privacy::PrivacyUnit,
     /// δ.
     pub delta: f64,
     /// Tiny models (tests, smoke runs).

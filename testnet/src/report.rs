@@ -728,6 +728,7 @@ mod tests {
             seed: 7,
             alpha: 0.5,
             dp_epsilon: 8.0,
+            privacy_unit: privacy::PrivacyUnit::Record,
             delta: 1e-5,
             tiny: true,
             peers,

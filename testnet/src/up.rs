@@ -38,6 +38,8 @@ pub struct UpConfig {
     pub epsilon: f64,
     /// δ.
     pub delta: f64,
+    /// What the budget protects.
+    pub unit: privacy::PrivacyUnit,
     /// Output directory.
     pub out: PathBuf,
     /// Tiny models.
@@ -207,8 +209,13 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         rounds: cfg.rounds,
         epsilon: cfg.epsilon,
         delta: cfg.delta,
-        // Every fault can cost one abandoned attempt (clients' spends stay charged).
-        planned_rounds: (cfg.rounds + cfg.faults.len() as u64) as u32,
+        unit: cfg.unit,
+        // Client-level: every fault can cost one abandoned attempt (clients' spends stay
+        // charged). Record-level: a retried round is not trained (or charged) again.
+        planned_rounds: match cfg.unit {
+            privacy::PrivacyUnit::Client => (cfg.rounds + cfg.faults.len() as u64) as u32,
+            privacy::PrivacyUnit::Record => cfg.rounds.max(1) as u32,
+        },
         seed: cfg.seed,
         tiny: cfg.tiny,
         stage_timeout_secs: if cfg.tiny { 5 } else { 20 },
@@ -452,6 +459,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         alpha: cfg.alpha,
         dp_epsilon: cfg.epsilon,
         delta: cfg.delta,
+        privacy_unit: cfg.unit,
         tiny: cfg.tiny,
         peers,
         terms: seen

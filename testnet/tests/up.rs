@@ -19,6 +19,7 @@ fn a_host_kill_and_an_intruder_leave_every_invariant_intact() {
         seed: 3,
         epsilon: 8.0,
         delta: 1e-5,
+        unit: privacy::PrivacyUnit::Record,
         out: tmp.path().join("out"),
         tiny: true,
         faults: vec![Fault::KillHost { round: 2 }],

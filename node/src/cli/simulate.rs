@@ -10,6 +10,7 @@ use models::data::DataSource;
 use crate::learn::{LearnerConfig, SynthesizerConfig};
 use crate::report::{write_compare, write_privacy_utility, write_run};
 use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig, TextEncoderKind};
+use models::train::ClientTrainConfig;
 
 /// Arguments of `fedmmkt simulate`.
 #[derive(clap::Args, Debug)]
@@ -91,6 +92,19 @@ pub struct SimulateArgs {
     /// Local epochs per round.
     #[arg(long, default_value_t = LearnerConfig::default().train.epochs)]
     pub local_epochs: usize,
+    /// Record-level DP: expected private examples per DP-SGD step.
+    #[arg(long, default_value_t = ClientTrainConfig::default().dp_batch)]
+    pub dp_batch: usize,
+    /// Record-level DP: SGD learning rate of the noised private steps.
+    #[arg(long, default_value_t = ClientTrainConfig::default().dp_lr)]
+    pub dp_lr: f64,
+    /// Record-level DP: weight of the synthetic samples' cross-entropy against their
+    /// prompted class.
+    #[arg(long, default_value_t = ClientTrainConfig::default().dp_label_weight)]
+    pub dp_label_weight: f64,
+    /// Record-level DP: passes over the private data per round.
+    #[arg(long, default_value_t = ClientTrainConfig::default().dp_epochs)]
+    pub dp_epochs: f64,
     /// Generator pre-training steps on the host's public set.
     #[arg(long, default_value_t = SynthesizerConfig::default().pretrain_steps)]
     pub pretrain_steps: usize,
@@ -110,16 +124,24 @@ pub struct SimulateArgs {
     /// Generated images per class the oracle scores each round.
     #[arg(long, default_value_t = SimConfig::default().eval_per_class)]
     pub eval_per_class: usize,
-    /// Clip and noise every FedMMKT upload so each client spends at most this ε over the run
-    /// (client-level DP; each client keeps a signed ledger under OUT/ledgers/).
+    /// Differential privacy: each client spends at most this ε over the run, in the unit of
+    /// --privacy-unit (each client keeps a signed ledger under OUT/ledgers/).
     #[arg(long)]
     pub dp_epsilon: Option<f64>,
+    /// What DP protects. `record` (default): every private record of every client, by
+    /// DP-SGD in local training (all methods); pays at lab scale. `client`: a client's whole
+    /// upload per FedMMKT round, clipped and noised; pays only with many contributors per
+    /// round (hundreds), its noise buries the signal with 3–20. With --dp-sweep, several
+    /// units (comma-separated) give one table.
+    #[arg(long, value_delimiter = ',', default_value = "record")]
+    pub privacy_unit: Vec<privacy::PrivacyUnit>,
     /// δ of the DP guarantee.
     #[arg(long, default_value_t = 1e-5)]
     pub dp_delta: f64,
-    /// L2 bound every upload is clipped to under DP.
-    #[arg(long, default_value_t = 5.0)]
-    pub dp_clip: f64,
+    /// L2 clip C under DP: of each example's gradient (record; default 1), of each upload
+    /// (client; default 5).
+    #[arg(long)]
+    pub dp_clip: Option<f64>,
     /// Calibrate the DP noise for this many rounds (default: --rounds); clients whose budget
     /// is spent abstain in the rounds after.
     #[arg(long)]
@@ -165,17 +187,59 @@ impl SimulateArgs {
         cfg.host.flow.hidden = self.generator_width;
         cfg.host.flow.latent_dim = self.latent_dim;
         cfg.client.train.epochs = self.local_epochs;
+        cfg.client.train.dp_batch = self.dp_batch;
+        cfg.client.train.dp_epochs = self.dp_epochs;
+        cfg.client.train.dp_lr = self.dp_lr;
+        cfg.client.train.dp_label_weight = self.dp_label_weight;
         cfg.client.distill_rounds = self.distill_rounds;
         cfg.text_encoder = self.text_encoder;
         cfg.text_encoder_dir = self.text_encoder_dir.clone();
-        cfg.dp = self.dp_epsilon.map(|epsilon| DpConfig {
+        let unit = self.privacy_unit.first().copied().unwrap_or_default();
+        cfg.dp = self.dp_epsilon.map(|epsilon| self.dp_config(unit, epsilon));
+        cfg
+    }
+
+    /// The privacy arguments' problem, if any (checked before anything runs).
+    fn check_privacy(&self) -> Result<(), String> {
+        if let Some(e) = self.dp_epsilon {
+            if !(e.is_finite() && e > 0.0) {
+                return Err(format!("--dp-epsilon must be finite and > 0, got {e}"));
+            }
+        }
+        if !(self.dp_delta > 0.0 && self.dp_delta < 1.0) {
+            return Err(format!(
+                "--dp-delta must lie in (0, 1), got {}",
+                self.dp_delta
+            ));
+        }
+        if let Some(c) = self.dp_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("--dp-clip must be finite and > 0, got {c}"));
+            }
+        }
+        if let Some(sweep) = &self.dp_sweep {
+            if let Some(e) = sweep.iter().find(|e| !(**e > 0.0)) {
+                return Err(format!("--dp-sweep: ε must be > 0 (or inf), got {e}"));
+            }
+        } else if self.privacy_unit.len() > 1 {
+            return Err("several --privacy-unit values need --dp-sweep".into());
+        }
+        Ok(())
+    }
+
+    /// The DP settings of a run in `unit` at budget `epsilon`.
+    fn dp_config(&self, unit: privacy::PrivacyUnit, epsilon: f64) -> DpConfig {
+        DpConfig {
+            unit,
             epsilon,
             delta: self.dp_delta,
-            clip: self.dp_clip,
+            clip: self.dp_clip.unwrap_or(match unit {
+                privacy::PrivacyUnit::Record => 1.0,
+                privacy::PrivacyUnit::Client => 5.0,
+            }),
             prompt_mix: self.dp_prompt_mix,
             calibration_rounds: self.dp_rounds,
-        });
-        cfg
+        }
     }
 }
 
@@ -194,6 +258,10 @@ fn phase_index(phase: &str) -> u64 {
 
 /// Runs `fedmmkt simulate`.
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if let Err(problem) = args.check_privacy() {
+        eprintln!("error: {problem}");
+        return Ok(ExitCode::from(crate::cli::EXIT_USAGE));
+    }
     let seeds = args.seeds.clone().unwrap_or_else(|| vec![args.seed]);
     anyhow::ensure!(!seeds.is_empty(), "--seeds needs at least one seed");
     if seeds.len() == 1 {
@@ -310,16 +378,21 @@ fn run_seed(
     // (report name, method, ablation, config of that run)
     let mut runs: Vec<(String, Method, Option<Ablation>, SimConfig)> = Vec::new();
     if let Some(sweep) = &args.dp_sweep {
-        for &epsilon in sweep {
-            let mut c = cfg.clone();
-            c.dp = epsilon.is_finite().then_some(DpConfig {
-                epsilon,
-                delta: args.dp_delta,
-                clip: args.dp_clip,
-                prompt_mix: args.dp_prompt_mix,
-                calibration_rounds: args.dp_rounds,
-            });
-            runs.push((format!("eps-{epsilon}"), Method::Fedmmkt, None, c));
+        let units = &args.privacy_unit;
+        for &unit in units {
+            for &epsilon in sweep {
+                if !epsilon.is_finite() && unit != units[0] {
+                    continue; // one non-private run serves every unit
+                }
+                let mut c = cfg.clone();
+                c.dp = epsilon.is_finite().then(|| args.dp_config(unit, epsilon));
+                let name = if epsilon.is_finite() {
+                    format!("{unit}-eps-{epsilon}")
+                } else {
+                    format!("eps-{epsilon}")
+                };
+                runs.push((name, Method::Fedmmkt, None, c));
+            }
         }
     } else if args.compare {
         // Local first: every later run of the same architectures takes it as its reference.

@@ -61,12 +61,10 @@ pub fn offline_report(data: &DataDir) -> anyhow::Result<StatusReport> {
             other => anyhow::Error::from(other),
         })
         .with_context(|| format!("opening the privacy ledger in {}", ledger_dir.display()))?;
+    let cfg = NodeConfig::load(&data.config())?;
     let (epsilon_budget, delta) = match ledger.budget()? {
         Some(b) => (b.epsilon, b.delta),
-        None => {
-            let cfg = NodeConfig::load(&data.config())?;
-            (cfg.privacy.epsilon, cfg.privacy.delta)
-        }
+        None => (cfg.privacy.epsilon, cfg.privacy.delta),
     };
     Ok(StatusReport {
         peer_id,
@@ -79,6 +77,8 @@ pub fn offline_report(data: &DataDir) -> anyhow::Result<StatusReport> {
         epsilon_spent: ledger.epsilon_spent(delta)?.epsilon,
         epsilon_budget,
         delta,
+        privacy_unit: cfg.privacy.unit,
+        private_training: None,
         last_metrics: store.metrics()?,
         preparing: None,
     })
@@ -117,11 +117,19 @@ fn print_report(r: &StatusReport) {
         (
             "privacy",
             format!(
-                "ε {:.6} spent of {} at δ = {:e}; {:.6} left",
+                "{}-level: ε {:.6} spent of {} at δ = {:e}; {:.6} left{}",
+                r.privacy_unit,
                 r.epsilon_spent,
                 r.epsilon_budget,
                 r.delta,
-                (r.epsilon_budget - r.epsilon_spent).max(0.0)
+                (r.epsilon_budget - r.epsilon_spent).max(0.0),
+                match r.private_training {
+                    Some(crate::learn::PrivateUse::BudgetSpent) => {
+                        "; budget spent: taking part on synthetic samples only"
+                    }
+                    Some(crate::learn::PrivateUse::DpSgd) => "; last round trained by DP-SGD",
+                    _ => "",
+                }
             ),
         ),
         (

@@ -132,17 +132,24 @@ impl Default for NetworkConfig {
 }
 
 models::knobs! {
-    /// `[privacy]`: the budget and the DP of uploads.
+    /// `[privacy]`: the budget and what it protects.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct PrivacyConfig {
-        /// Total ε this node may spend; the ledger refuses releases beyond it.
+        /// What is protected: "record" (every private record, by DP-SGD in local training;
+        /// the uploads are post-processing) or "client" (the node's whole upload per round,
+        /// clipped and noised; pays only with hundreds of contributors per round).
+        pub unit: privacy::PrivacyUnit,
+        /// Total ε this node may spend; the ledger refuses spends beyond it.
         pub epsilon: f64,
         /// δ of the (ε, δ) guarantee, in (0, 1).
         pub delta: f64,
-        /// L2 bound every upload is clipped to.
+        /// L2 bound every upload is clipped to (client unit), and the bound secure
+        /// aggregation's encoding is sized for (both units).
         pub clip: f64,
-        /// Releases the noise is calibrated for: this many uploads spend the whole budget.
+        /// Per-example gradient clip C of DP-SGD (record unit).
+        pub example_clip: f64,
+        /// Rounds the noise is calibrated for: this many rounds spend the whole budget.
         pub planned_rounds: u32,
     }
 }
@@ -150,10 +157,13 @@ models::knobs! {
 impl Default for PrivacyConfig {
     fn default() -> Self {
         Self {
+            unit: privacy::PrivacyUnit::Record,
             epsilon: 8.0,
             delta: 1e-5,
-            // `fedmmkt simulate --dp-clip`'s default.
+            // `fedmmkt simulate --privacy-unit client --dp-clip`'s default.
             clip: 5.0,
+            // `fedmmkt simulate --privacy-unit record --dp-clip`'s default.
+            example_clip: 1.0,
             planned_rounds: 10,
         }
     }
@@ -391,6 +401,11 @@ impl NodeConfig {
         ensure(p.clip.is_finite() && p.clip > 0.0, "privacy.clip", || {
             format!("must be a finite number > 0, got {}", p.clip)
         })?;
+        ensure(
+            p.example_clip.is_finite() && p.example_clip > 0.0,
+            "privacy.example_clip",
+            || format!("must be finite and > 0, got {}", p.example_clip),
+        )?;
         ensure(p.planned_rounds >= 1, "privacy.planned_rounds", || {
             "must be at least 1".into()
         })?;
@@ -603,6 +618,7 @@ mod tests {
         let bad: Vec<fn(&mut NodeConfig)> = vec![
             |c| c.privacy.epsilon = 0.0,
             |c| c.privacy.delta = 1.0,
+            |c| c.privacy.example_clip = 0.0,
             |c| c.network.listen.clear(),
             |c| c.network.listen = vec!["not an addr".into()],
             |c| c.network.bootstrap = vec!["/ip4/1.2.3.4/tcp/x".into()],

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use models::classifier::{Arch, TaskModel};
 use models::data::captions::random_captions;
 use models::data::Dataset;
+use models::dp_sgd::{train_private, train_synthetic_only, DpSgdConfig};
 use models::text::TextEncoder;
 use models::train::{train_client, ClientTrainConfig, DistillSet, TrainStats};
+use privacy::ledger::Ledger;
+use protocol::session::training::{Permit, RecordPlan, RecordTrainer};
 use protocol::{RoundStart, UploadLayout};
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
 models::knobs! {
     /// The client's knobs (the `[model]` section of the node's config.toml holds them).
@@ -52,6 +55,32 @@ impl LearnerConfig {
     }
 }
 
+/// Record-level DP of a learner: its plan and permits, the ledger that pays for each round's
+/// private training, and the source of the DP-SGD noise.
+pub struct RecordDp {
+    /// The plan, the permits and the released class counts.
+    pub trainer: RecordTrainer,
+    /// The node's budget ledger.
+    pub ledger: Arc<Ledger>,
+    /// DP-SGD noise: seeded from the OS on a node; from the run's seed in simulations
+    /// (reproducible, and so not private against anyone who knows the seed).
+    pub noise: ChaCha20Rng,
+}
+
+/// What a round's local training did with the private records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivateUse {
+    /// Trained on them without record-level DP (none, or client-level on the upload).
+    Plain,
+    /// Trained on them by DP-SGD, paid for in the ledger first.
+    DpSgd,
+    /// Not trained on them: this round was already paid for and trained (a retry).
+    AlreadyTrained,
+    /// Not trained on them: the budget is spent; synthetic samples only.
+    BudgetSpent,
+}
+
 /// One data owner with its private data and its own task model.
 pub struct Learner {
     /// Index of this client in the federation.
@@ -63,6 +92,8 @@ pub struct Learner {
     previous: Option<RoundStart>,
     memory: std::collections::VecDeque<DistillSet>,
     rng: ChaCha8Rng,
+    record: Option<RecordDp>,
+    last_use: Option<PrivateUse>,
 }
 
 impl Learner {
@@ -96,12 +127,64 @@ impl Learner {
             previous: None,
             memory: std::collections::VecDeque::new(),
             rng,
+            record: None,
+            last_use: None,
         })
+    }
+
+    /// This learner with record-level DP: every round's private training goes through
+    /// DP-SGD, paid for in `dp.ledger` before it starts.
+    pub fn with_record_dp(mut self, dp: RecordDp) -> Self {
+        self.record = Some(dp);
+        self
+    }
+
+    /// Its record-level DP, if on.
+    pub fn record_dp(&self) -> Option<&RecordDp> {
+        self.record.as_ref()
+    }
+
+    /// How the last round's training used the private records (`None` before the first).
+    pub fn last_use(&self) -> Option<PrivateUse> {
+        self.last_use
     }
 
     /// The task model (for evaluation and FedAvg).
     pub fn model(&self) -> &TaskModel {
         &self.model
+    }
+
+    /// Its knobs.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.cfg
+    }
+
+    /// Its record-level plan at (ε, δ) with per-example clip `clip` over `rounds` rounds:
+    /// `dp_epochs` passes of Poisson batches of `dp_batch` expected examples each round.
+    pub fn record_plan(
+        &self,
+        epsilon: f64,
+        delta: f64,
+        clip: f64,
+        rounds: u32,
+    ) -> anyhow::Result<RecordPlan> {
+        let t = &self.cfg.train;
+        let records = self.data.len();
+        anyhow::ensure!(
+            records > 0 && t.dp_batch > 0 && t.dp_epochs.is_finite() && t.dp_epochs > 0.0,
+            "record-level DP needs private data, dp_batch ≥ 1 and dp_epochs > 0"
+        );
+        let batch = t.dp_batch.min(records);
+        Ok(RecordPlan {
+            epsilon,
+            delta,
+            clip,
+            expected_batch: batch as f64,
+            steps_per_round: ((t.dp_epochs * records as f64 / batch as f64).ceil() as u64).max(1),
+            planned_rounds: rounds,
+            records: records as u64,
+            classes: self.data.num_classes(),
+        })
     }
 
     /// Its private data.
@@ -114,16 +197,73 @@ impl Learner {
         self.data.class_counts()
     }
 
-    /// Local training on private data plus `distill` (or none).
-    pub fn train(&mut self, distill: Option<&DistillSet>) -> anyhow::Result<TrainStats> {
-        Ok(train_client(
-            &mut self.model,
-            &self.data,
-            &self.emb,
-            distill,
-            &self.cfg.train,
-            &mut self.rng,
-        )?)
+    /// Round `round`'s local training on private data plus `distill` (or none); under
+    /// record-level DP, by DP-SGD once the ledger has recorded the round, else on `distill`
+    /// alone.
+    pub fn train(
+        &mut self,
+        round: u64,
+        distill: Option<&DistillSet>,
+    ) -> anyhow::Result<TrainStats> {
+        let Some(rec) = self.record.as_mut() else {
+            self.last_use = Some(PrivateUse::Plain);
+            return Ok(train_client(
+                &mut self.model,
+                &self.data,
+                &self.emb,
+                distill,
+                &self.cfg.train,
+                &mut self.rng,
+            )?);
+        };
+        let (used, stats) = match rec.trainer.permit(&rec.ledger, round)? {
+            Permit::Train(cost) => {
+                let dp = DpSgdConfig {
+                    clip: cost.clip,
+                    noise_multiplier: cost.noise_multiplier,
+                    sample_rate: cost.sample_rate,
+                    steps: usize::try_from(cost.steps)?,
+                };
+                let stats = train_private(
+                    &mut self.model,
+                    &self.data,
+                    &self.emb,
+                    distill,
+                    &self.cfg.train,
+                    &dp,
+                    &mut self.rng,
+                    &mut rec.noise,
+                )?;
+                (PrivateUse::DpSgd, stats)
+            }
+            permit => {
+                let used = if permit == Permit::AlreadyTrained {
+                    PrivateUse::AlreadyTrained
+                } else {
+                    PrivateUse::BudgetSpent
+                };
+                let stats = match distill {
+                    Some(d) if used == PrivateUse::BudgetSpent => train_synthetic_only(
+                        &mut self.model,
+                        d,
+                        self.emb.len() / self.data.len().max(1),
+                        &self.cfg.train,
+                        &mut self.rng,
+                    )?,
+                    _ => TrainStats::default(),
+                };
+                (used, stats)
+            }
+        };
+        if used == PrivateUse::BudgetSpent {
+            tracing::info!(
+                client = self.id,
+                round,
+                "privacy budget spent: synthetic samples only"
+            );
+        }
+        self.last_use = Some(used);
+        Ok(stats)
     }
 
     /// Step 2: the kept samples of the previous round with their teacher targets, if this
@@ -160,7 +300,7 @@ impl Learner {
     /// Step 2 (learn): local training with distillation from the previous round's kept samples.
     pub fn learn(&mut self, start: &RoundStart, distill: bool) -> anyhow::Result<TrainStats> {
         if !distill {
-            return self.train(None);
+            return self.train(start.round, None);
         }
         if let Some(new) = self.distill_set(start) {
             self.memory.push_back(new);
@@ -169,7 +309,7 @@ impl Learner {
             self.memory.pop_front();
         }
         let set = DistillSet::concat(self.memory.make_contiguous());
-        self.train(Some(&set).filter(|s| !s.is_empty()))
+        self.train(start.round, Some(&set).filter(|s| !s.is_empty()))
     }
 
     /// Step 3 (judge): predictions on this round's synthetic set as one flat upload vector.
@@ -181,7 +321,15 @@ impl Learner {
             samples: n,
             classes: start.classes as usize,
         };
-        let upload = layout.build(&preds, &start.prompt_class, &self.class_counts())?;
+        let exact = self.class_counts();
+        let counts = match self.record.as_mut() {
+            Some(rec) => rec
+                .trainer
+                .released_counts(&rec.ledger, start.round, &exact)?
+                .unwrap_or_else(|| vec![0.0; exact.len()]),
+            None => exact.iter().map(|&c| c as f64).collect(),
+        };
+        let upload = layout.build(&preds, &start.prompt_class, &counts)?;
         self.previous = Some(start.clone());
         Ok(upload)
     }

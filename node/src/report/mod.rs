@@ -585,6 +585,8 @@ mod tests {
             config: SimConfig::default(),
             total_seconds: 3.0,
             dp_noise_multiplier: None,
+            privacy_unit: None,
+            private_use: Vec::new(),
             ledgers_verified: None,
         }
     }

@@ -106,10 +106,15 @@ impl Node {
         tracing::info!(round, test_acc, seconds, "learned and judged");
         self.client_phase(term, round, Phase::Judge)?;
         let dataset_id = format!("{}-term-{term}-attempt-{attempt}", self.me);
-        // Durable before anything leaves: the ledger entry, then the "answered" mark.
-        let release = self
-            .releaser
-            .release(&self.ledger, &plan, dataset_id, &upload)?;
+        // Durable before anything leaves: the ledger entry, then the "answered" mark. Under
+        // record-level DP the upload is post-processing of training already paid for.
+        let release = match self.cfg.privacy.unit {
+            privacy::PrivacyUnit::Client => {
+                self.releaser
+                    .release(&self.ledger, &plan, dataset_id, &upload)?
+            }
+            privacy::PrivacyUnit::Record => Release::Noised(upload),
+        };
         self.store.mark_answered(term, round, attempt)?;
         self.refresh_ledger_view();
         let effects = match release {

@@ -7,11 +7,16 @@ use std::time::Instant;
 
 use models::classifier::Arch;
 use models::train::accuracy;
+use privacy::ledger::Ledger;
+use protocol::session::training::RecordTrainer;
 use protocol::RoundStart;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::learn::{
-    Learner, LearnerConfig, PretrainCache, Pretraining, Synthesizer, SynthesizerConfig,
+    Learner, LearnerConfig, PretrainCache, Pretraining, PrivateUse, RecordDp, Synthesizer,
+    SynthesizerConfig,
 };
 use crate::world::{sub_seed, World};
 
@@ -93,6 +98,8 @@ pub enum Outcome {
         upload: Vec<f32>,
         /// Accuracy on the node's test split after learning.
         test_acc: f64,
+        /// How the learning used the private records.
+        private_use: Option<PrivateUse>,
         /// Seconds spent.
         seconds: f64,
     },
@@ -149,6 +156,22 @@ pub fn node_client(world: &World, cfg: LearnerConfig, seed: u64) -> anyhow::Resu
     )
 }
 
+/// What a node's learner needs for record-level DP.
+pub struct RecordSettings {
+    /// Budget ε.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Per-example clip C.
+    pub clip: f64,
+    /// Rounds the budget is spread over.
+    pub planned_rounds: u32,
+    /// Names the node's private records in its ledger entries.
+    pub dataset_id: String,
+    /// The node's ledger.
+    pub ledger: Arc<Ledger>,
+}
+
 /// The handle the network loop keeps.
 pub struct Ml {
     jobs: mpsc::Sender<Job>,
@@ -156,16 +179,34 @@ pub struct Ml {
 }
 
 impl Ml {
-    /// Starts the model thread; results arrive on `out`.
+    /// Starts the model thread; results arrive on `out`. With `record`, the node's learner
+    /// trains its private records by DP-SGD only, paid for round by round in its ledger.
     pub fn spawn(
         world: World,
         host_cfg: SynthesizerConfig,
         client_cfg: LearnerConfig,
         seed: u64,
+        record: Option<RecordSettings>,
         out: UnboundedSender<Outcome>,
     ) -> anyhow::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let client = node_client(&world, client_cfg, seed)?;
+        let mut client = node_client(&world, client_cfg, seed)?;
+        if let Some(r) = record {
+            let plan = client.record_plan(r.epsilon, r.delta, r.clip, r.planned_rounds)?;
+            let trainer = RecordTrainer::new(plan, r.dataset_id)?;
+            tracing::info!(
+                z = trainer.noise_multiplier(),
+                q = trainer.plan().sample_rate(),
+                steps_per_round = trainer.plan().steps_per_round,
+                "record-level DP-SGD planned"
+            );
+            client = client.with_record_dp(RecordDp {
+                trainer,
+                ledger: r.ledger,
+                // The noise must be secret: from the OS, never from the run's seed.
+                noise: ChaCha20Rng::from_os_rng(),
+            });
+        }
         let preparing = Preparing::default();
         let shared = preparing.clone();
         std::thread::Builder::new()
@@ -294,6 +335,7 @@ fn worker(
                     round: start.round,
                     upload,
                     test_acc,
+                    private_use: client.last_use(),
                     seconds: t0.elapsed().as_secs_f64(),
                 }))
             }

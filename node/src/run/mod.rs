@@ -17,6 +17,7 @@ mod host;
 pub mod ml;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -43,7 +44,7 @@ use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
 use crate::world::World;
 use host::HostSide;
-use ml::{Ml, Outcome};
+use ml::{Ml, Outcome, RecordSettings};
 
 /// The election clock.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -73,7 +74,7 @@ pub struct Node {
     cfg: NodeConfig,
     dir: DataDir,
     store: NodeStore,
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
     election: Election<Vec<u8>>,
     capability: Capability,
     members: Vec<PeerId>,
@@ -94,6 +95,8 @@ pub struct Node {
     admin: watch::Sender<AdminState>,
     last_metrics: Option<crate::metrics::RoundMetrics>,
     ledger_view: LedgerView,
+    /// How the last round's learning used the private records.
+    private_use: Option<crate::learn::PrivateUse>,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
 }
@@ -165,7 +168,7 @@ pub async fn run(
         };
     let members = cfg.member_ids()?;
     let store = NodeStore::open(dir.root())?;
-    let ledger = Ledger::open(&dir.ledger())?;
+    let ledger = Arc::new(Ledger::open(&dir.ledger())?);
     if ledger.budget()?.is_none() {
         ledger.set_budget(privacy::ledger::Budget::new(
             cfg.privacy.epsilon,
@@ -300,11 +303,20 @@ pub async fn run(
         "node starting"
     );
     let (ml_tx, mut ml_rx) = mpsc::unbounded_channel();
+    let record = (cfg.privacy.unit == privacy::PrivacyUnit::Record).then(|| RecordSettings {
+        epsilon: cfg.privacy.epsilon,
+        delta: cfg.privacy.delta,
+        clip: cfg.privacy.example_clip,
+        planned_rounds: cfg.privacy.planned_rounds,
+        dataset_id: format!("{me}-records"),
+        ledger: ledger.clone(),
+    });
     let ml = Ml::spawn(
         world,
         cfg.host_config(),
         cfg.client_config(),
         cfg.round.seed,
+        record,
         ml_tx,
     )?;
     let (admin_tx, admin_rx) = watch::channel(AdminState::default());
@@ -341,6 +353,7 @@ pub async fn run(
         admin: admin_tx,
         last_metrics: None,
         ledger_view: LedgerView::default(),
+        private_use: None,
         bootstrap,
         ticks: 0,
     };
@@ -423,8 +436,12 @@ impl Node {
                 round,
                 upload,
                 test_acc,
+                private_use,
                 seconds,
-            } => self.client_judged((term, round, attempt), upload, test_acc, seconds),
+            } => {
+                self.private_use = private_use;
+                self.client_judged((term, round, attempt), upload, test_acc, seconds)
+            }
             other => self.host_ml(other),
         }
     }

@@ -98,6 +98,8 @@ impl Node {
                 .map(|p| p.peer_id.clone())
                 .collect(),
             epsilon_spent: self.ledger_view.spent,
+            privacy_unit: self.cfg.privacy.unit,
+            private_training: self.private_use,
             epsilon_budget: self.ledger_view.budget,
             delta,
             last_metrics: self.last_metrics.clone(),

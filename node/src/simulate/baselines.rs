@@ -24,7 +24,9 @@ pub(super) fn fedavg_round(
 ) -> anyhow::Result<Traffic> {
     progress(r, "learn");
     let t = Instant::now();
-    for_each_client(clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
+    for_each_client(clients, cfg.threads, |c| {
+        c.train(r as u64, None).map(|_| ())
+    })?;
     ph.learn = t.elapsed().as_secs_f64();
     progress(r, "aggregate");
     let t = Instant::now();
@@ -59,7 +61,9 @@ pub(super) fn fedmd_round(
 ) -> anyhow::Result<(Vec<f32>, Traffic)> {
     progress(r, "learn");
     let t = Instant::now();
-    for_each_client(clients, cfg.threads, |c| c.train(distill).map(|_| ()))?;
+    for_each_client(clients, cfg.threads, |c| {
+        c.train(r as u64, distill).map(|_| ())
+    })?;
     ph.learn = t.elapsed().as_secs_f64();
     progress(r, "judge");
     let t = Instant::now();

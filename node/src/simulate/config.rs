@@ -68,14 +68,17 @@ pub enum TextEncoderKind {
     Minilm,
 }
 
-/// Client-level differential privacy of the uploads (FedMMKT runs only).
+/// Differential privacy of every client: record-level (DP-SGD on every private record, in
+/// every method) or client-level (clip and noise of each FedMMKT upload).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct DpConfig {
+    /// What is protected.
+    pub unit: privacy::PrivacyUnit,
     /// Budget ε each client may spend over the run (the noise is calibrated to it).
     pub epsilon: f64,
     /// δ of the (ε, δ) guarantee.
     pub delta: f64,
-    /// L2 bound C every upload is clipped to.
+    /// L2 clip C: of each example's gradient (record), of each upload (client).
     pub clip: f64,
     /// The host's `prompt_mix` under DP (see [`crate::learn::SynthesizerConfig::prompt_mix`]).
     pub prompt_mix: f32,

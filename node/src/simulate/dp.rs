@@ -1,29 +1,38 @@
-//! Differential privacy in the simulation: each client releases its upload through its own
-//! durable, signed budget ledger by the node's one release path
-//! (`protocol::session::release`) before its session masks or sends it.
+//! Differential privacy in the simulation: each client has its own durable, signed budget
+//! ledger. Under record-level DP its learner pays for each round's DP-SGD there
+//! (`protocol::session::training`); under client-level DP its upload is released through the
+//! node's one release path (`protocol::session::release`) before its session masks or sends it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use privacy::ledger::{Budget, Ledger};
+use privacy::PrivacyUnit;
 use protocol::session::release::{PrivacyPlan, Release, Releaser};
+use protocol::session::training::RecordTrainer;
 use protocol::session::ReleasePlan;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 
 use super::config::DpConfig;
+use crate::learn::{Learner, RecordDp};
+use crate::world::sub_seed;
 
-/// The ledgers and releasers of all clients.
+/// The ledgers of all clients, and their releasers under client-level DP.
 pub struct DpClients {
-    ledgers: Vec<Ledger>,
+    dp: DpConfig,
+    rounds: usize,
+    ledgers: Vec<Arc<Ledger>>,
     releasers: Vec<Releaser>,
-    /// The noise multiplier of the last release (what the report shows; every round of a run
-    /// has the same shape, which the round sessions fix).
-    z: Option<f64>,
-    delta: f64,
+    /// The noise multiplier of each client (client-level: of its last release, set by the
+    /// round sessions' shape; record-level: its DP-SGD plan's).
+    z: Vec<Option<f64>>,
     dir: PathBuf,
 }
 
 impl DpClients {
     /// Opens a fresh ledger for each client under `dir/client-K`, capped at the budget; the
-    /// noise is calibrated so `rounds` releases of a round's shape spend exactly the budget.
+    /// noise is calibrated so `rounds` rounds spend exactly the budget.
     pub fn new(dp: &DpConfig, clients: usize, rounds: usize, dir: &Path) -> anyhow::Result<Self> {
         let plan = PrivacyPlan {
             epsilon: dp.epsilon,
@@ -31,29 +40,60 @@ impl DpClients {
             clip: dp.clip,
             planned_rounds: u32::try_from(rounds)?,
         };
-        let releaser = Releaser::new(plan);
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
         let ledgers = (0..clients)
-            .map(|k| -> anyhow::Result<Ledger> {
+            .map(|k| -> anyhow::Result<Arc<Ledger>> {
                 let ledger = Ledger::open(&dir.join(format!("client-{k}")))?;
                 ledger.set_budget(Budget::new(dp.epsilon, dp.delta)?)?;
-                Ok(ledger)
+                Ok(Arc::new(ledger))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
+            dp: *dp,
+            rounds,
             ledgers,
-            releasers: vec![releaser; clients],
-            z: None,
-            delta: dp.delta,
+            releasers: vec![Releaser::new(plan); clients],
+            z: vec![None; clients],
             dir: dir.to_path_buf(),
         })
     }
 
-    /// The calibrated noise multiplier z of the releases so far (`None` before the first).
-    pub fn noise_multiplier(&self) -> Option<f64> {
-        self.z
+    /// Which unit these clients protect.
+    pub fn unit(&self) -> PrivacyUnit {
+        self.dp.unit
+    }
+
+    /// Under record-level DP, `learner` (client `k`) with DP-SGD paid for in its ledger;
+    /// its noise is seeded from `seed` (reproducible runs). Unchanged under client-level DP.
+    pub fn attach(&mut self, k: usize, learner: Learner, seed: u64) -> anyhow::Result<Learner> {
+        if self.dp.unit != PrivacyUnit::Record {
+            return Ok(learner);
+        }
+        let ledger = self
+            .ledgers
+            .get(k)
+            .ok_or_else(|| anyhow::anyhow!("no ledger for client {k}"))?
+            .clone();
+        let plan = learner.record_plan(
+            self.dp.epsilon,
+            self.dp.delta,
+            self.dp.clip,
+            u32::try_from(self.rounds)?,
+        )?;
+        let trainer = RecordTrainer::new(plan, format!("client-{k}"))?;
+        self.z[k] = Some(trainer.noise_multiplier());
+        Ok(learner.with_record_dp(RecordDp {
+            trainer,
+            ledger,
+            noise: ChaCha20Rng::seed_from_u64(sub_seed(seed, 7)),
+        }))
+    }
+
+    /// The noise multiplier z of each client (`None` before it has one).
+    pub fn noise_multipliers(&self) -> &[Option<f64>] {
+        &self.z
     }
 
     /// Where the ledgers live (`fedmmkt privacy audit --data-dir DIR/client-K` reads them).
@@ -61,21 +101,25 @@ impl DpClients {
         &self.dir
     }
 
-    /// Client `k`'s release for the round `plan` describes: recorded in its ledger first,
-    /// then clipped, noised and clamped; [`Release::BudgetExhausted`] when the budget would
-    /// be exceeded (the client abstains).
+    /// Client `k`'s release for the round `plan` describes: under client-level DP recorded
+    /// in its ledger first, then clipped, noised and clamped ([`Release::BudgetExhausted`]
+    /// when the budget would be exceeded: the client abstains); under record-level DP the
+    /// upload is post-processing of the private training and leaves as it is.
     pub fn release(
         &mut self,
         k: usize,
         plan: &ReleasePlan,
-        upload: &[f32],
+        upload: Vec<f32>,
     ) -> anyhow::Result<Release> {
+        if self.dp.unit == PrivacyUnit::Record {
+            return Ok(Release::Noised(upload));
+        }
         let (Some(ledger), Some(releaser)) = (self.ledgers.get(k), self.releasers.get_mut(k))
         else {
             anyhow::bail!("no ledger for client {k}");
         };
-        self.z = Some(releaser.noise_multiplier(plan)?);
-        let release = releaser.release(ledger, plan, format!("client-{k}"), upload)?;
+        self.z[k] = Some(releaser.noise_multiplier(plan)?);
+        let release = releaser.release(ledger, plan, format!("client-{k}"), &upload)?;
         if release == Release::BudgetExhausted {
             tracing::info!(
                 client = k,
@@ -90,7 +134,7 @@ impl DpClients {
     pub fn epsilon_spent(&self) -> anyhow::Result<Vec<f64>> {
         self.ledgers
             .iter()
-            .map(|l| Ok(l.epsilon_spent(self.delta)?.epsilon))
+            .map(|l| Ok(l.epsilon_spent(self.dp.delta)?.epsilon))
             .collect()
     }
 
@@ -108,6 +152,7 @@ mod tests {
     fn clients_abstain_once_the_budget_is_spent() {
         let dir = tempfile::tempdir().unwrap();
         let dp = DpConfig {
+            unit: PrivacyUnit::Client,
             epsilon: 1.0,
             delta: 1e-5,
             clip: 1.0,
@@ -115,7 +160,7 @@ mod tests {
             calibration_rounds: None,
         };
         let mut clients = DpClients::new(&dp, 2, 2, dir.path()).unwrap();
-        assert_eq!(clients.noise_multiplier(), None);
+        assert_eq!(clients.noise_multipliers(), &[None, None]);
         let upload = [3.0f32, 0.0, 0.0, 4.0]; // norm 5: clipped to 1 before noise
         let mut plan = ReleasePlan {
             term: 1,
@@ -128,16 +173,16 @@ mod tests {
         };
         for round in 0..2 {
             plan.round = round;
-            let Release::Noised(out) = clients.release(0, &plan, &upload).unwrap() else {
+            let Release::Noised(out) = clients.release(0, &plan, upload.to_vec()).unwrap() else {
                 panic!("round {round} refused");
             };
             assert_eq!(out.len(), 4);
             assert_ne!(out, upload.to_vec());
-            assert!(clients.noise_multiplier().is_some_and(|z| z > 0.0));
+            assert!(clients.noise_multipliers()[0].is_some_and(|z| z > 0.0));
         }
         plan.round = 2;
         assert_eq!(
-            clients.release(0, &plan, &upload).unwrap(),
+            clients.release(0, &plan, upload.to_vec()).unwrap(),
             Release::BudgetExhausted,
             "third release must be refused"
         );
@@ -145,6 +190,6 @@ mod tests {
         assert!(spent[0] <= 1.0 + 1e-9 && spent[0] > 0.9, "{spent:?}");
         assert_eq!(spent[1], 0.0);
         assert!(clients.verify_all());
-        assert!(clients.release(5, &plan, &upload).is_err());
+        assert!(clients.release(5, &plan, upload.to_vec()).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use models::classifier::Arch;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
+use privacy::PrivacyUnit;
 use protocol::session::release::Release;
 use serde::Serialize;
 
@@ -108,8 +109,13 @@ pub struct RunReport {
     pub config: SimConfig,
     /// Total wall time of the run.
     pub total_seconds: f64,
-    /// Noise multiplier z of the uploads (DP runs).
+    /// Noise multiplier z (DP runs): of the uploads (client-level), or the largest of the
+    /// clients' DP-SGD plans (record-level).
     pub dp_noise_multiplier: Option<f64>,
+    /// The privacy unit of the run's DP (`None`: no DP).
+    pub privacy_unit: Option<privacy::PrivacyUnit>,
+    /// How each client's last round used its private records.
+    pub private_use: Vec<Option<crate::learn::PrivateUse>>,
     /// Whether every client's ledger chain verified at the end (DP runs).
     pub ledgers_verified: Option<bool>,
 }
@@ -205,17 +211,39 @@ fn run_clients(
         host_cfg.prompt_mix = dp.prompt_mix;
     }
     let distill = ablation != Some(Ablation::NoDistill);
+    // Record-level DP trains every method's clients by DP-SGD; client-level DP noises
+    // FedMMKT's uploads.
+    let mut dp = match (&cfg.dp, method) {
+        (Some(dp), _) if dp.unit == PrivacyUnit::Record || method == Method::Fedmmkt => {
+            let name = ablation.map_or(method.name(), Ablation::name);
+            let dir = setup
+                .work_dir
+                .join("ledgers")
+                .join(format!("{name}-{}-eps-{}", dp.unit, dp.epsilon));
+            Some(DpClients::new(
+                dp,
+                cfg.clients,
+                dp.calibration_rounds.unwrap_or(cfg.rounds),
+                &dir,
+            )?)
+        }
+        _ => None,
+    };
     let mut clients = Vec::with_capacity(cfg.clients);
     for (k, &arch) in archs.iter().enumerate() {
         let seed = sub_seed(cfg.seed, 100 + k as u64);
-        clients.push(Learner::new(
+        let learner = Learner::new(
             k,
             arch,
             setup.client_data(k),
             &setup.encoder,
             client_cfg,
             seed,
-        )?);
+        )?;
+        clients.push(match dp.as_mut() {
+            Some(dp) => dp.attach(k, learner, seed)?,
+            None => learner,
+        });
     }
     if method == Method::Fedavg {
         // FedAvg starts every client from the same global model.
@@ -245,22 +273,6 @@ fn run_clients(
     let mut public_teacher: Option<Vec<f32>> = None;
     let clip = cfg.dp.as_ref().map_or(1.0, |dp| dp.clip);
     let mut fed = Federation::new(cfg.clients, cfg.secagg, clip, sub_seed(cfg.seed, 5))?;
-    let mut dp = match (&cfg.dp, method) {
-        (Some(dp), Method::Fedmmkt) => {
-            let name = ablation.map_or(method.name(), Ablation::name);
-            let dir = setup
-                .work_dir
-                .join("ledgers")
-                .join(format!("{name}-eps-{}", dp.epsilon));
-            Some(DpClients::new(
-                dp,
-                cfg.clients,
-                dp.calibration_rounds.unwrap_or(cfg.rounds),
-                &dir,
-            )?)
-        }
-        _ => None,
-    };
     let mut rounds = Vec::with_capacity(cfg.rounds);
     for r in 1..=cfg.rounds {
         let mut ph = PhaseSeconds::default();
@@ -282,7 +294,9 @@ fn run_clients(
             Method::Local => {
                 progress(r, "learn");
                 let t = Instant::now();
-                for_each_client(&mut clients, cfg.threads, |c| c.train(None).map(|_| ()))?;
+                for_each_client(&mut clients, cfg.threads, |c| {
+                    c.train(r as u64, None).map(|_| ())
+                })?;
                 ph.learn = t.elapsed().as_secs_f64();
                 Traffic::default()
             }
@@ -375,7 +389,15 @@ fn run_clients(
         image_side: setup.splits.test.rows,
         config: cfg.clone(),
         total_seconds: t0.elapsed().as_secs_f64(),
-        dp_noise_multiplier: dp.as_ref().and_then(DpClients::noise_multiplier),
+        privacy_unit: cfg.dp.map(|d| d.unit),
+        dp_noise_multiplier: dp.as_ref().and_then(|d| {
+            d.noise_multipliers()
+                .iter()
+                .flatten()
+                .copied()
+                .reduce(f64::max)
+        }),
+        private_use: clients.iter().map(Learner::last_use).collect(),
         ledgers_verified: dp.as_ref().map(DpClients::verify_all),
     };
     Ok((report, images))
@@ -432,7 +454,7 @@ fn fedmmkt_round(
     for (k, upload) in uploads.into_iter().enumerate() {
         let plan = fed.plan(k)?;
         let release = match dp.as_deref_mut() {
-            Some(dp) => dp.release(k, &plan, &upload)?,
+            Some(dp) => dp.release(k, &plan, upload)?,
             None => Release::Noised(upload),
         };
         if release == Release::BudgetExhausted {

@@ -67,6 +67,32 @@ impl Charged<GaussianRelease> {
         Ok(m.invoke(&clipped)?)
     }
 
+    /// Noises a histogram of record counts without clipping it: one record moves one count by
+    /// 1, so its add/remove-one-record L2 sensitivity is 1, which must not exceed the release's
+    /// clip (the sensitivity the cost was computed for).
+    pub fn noise_counts(self, counts: &[f64]) -> Result<Vec<f64>> {
+        let release = &self.release;
+        let d = release.cost.config.dimension;
+        if counts.len() != d || release.cost.config.clip < 1.0 {
+            return Err(PrivacyError::invalid(
+                "counts",
+                format!(
+                    "{} counts for a release of dimension {d} with sensitivity {} (need ≥ 1)",
+                    counts.len(),
+                    release.cost.config.clip
+                ),
+            ));
+        }
+        let domain = VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(d);
+        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            domain,
+            L2Distance::<f64>::default(),
+            release.cost.per_client_scale,
+            Some(release.granularity_exp),
+        )?;
+        Ok(m.invoke(&counts.to_vec())?)
+    }
+
     /// [`Self::noise_f64`] for an f32 upload (noised in f64, rounded back: post-processing).
     pub fn noise_f32(self, upload: &[f32]) -> Result<Vec<f32>> {
         let wide: Vec<f64> = upload.iter().map(|&v| f64::from(v)).collect();

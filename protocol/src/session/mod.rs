@@ -3,14 +3,17 @@
 //! secure-aggregation client and the attempt). Each takes events and returns effects; the node
 //! carries them out over libp2p and the simulation over an in-memory transport, so both run
 //! this one round. [`policy`] holds the timing and quorum rules, [`release`] the one path by
-//! which a client's upload leaves it (charge, noise, clamp).
+//! which a client's upload leaves it (charge, noise, clamp), [`training`] the one path by
+//! which its private records are trained on under record-level DP.
 
 pub mod client;
 pub mod host;
 pub mod policy;
 pub mod release;
+pub mod training;
 
 pub use client::{ClientEffect, ClientSession, ReleasePlan};
 pub use host::{HostEffect, HostSession, OpenRound};
 pub use policy::RoundPolicy;
 pub use release::{PrivacyPlan, Release, Releaser};
+pub use training::{Permit, RecordPlan, RecordTrainer};

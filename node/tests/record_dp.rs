@@ -1,0 +1,170 @@
+//! Record-level DP in the learner: each round's private training is paid for in the ledger
+//! before it starts, a crash between the charge and the training never leads to training that
+//! round again (nor to training one that was not charged), a spent budget leaves synthetic-only
+//! participation, and bad privacy arguments are refused with exit code 2.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use models::classifier::Arch;
+use models::data::DataSource;
+use models::train::DistillSet;
+use node::learn::{Learner, LearnerConfig, PrivateUse, RecordDp};
+use node::world::bow_encoder;
+use privacy::ledger::{Budget, Ledger, Spend};
+use protocol::session::training::RecordTrainer;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn learner(epsilon: f64, ledger: Arc<Ledger>) -> Learner {
+    let data = DataSource::embedded().unwrap().test;
+    let idx: Vec<usize> = (0..200).collect();
+    let data = data.subset(&idx);
+    let encoder = bow_encoder(&data.classes, 16, 1);
+    let mut cfg = LearnerConfig::default();
+    cfg.train.epochs = 1;
+    let l = Learner::new(0, Arch::Mlp, data, &encoder, cfg, 3).unwrap();
+    let plan = l.record_plan(epsilon, 1e-5, 1.0, 3).unwrap();
+    let trainer = RecordTrainer::new(plan, "node-records".into()).unwrap();
+    l.with_record_dp(RecordDp {
+        trainer,
+        ledger,
+        noise: ChaCha20Rng::seed_from_u64(9),
+    })
+}
+
+fn weights(l: &Learner) -> Vec<f32> {
+    l.model()
+        .named_vars()
+        .into_iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn training_rounds(ledger: &Ledger) -> Vec<u64> {
+    ledger
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.cost, Spend::Training(_)))
+        .map(|e| e.round)
+        .collect()
+}
+
+fn open(dir: &std::path::Path) -> Arc<Ledger> {
+    let ledger = Ledger::open(dir).unwrap();
+    if ledger.budget().unwrap().is_none() {
+        ledger.set_budget(Budget::new(4.0, 1e-5).unwrap()).unwrap();
+    }
+    Arc::new(ledger)
+}
+
+#[test]
+fn a_charged_round_is_trained_at_most_once_even_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path());
+    let mut a = learner(4.0, ledger.clone());
+    let before = weights(&a);
+    a.train(1, None).unwrap();
+    assert_eq!(a.last_use(), Some(PrivateUse::DpSgd));
+    assert_ne!(weights(&a), before, "round 1 trained");
+    assert_eq!(training_rounds(&ledger), vec![1]);
+    // A crash after round 2's entry became durable and before its training finished: the
+    // entry is charged as the permit is handed out; the process dies with it.
+    let permit = a.record_dp().unwrap().trainer.permit(&ledger, 2).unwrap();
+    assert!(matches!(
+        permit,
+        protocol::session::training::Permit::Train(_)
+    ));
+    drop(a);
+    drop(ledger);
+    // Restarted: the ledger is read back from disk; round 2 is not trained again, round 3 is.
+    let ledger = open(dir.path());
+    assert_eq!(training_rounds(&ledger), vec![1, 2]);
+    let mut b = learner(4.0, ledger.clone());
+    let fresh = weights(&b);
+    b.train(2, None).unwrap();
+    assert_eq!(b.last_use(), Some(PrivateUse::AlreadyTrained));
+    assert_eq!(
+        weights(&b),
+        fresh,
+        "a charged round must not be trained twice"
+    );
+    b.train(3, None).unwrap();
+    assert_eq!(b.last_use(), Some(PrivateUse::DpSgd));
+    assert_ne!(weights(&b), fresh);
+    // Every private training had its entry first: one entry per trained round, no more.
+    assert_eq!(training_rounds(&ledger), vec![1, 2, 3]);
+    assert!(ledger.verify().is_ok());
+}
+
+#[test]
+fn a_spent_budget_leaves_synthetic_only_participation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path());
+    let mut l = learner(4.0, ledger.clone());
+    for r in 1..=3 {
+        l.train(r, None).unwrap();
+        assert_eq!(l.last_use(), Some(PrivateUse::DpSgd));
+    }
+    let spent = ledger.epsilon_spent(1e-5).unwrap().epsilon;
+    assert!(spent <= 4.0 && spent > 3.0, "spent {spent}");
+    let entries = ledger.len().unwrap();
+    // Round 4: no private training, but the synthetic samples are still learned from.
+    let p = 28 * 28;
+    let set = DistillSet {
+        images: (0..40 * p).map(|i| (i % 251) as u8).collect(),
+        teacher: vec![0.1; 40 * 10],
+        labels: Some((0..40).map(|i| (i % 10) as u8).collect()),
+        emb: Some(vec![0.5; 40 * 16]),
+    };
+    let before = weights(&l);
+    let stats = l.train(4, Some(&set)).unwrap();
+    assert_eq!(l.last_use(), Some(PrivateUse::BudgetSpent));
+    assert!(stats.steps > 0);
+    assert_ne!(weights(&l), before, "synthetic-only training still learns");
+    assert_eq!(ledger.len().unwrap(), entries, "nothing more is charged");
+    assert!(ledger.epsilon_spent(1e-5).unwrap().epsilon <= 4.0);
+}
+
+fn fedmmkt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_privacy_arguments_exit_2_with_a_clear_message() {
+    for (args, needle) in [
+        (&["--dp-epsilon", "0"][..], "--dp-epsilon"),
+        (&["--dp-epsilon=-1"][..], "--dp-epsilon"),
+        (
+            &["--dp-epsilon", "8", "--dp-delta", "1.5"][..],
+            "--dp-delta",
+        ),
+        (&["--dp-epsilon", "8", "--dp-delta", "0"][..], "--dp-delta"),
+        (&["--dp-epsilon", "8", "--dp-clip", "0"][..], "--dp-clip"),
+        (
+            &["--dp-epsilon", "8", "--privacy-unit", "person"][..],
+            "person",
+        ),
+        (
+            &["--dp-epsilon", "8", "--privacy-unit", "record,client"][..],
+            "--dp-sweep",
+        ),
+    ] {
+        let mut all = vec!["simulate", "--out", "/nonexistent/never-written"];
+        all.extend_from_slice(args);
+        let out = fedmmkt(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
