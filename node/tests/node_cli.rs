@@ -281,6 +281,8 @@ fn admin_endpoint_round_trip() {
             epsilon_spent: 1.25,
             epsilon_budget: 8.0,
             delta: 1e-5,
+            privacy_unit: privacy::PrivacyUnit::Record,
+            private_training: Some(node::learn::PrivateUse::BudgetSpent),
             last_metrics: Some(RoundMetrics::Client {
                 round: 5,
                 term: 7,
@@ -324,6 +326,13 @@ fn admin_endpoint_round_trip() {
     assert_eq!(v["last_metrics"]["role"], "client");
     assert_eq!(v["last_metrics"]["test_acc"].as_f64(), Some(0.7));
     assert_eq!(v["preparing"], "pre-training (cached)");
+    assert_eq!(v["privacy_unit"], "record");
+    assert_eq!(v["private_training"], "budget-spent");
+    let text = stdout(&fedmmkt(&["status", "--data-dir", path(tmp.path())]));
+    assert!(
+        text.contains("record-level") && text.contains("synthetic samples only"),
+        "{text}"
+    );
     let p = json(&["peers", "--data-dir", path(tmp.path()), "--json"]);
     assert_eq!(p["running"], true);
     assert_eq!(p["peers"][0]["connected"], true);

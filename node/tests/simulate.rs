@@ -200,6 +200,7 @@ fn dp_run_charges_every_client_within_budget() {
     let (mut cfg, src) = tiny();
     cfg.rounds = 3;
     cfg.dp = Some(node::simulate::DpConfig {
+        unit: privacy::PrivacyUnit::Client,
         epsilon: 2.0,
         delta: 1e-5,
         clip: 1.0,
@@ -228,7 +229,7 @@ fn dp_run_charges_every_client_within_budget() {
     let ledger_dir = dir
         .path()
         .join("ledgers")
-        .join("fedmmkt-eps-2")
+        .join("fedmmkt-client-eps-2")
         .join("client-0");
     let ledger = privacy::ledger::Ledger::open_existing(&ledger_dir).unwrap();
     assert_eq!(ledger.len().unwrap(), cfg.rounds as u64);
@@ -258,4 +259,68 @@ fn dp_run_charges_every_client_within_budget() {
         .iter()
         .all(|&e| e <= 2.0 + 1e-9));
     assert_eq!(report.ledgers_verified, Some(true));
+}
+
+#[test]
+fn record_level_run_trains_by_dp_sgd_and_keeps_spent_clients_in_the_round() {
+    let (mut cfg, src) = tiny();
+    cfg.rounds = 3;
+    cfg.dp = Some(node::simulate::DpConfig {
+        unit: privacy::PrivacyUnit::Record,
+        epsilon: 2.0,
+        delta: 1e-5,
+        clip: 1.0,
+        prompt_mix: 0.0,
+        calibration_rounds: Some(2),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+    let (report, _) = run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {}).unwrap();
+    assert_eq!(report.privacy_unit, Some(privacy::PrivacyUnit::Record));
+    assert!(report.dp_noise_multiplier.is_some_and(|z| z > 0.0));
+    assert_eq!(report.ledgers_verified, Some(true));
+    // Budget planned for 2 rounds: spent after round 2; round 3 has every client taking part
+    // (nobody abstains: the uploads cost nothing), trained on synthetic samples only.
+    let eps = |r: usize| report.rounds[r].epsilon.clone().unwrap();
+    assert!(
+        eps(1).iter().all(|&e| e > 1.9 && e <= 2.0 + 1e-9),
+        "{:?}",
+        eps(1)
+    );
+    assert_eq!(
+        eps(2),
+        eps(1),
+        "nothing is charged once the budget is spent"
+    );
+    let last = &report.rounds[2];
+    assert_eq!((last.participants, last.abstained), (cfg.clients, 0));
+    assert!(report
+        .private_use
+        .iter()
+        .all(|u| *u == Some(node::learn::PrivateUse::BudgetSpent)));
+    // Client 0's ledger: the one-time class-count release and two rounds of training.
+    let ledger_dir = dir
+        .path()
+        .join("ledgers")
+        .join("fedmmkt-record-eps-2")
+        .join("client-0");
+    let ledger = privacy::ledger::Ledger::open_existing(&ledger_dir).unwrap();
+    let entries = ledger.entries().unwrap();
+    let training = entries
+        .iter()
+        .filter(|e| matches!(e.cost, privacy::ledger::Spend::Training(_)))
+        .count();
+    assert_eq!((entries.len(), training), (3, 2));
+    assert!(entries
+        .iter()
+        .all(|e| e.unit == privacy::PrivacyUnit::Record));
+    // The same DP-SGD without federation is the DP local-only reference.
+    let (local, _) = run(&cfg, &setup, Method::Local, None, &|_, _| {}).unwrap();
+    assert_eq!(local.ledgers_verified, Some(true));
+    assert!(local.rounds[1]
+        .epsilon
+        .as_ref()
+        .unwrap()
+        .iter()
+        .all(|&e| e > 1.9));
 }

@@ -192,6 +192,10 @@ fn configure(
     cfg.round.stage_timeout_secs = s.stage_timeout_secs;
     cfg.round.round_interval_secs = 1;
     cfg.privacy.unit = s.unit;
+    if s.unit == privacy::PrivacyUnit::Record {
+        // What `fedmmkt simulate` uses under record-level DP (chosen on the validation split).
+        cfg.model.host.prompt_mix = node::cli::simulate::RECORD_PROMPT_MIX;
+    }
     cfg.privacy.epsilon = s.epsilon;
     cfg.privacy.delta = s.delta;
     cfg.privacy.planned_rounds = s.planned_rounds;

@@ -124,7 +124,7 @@ pub fn local_only(node_dir: &Path, rounds: u64) -> anyhow::Result<Vec<f64>> {
         cfg.node.alpha,
     )?;
     let mut client = node_client(&world, cfg.client_config(), cfg.round.seed)?;
-    (1..=rounds as u64)
+    (1..=rounds)
         .map(|r| {
             client.train(r, None)?;
             Ok(accuracy(client.model(), &world.test)?)

@@ -148,8 +148,9 @@ pub struct SimulateArgs {
     pub dp_rounds: Option<usize>,
     /// Weight of the prompted class in the teacher under DP: `(1 − m)·Q + m·onehot(y)`
     /// (without DP the teacher is the clients' ensemble alone).
-    #[arg(long, default_value_t = 0.0)]
-    pub dp_prompt_mix: f32,
+    /// Default: 0.5 under record-level DP (chosen with --validation), 0 under client-level.
+    #[arg(long)]
+    pub dp_prompt_mix: Option<f32>,
     /// Run FedMMKT once per budget (comma-separated ε values, `inf` for no DP) and write a
     /// privacy–utility table (privacy_utility.md/.json).
     #[arg(long, value_delimiter = ',')]
@@ -218,7 +219,7 @@ impl SimulateArgs {
             }
         }
         if let Some(sweep) = &self.dp_sweep {
-            if let Some(e) = sweep.iter().find(|e| !(**e > 0.0)) {
+            if let Some(e) = sweep.iter().find(|e| e.is_nan() || **e <= 0.0) {
                 return Err(format!("--dp-sweep: ε must be > 0 (or inf), got {e}"));
             }
         } else if self.privacy_unit.len() > 1 {
@@ -237,7 +238,10 @@ impl SimulateArgs {
                 privacy::PrivacyUnit::Record => 1.0,
                 privacy::PrivacyUnit::Client => 5.0,
             }),
-            prompt_mix: self.dp_prompt_mix,
+            prompt_mix: self.dp_prompt_mix.unwrap_or(match unit {
+                privacy::PrivacyUnit::Record => RECORD_PROMPT_MIX,
+                privacy::PrivacyUnit::Client => 0.0,
+            }),
             calibration_rounds: self.dp_rounds,
         }
     }
@@ -255,6 +259,9 @@ fn phase_index(phase: &str) -> u64 {
         _ => 5,
     }
 }
+
+/// The host's `prompt_mix` under record-level DP (chosen with `--validation`).
+pub const RECORD_PROMPT_MIX: f32 = 0.5;
 
 /// Runs `fedmmkt simulate`.
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -28,6 +28,9 @@ models::knobs! {
         /// Rounds of kept synthetic samples (with their teachers) a client distils from: 1 is
         /// the last round's only.
         pub distill_rounds: usize,
+        /// `distill_rounds` under record-level DP (its synthetic samples are free and
+        /// stand in for the private signal the noise takes away).
+        pub dp_distill_rounds: usize,
     }
 }
 
@@ -37,6 +40,7 @@ impl Default for LearnerConfig {
             train: ClientTrainConfig::default(),
             lr: 2e-3,
             distill_rounds: 1,
+            dp_distill_rounds: 3,
         }
     }
 }
@@ -305,7 +309,12 @@ impl Learner {
         if let Some(new) = self.distill_set(start) {
             self.memory.push_back(new);
         }
-        while self.memory.len() > self.cfg.distill_rounds.max(1) {
+        let keep = if self.record.is_some() {
+            self.cfg.dp_distill_rounds
+        } else {
+            self.cfg.distill_rounds
+        };
+        while self.memory.len() > keep.max(1) {
             self.memory.pop_front();
         }
         let set = DistillSet::concat(self.memory.make_contiguous());
