@@ -334,6 +334,7 @@ pub fn write_privacy_utility(dir: &Path, runs: &BTreeMap<String, RunReport>) -> 
         .filter_map(|r| {
             let last = r.rounds.last()?;
             Some(serde_json::json!({
+                "unit": r.config.dp.map(|d| d.unit),
                 "epsilon": r.config.dp.map(|d| d.epsilon),
                 "delta": r.config.dp.map(|d| d.delta),
                 "noise_multiplier": r.dp_noise_multiplier,
@@ -354,18 +355,63 @@ pub fn write_privacy_utility(dir: &Path, runs: &BTreeMap<String, RunReport>) -> 
         dir.join("privacy_utility.md"),
         privacy_utility_markdown(runs),
     )?;
+    // Client mean and worst accuracy and the generator's gain against ε, one line per unit
+    // (ε = ∞ drawn at twice the largest finite ε, as the non-private end of each line).
+    let finite = runs
+        .values()
+        .filter_map(|r| r.config.dp.map(|d| d.epsilon))
+        .fold(1.0, f64::max);
+    let mut series = Vec::new();
+    for unit in privacy::PrivacyUnit::ALL {
+        let mut points: Vec<(f64, &RunReport)> = runs
+            .values()
+            .filter(|r| r.config.dp.is_none_or(|d| d.unit == unit))
+            .map(|r| (r.config.dp.map_or(2.0 * finite, |d| d.epsilon), r))
+            .collect();
+        if points.iter().all(|(_, r)| r.config.dp.is_none()) {
+            continue;
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let line = |f: &dyn Fn(&RunReport) -> Option<f64>| -> Vec<(f64, f64)> {
+            points
+                .iter()
+                .filter_map(|(e, r)| Some((*e, f(r)?)))
+                .collect()
+        };
+        let last = |r: &RunReport| r.rounds.last().cloned();
+        series.push(Series::line(
+            format!("{unit}: client mean"),
+            line(&|r| last(r).map(|l| l.client_acc_mean)),
+        ));
+        series.push(Series::line(
+            format!("{unit}: client worst"),
+            line(&|r| last(r).map(|l| l.client_acc_min)),
+        ));
+        series.push(Series::line(
+            format!("{unit}: generator gain"),
+            line(&|r| Some(last(r)?.gen_oracle_acc? - r.gen_oracle_acc_start)),
+        ));
+    }
+    line_chart(
+        &dir.join("privacy_utility.png"),
+        "FedMMKT privacy–utility (ε = ∞ at the right end)",
+        "ε per client over the run",
+        "accuracy / gain",
+        &series,
+    )?;
     Ok(())
 }
 
 /// The privacy–utility table.
 pub fn privacy_utility_markdown(runs: &BTreeMap<String, RunReport>) -> String {
     let mut s = String::from("# FedMMKT privacy–utility\n\n");
-    let _ = writeln!(s, "| ε budget | δ | noise multiplier z | max ε spent | client acc mean | client acc worst | generator oracle acc (start → end) | ledgers verify |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| unit | ε budget | δ | noise multiplier z | max ε spent | client acc mean | client acc worst | generator oracle acc (start → end) | generator gain | ledgers verify |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     let mut rows: Vec<&RunReport> = runs.values().collect();
     rows.sort_by(|a, b| {
         let e = |r: &RunReport| r.config.dp.map_or(f64::INFINITY, |d| d.epsilon);
-        e(a).total_cmp(&e(b))
+        let u = |r: &RunReport| r.config.dp.map(|d| d.unit.as_str());
+        u(a).cmp(&u(b)).then(e(a).total_cmp(&e(b)))
     });
     for r in rows {
         let Some(last) = r.rounds.last() else {
@@ -373,7 +419,8 @@ pub fn privacy_utility_markdown(runs: &BTreeMap<String, RunReport>) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.config.dp.map_or("–", |d| d.unit.as_str()),
             r.config.dp.map_or("∞".into(), |d| d.epsilon.to_string()),
             r.config.dp.map_or("–".into(), |d| d.delta.to_string()),
             r.dp_noise_multiplier
@@ -388,6 +435,10 @@ pub fn privacy_utility_markdown(runs: &BTreeMap<String, RunReport>) -> String {
                 "{} → {}",
                 pct(r.gen_oracle_acc_start),
                 pct(a)
+            )),
+            last.gen_oracle_acc.map_or("–".into(), |a| format!(
+                "{:+.1} points",
+                100.0 * (a - r.gen_oracle_acc_start)
             )),
             r.ledgers_verified.map_or("–".into(), |v| if v {
                 "yes".into()

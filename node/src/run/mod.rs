@@ -169,6 +169,21 @@ pub async fn run(
     let members = cfg.member_ids()?;
     let store = NodeStore::open(dir.root())?;
     let ledger = Arc::new(Ledger::open(&dir.ledger())?);
+    // One ledger, one unit: a mix is a clean guarantee of neither (privacy/README.md).
+    if let Some(e) = ledger
+        .entries()?
+        .iter()
+        .find(|e| e.unit != cfg.privacy.unit)
+    {
+        anyhow::bail!(
+            "privacy.unit = \"{}\" in {}, but the ledger already holds {}-level spends (entry {}); \
+             a ledger mixing units protects neither: keep the unit, or start a new data directory",
+            cfg.privacy.unit,
+            dir.config().display(),
+            e.unit,
+            e.seq
+        );
+    }
     if ledger.budget()?.is_none() {
         ledger.set_budget(privacy::ledger::Budget::new(
             cfg.privacy.epsilon,

@@ -39,6 +39,20 @@ impl GaussianRelease {
     }
 }
 
+impl GaussianRelease {
+    /// OpenDP's Gaussian at this release's per-client scale and granularity on `values`.
+    fn sample(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let domain = VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(values.len());
+        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            domain,
+            L2Distance::<f64>::default(),
+            self.cost.per_client_scale,
+            Some(self.granularity_exp),
+        )?;
+        Ok(m.invoke(&values.to_vec())?)
+    }
+}
+
 impl Release for GaussianRelease {
     fn cost(&self) -> &ReleaseCost {
         &self.cost
@@ -57,14 +71,7 @@ impl Charged<GaussianRelease> {
             ));
         }
         let clipped = clip_l2(upload, release.cost.config.clip)?;
-        let domain = VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(d);
-        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-            domain,
-            L2Distance::<f64>::default(),
-            release.cost.per_client_scale,
-            Some(release.granularity_exp),
-        )?;
-        Ok(m.invoke(&clipped)?)
+        release.sample(&clipped)
     }
 
     /// Noises a histogram of record counts without clipping it: one record moves one count by
@@ -83,14 +90,7 @@ impl Charged<GaussianRelease> {
                 ),
             ));
         }
-        let domain = VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(d);
-        let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-            domain,
-            L2Distance::<f64>::default(),
-            release.cost.per_client_scale,
-            Some(release.granularity_exp),
-        )?;
-        Ok(m.invoke(&counts.to_vec())?)
+        release.sample(counts)
     }
 
     /// [`Self::noise_f64`] for an f32 upload (noised in f64, rounded back: post-processing).
