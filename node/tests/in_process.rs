@@ -116,30 +116,33 @@ fn three_nodes_in_one_process_elect_a_host_and_every_node_contributes_to_each_ro
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want);
-    // Every node charged its ledger for every round, at most once per attempt (an attempt
-    // abandoned by a host change stays charged, and its retry is a new attempt), within
-    // budget, and its chain verifies.
+    // Record-level DP (the default): every node paid for each round's private training
+    // exactly once (a retry after a host change is not trained again), released its class
+    // counts once, stayed within budget, and its chain verifies.
     for d in &dirs {
         let audit: Value = admin::query(d, "audit").unwrap().unwrap();
         assert_eq!(audit["chain"]["valid"], Value::Bool(true), "{audit}");
         let entries = audit["entries"].as_array().unwrap();
-        let mut attempts: Vec<&str> = entries
+        assert!(entries.iter().all(|e| e["unit"] == "record"), "{audit}");
+        let training: Vec<u64> = entries
             .iter()
-            .map(|e| e["dataset_id"].as_str().unwrap())
+            .filter(|e| e["mechanism"] == "dp_sgd")
+            .map(|e| e["round"].as_u64().unwrap())
             .collect();
-        attempts.sort();
-        attempts.dedup();
-        assert_eq!(
-            attempts.len(),
-            entries.len(),
-            "an attempt charged twice: {audit}"
-        );
+        let mut distinct = training.clone();
+        distinct.dedup();
+        assert_eq!(distinct, training, "a round trained twice: {audit}");
         for round in 1..=rounds {
             assert!(
-                entries.iter().any(|e| e["round"].as_u64() == Some(round)),
+                training.contains(&round),
                 "round {round} never charged: {audit}"
             );
         }
+        let shares = entries
+            .iter()
+            .filter(|e| e["mechanism"] == "gaussian")
+            .count();
+        assert_eq!(shares, 1, "class counts released once: {audit}");
         let spent = audit["epsilon_spent"].as_f64().unwrap();
         assert!(spent <= audit["budget"]["epsilon"].as_f64().unwrap() + 1e-9);
     }

@@ -236,7 +236,9 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
         let spent = audit["epsilon_spent"].as_f64().unwrap();
         let budget = audit["budget"]["epsilon"].as_f64().unwrap();
         assert!(spent <= budget + 1e-9, "node {i} spent {spent} > {budget}");
-        let mut attempts: Vec<(u64, String)> = audit["entries"]
+        // One spend per kind per round attempt (record-level: one DP-SGD training per round,
+        // the class counts once).
+        let mut attempts: Vec<(u64, String, String)> = audit["entries"]
             .as_array()
             .unwrap()
             .iter()
@@ -244,6 +246,7 @@ fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {
                 (
                     e["round"].as_u64().unwrap(),
                     e["dataset_id"].as_str().unwrap().to_string(),
+                    e["mechanism"].as_str().unwrap().to_string(),
                 )
             })
             .collect();

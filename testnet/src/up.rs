@@ -313,10 +313,12 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         if audit.epsilon_spent > budget + 1e-9 {
             budget_exceeded = true;
         }
-        let mut attempts: Vec<(u64, String)> = audit
+        // One spend per kind per round attempt: a client-level release per attempt, or
+        // (record-level) one DP-SGD training per round, the class counts once.
+        let mut attempts: Vec<(u64, String, &str)> = audit
             .entries
             .iter()
-            .map(|e| (e.round, e.dataset_id.clone()))
+            .map(|e| (e.round, e.dataset_id.clone(), e.mechanism.as_str()))
             .collect();
         let total = attempts.len();
         attempts.sort();
