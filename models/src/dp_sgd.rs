@@ -9,8 +9,11 @@
 //! in all, never a loop over examples; [`clipped_sum_by_loop`] is that loop, kept as the
 //! reference the tests and `fedmmkt bench dp-sgd` compare against.
 //!
-//! Terms that touch only the host's synthetic samples (distillation, alignment among the
-//! synthetic captions) hold no private data: they are added to the step unclipped.
+//! Terms that touch only the host's synthetic samples (distillation, cross-entropy against the
+//! prompted class, alignment among the synthetic captions) hold no private data: they are added
+//! unclipped. In a round of [`train_private`] they get their own Adam steps, and the noised
+//! private steps are applied by plain SGD, so the noise never enters Adam's moments (it would
+//! shrink every later step); how a noised gradient is applied is post-processing.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, D};

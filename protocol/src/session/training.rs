@@ -198,11 +198,6 @@ impl RecordTrainer {
         self.counts = Some(noised.clone());
         Ok(Some(noised))
     }
-
-    /// Counts released earlier (restored from the node's store after a restart).
-    pub fn restore_counts(&mut self, counts: Vec<f64>) {
-        self.counts = Some(counts);
-    }
 }
 
 #[cfg(test)]
