@@ -518,11 +518,7 @@ pub fn train_private(
             fill_public(&mut batch, d, &di, p, c, e);
         }
         if !private_step {
-            let step = forward(model, &batch, false)?;
-            if let Some(loss) = public_loss(&step, cfg)? {
-                total += scalar(&loss)?;
-                model.step(&loss)?;
-            }
+            total += synthetic_step(model, &batch, cfg)?;
             continue;
         }
         private_done += 1;
@@ -549,6 +545,22 @@ pub fn train_private(
         steps,
         loss: if steps > 0 { total / steps as f32 } else { 0.0 },
     })
+}
+
+/// One Adam step on the synthetic rows of `batch` alone (no private record touched); returns
+/// its loss (0 when the rows carry no loss term).
+fn synthetic_step(
+    model: &mut TaskModel,
+    batch: &StepBatch,
+    cfg: &ClientTrainConfig,
+) -> Result<f32> {
+    let step = forward(model, batch, false)?;
+    let Some(loss) = public_loss(&step, cfg)? else {
+        return Ok(0.0);
+    };
+    let shown = scalar(&loss)?;
+    model.step(&loss)?;
+    Ok(shown)
 }
 
 /// Copies rows `di` of the synthetic set into the step's public part.
@@ -598,11 +610,7 @@ pub fn train_synthetic_only(
             c,
             emb_dim,
         );
-        let step = forward(model, &batch, false)?;
-        if let Some(loss) = public_loss(&step, cfg)? {
-            total += scalar(&loss)?;
-            model.step(&loss)?;
-        }
+        total += synthetic_step(model, &batch, cfg)?;
     }
     Ok(TrainStats {
         steps,
