@@ -71,6 +71,22 @@ pub struct RecordDp {
     pub noise: ChaCha20Rng,
 }
 
+/// What a node's learner needs for record-level DP.
+pub struct RecordSettings {
+    /// Budget ε.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Per-example clip C.
+    pub clip: f64,
+    /// Rounds the budget is spread over.
+    pub planned_rounds: u32,
+    /// Names the node's private records in its ledger entries.
+    pub dataset_id: String,
+    /// The node's ledger.
+    pub ledger: Arc<Ledger>,
+}
+
 /// What a round's local training did with the private records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -141,6 +157,18 @@ impl Learner {
     pub fn with_record_dp(mut self, dp: RecordDp) -> Self {
         self.record = Some(dp);
         self
+    }
+
+    /// This learner with record-level DP as `s` describes: its plan calibrated to its own
+    /// data, its records named `s.dataset_id` in `s.ledger`, DP-SGD noise from `noise`.
+    pub fn with_record_level(self, s: RecordSettings, noise: ChaCha20Rng) -> anyhow::Result<Self> {
+        let plan = self.record_plan(s.epsilon, s.delta, s.clip, s.planned_rounds)?;
+        let trainer = RecordTrainer::new(plan, s.dataset_id)?;
+        Ok(self.with_record_dp(RecordDp {
+            trainer,
+            ledger: s.ledger,
+            noise,
+        }))
     }
 
     /// Its record-level DP, if on.

@@ -8,6 +8,6 @@ pub mod learner;
 pub mod pretrain_cache;
 pub mod synthesizer;
 
-pub use learner::{Learner, LearnerConfig, PrivateUse, RecordDp};
+pub use learner::{Learner, LearnerConfig, PrivateUse, RecordDp, RecordSettings};
 pub use pretrain_cache::{pretrained_synthesizer, PretrainCache, Pretraining};
 pub use synthesizer::{RoundOutcome, Synthesizer, SynthesizerConfig};

@@ -7,15 +7,13 @@ use std::time::Instant;
 
 use models::classifier::Arch;
 use models::train::accuracy;
-use privacy::ledger::Ledger;
-use protocol::session::training::RecordTrainer;
 use protocol::RoundStart;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::learn::{
-    Learner, LearnerConfig, PretrainCache, Pretraining, PrivateUse, RecordDp, Synthesizer,
+    Learner, LearnerConfig, PretrainCache, Pretraining, PrivateUse, RecordSettings, Synthesizer,
     SynthesizerConfig,
 };
 use crate::world::{sub_seed, World};
@@ -156,22 +154,6 @@ pub fn node_client(world: &World, cfg: LearnerConfig, seed: u64) -> anyhow::Resu
     )
 }
 
-/// What a node's learner needs for record-level DP.
-pub struct RecordSettings {
-    /// Budget ε.
-    pub epsilon: f64,
-    /// δ.
-    pub delta: f64,
-    /// Per-example clip C.
-    pub clip: f64,
-    /// Rounds the budget is spread over.
-    pub planned_rounds: u32,
-    /// Names the node's private records in its ledger entries.
-    pub dataset_id: String,
-    /// The node's ledger.
-    pub ledger: Arc<Ledger>,
-}
-
 /// The handle the network loop keeps.
 pub struct Ml {
     jobs: mpsc::Sender<Job>,
@@ -192,20 +174,16 @@ impl Ml {
         let (jobs, rx) = mpsc::channel::<Job>();
         let mut client = node_client(&world, client_cfg, seed)?;
         if let Some(r) = record {
-            let plan = client.record_plan(r.epsilon, r.delta, r.clip, r.planned_rounds)?;
-            let trainer = RecordTrainer::new(plan, r.dataset_id)?;
-            tracing::info!(
-                z = trainer.noise_multiplier(),
-                q = trainer.plan().sample_rate(),
-                steps_per_round = trainer.plan().steps_per_round,
-                "record-level DP-SGD planned"
-            );
-            client = client.with_record_dp(RecordDp {
-                trainer,
-                ledger: r.ledger,
-                // The noise must be secret: from the OS, never from the run's seed.
-                noise: ChaCha20Rng::from_os_rng(),
-            });
+            // The noise must be secret: from the OS, never from the run's seed.
+            client = client.with_record_level(r, ChaCha20Rng::from_os_rng())?;
+            if let Some(t) = client.record_dp().map(|d| &d.trainer) {
+                tracing::info!(
+                    z = t.noise_multiplier(),
+                    q = t.plan().sample_rate(),
+                    steps_per_round = t.plan().steps_per_round,
+                    "record-level DP-SGD planned"
+                );
+            }
         }
         let preparing = Preparing::default();
         let shared = preparing.clone();

@@ -38,13 +38,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState, PeerInfo, StatusReport};
 use crate::config::NodeConfig;
+use crate::learn::RecordSettings;
 use crate::net::rate::RateWindow;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
 use crate::world::World;
 use host::HostSide;
-use ml::{Ml, Outcome, RecordSettings};
+use ml::{Ml, Outcome};
 
 /// The election clock.
 pub const TICK: Duration = Duration::from_millis(100);

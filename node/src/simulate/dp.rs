@@ -9,13 +9,12 @@ use std::sync::Arc;
 use privacy::ledger::{Budget, Ledger};
 use privacy::PrivacyUnit;
 use protocol::session::release::{PrivacyPlan, Release, Releaser};
-use protocol::session::training::RecordTrainer;
 use protocol::session::ReleasePlan;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::config::DpConfig;
-use crate::learn::{Learner, RecordDp};
+use crate::learn::{Learner, RecordSettings};
 use crate::world::sub_seed;
 
 /// The ledgers of all clients, and their releasers under client-level DP.
@@ -76,19 +75,18 @@ impl DpClients {
             .get(k)
             .ok_or_else(|| anyhow::anyhow!("no ledger for client {k}"))?
             .clone();
-        let plan = learner.record_plan(
-            self.dp.epsilon,
-            self.dp.delta,
-            self.dp.clip,
-            u32::try_from(self.rounds)?,
-        )?;
-        let trainer = RecordTrainer::new(plan, format!("client-{k}"))?;
-        self.z[k] = Some(trainer.noise_multiplier());
-        Ok(learner.with_record_dp(RecordDp {
-            trainer,
+        let settings = RecordSettings {
+            epsilon: self.dp.epsilon,
+            delta: self.dp.delta,
+            clip: self.dp.clip,
+            planned_rounds: u32::try_from(self.rounds)?,
+            dataset_id: format!("client-{k}"),
             ledger,
-            noise: ChaCha20Rng::seed_from_u64(sub_seed(seed, 7)),
-        }))
+        };
+        let learner =
+            learner.with_record_level(settings, ChaCha20Rng::seed_from_u64(sub_seed(seed, 7)))?;
+        self.z[k] = learner.record_dp().map(|d| d.trainer.noise_multiplier());
+        Ok(learner)
     }
 
     /// The noise multiplier z of each client (`None` before it has one).
