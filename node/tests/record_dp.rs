@@ -13,6 +13,7 @@ use node::learn::{Learner, LearnerConfig, PrivateUse, RecordDp};
 use node::world::bow_encoder;
 use privacy::ledger::{Budget, Ledger, Spend};
 use protocol::session::training::RecordTrainer;
+use protocol::{RoundStart, TeacherTargets};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -131,6 +132,54 @@ fn a_spent_budget_leaves_synthetic_only_participation() {
     assert_ne!(weights(&l), before, "synthetic-only training still learns");
     assert_eq!(ledger.len().unwrap(), entries, "nothing more is charged");
     assert!(ledger.epsilon_spent(1e-5).unwrap().epsilon <= 4.0);
+}
+
+/// Round `round`'s synthetic set of `n` samples, prompted with class `j % 10`, carrying
+/// `teacher` for the round before.
+fn round_start(round: u64, n: usize, teacher: Option<TeacherTargets>) -> RoundStart {
+    RoundStart {
+        round,
+        side: 28,
+        classes: 10,
+        emb_dim: 16,
+        images: (0..n * 28 * 28).map(|i| (i % 253) as u8).collect(),
+        prompt_class: (0..n).map(|j| (j % 10) as u16).collect(),
+        prompt_template: vec![0; n],
+        text_emb: vec![0.25; n * 16],
+        teacher,
+    }
+}
+
+#[test]
+fn under_record_dp_the_samples_the_filter_dropped_are_distilled_against_their_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = learner(4.0, open(dir.path()));
+    l.judge(&round_start(1, 6, None)).unwrap();
+    let host = vec![0.1f32; 2 * 10];
+    let teacher = TeacherTargets {
+        round: 1,
+        kept: vec![4, 1],
+        probs: host.clone(),
+    };
+    let next = round_start(2, 6, Some(teacher));
+    let set = l.distill_set(&next).unwrap();
+    // The kept samples first, with the host's teacher; then the four dropped ones, each
+    // against its prompted class, one-hot.
+    assert_eq!(set.labels.as_deref(), Some(&[4u8, 1, 0, 2, 3, 5][..]));
+    assert_eq!(set.images.len(), 6 * 28 * 28);
+    assert_eq!(set.emb.as_ref().map(Vec::len), Some(6 * 16));
+    assert_eq!(&set.teacher[..20], &host[..]);
+    for (row, y) in set.teacher[20..].chunks(10).zip([0usize, 2, 3, 5]) {
+        let onehot: Vec<f32> = (0..10).map(|k| f32::from(u8::from(k == y))).collect();
+        assert_eq!(row, &onehot[..]);
+    }
+    // Without record-level DP only the kept samples are distilled.
+    let data = DataSource::embedded().unwrap().test.subset(&[0, 1, 2, 3]);
+    let encoder = bow_encoder(&data.classes, 16, 1);
+    let mut plain =
+        Learner::new(1, Arch::Mlp, data, &encoder, LearnerConfig::default(), 3).unwrap();
+    plain.judge(&round_start(1, 6, None)).unwrap();
+    assert_eq!(plain.distill_set(&next).unwrap().labels, Some(vec![4, 1]));
 }
 
 fn fedmmkt(args: &[&str]) -> std::process::Output {

@@ -105,6 +105,13 @@ pub struct SimulateArgs {
     /// Record-level DP: passes over the private data per round.
     #[arg(long, default_value_t = ClientTrainConfig::default().dp_epochs)]
     pub dp_epochs: f64,
+    /// Record-level DP: rounds of synthetic sets each client distils from.
+    #[arg(long, default_value_t = LearnerConfig::default().dp_distill_rounds)]
+    pub dp_distill_rounds: usize,
+    /// Record-level DP: distil only from the samples the host's filter kept (by default the
+    /// dropped ones are used too, against their prompted class).
+    #[arg(long)]
+    pub dp_kept_only: bool,
     /// Generator pre-training steps on the host's public set.
     #[arg(long, default_value_t = SynthesizerConfig::default().pretrain_steps)]
     pub pretrain_steps: usize,
@@ -193,6 +200,8 @@ impl SimulateArgs {
         cfg.client.train.dp_lr = self.dp_lr;
         cfg.client.train.dp_label_weight = self.dp_label_weight;
         cfg.client.distill_rounds = self.distill_rounds;
+        cfg.client.dp_distill_rounds = self.dp_distill_rounds;
+        cfg.client.dp_distill_unkept = !self.dp_kept_only;
         cfg.text_encoder = self.text_encoder;
         cfg.text_encoder_dir = self.text_encoder_dir.clone();
         let unit = self.privacy_unit.first().copied().unwrap_or_default();
