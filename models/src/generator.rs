@@ -424,13 +424,148 @@ pub struct Guidance<'a> {
     pub entropy: f64,
 }
 
+/// Per-class first and second moments of real images in the generator's latent code: what the
+/// federation's data looks like, class by class, in the space the flow samples.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LatentMoments {
+    /// Latent width d.
+    pub dim: usize,
+    /// Per class, `Some((mean, variance))` of `d` values each, or `None` where unknown.
+    pub classes: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+/// Moment matching of samples to [`LatentMoments`]: each class's samples are shifted and
+/// rescaled, dimension by dimension, so their mean and standard deviation move `strength` of
+/// the way from their own towards the target's (classes without target moments stay as they
+/// are). It acts on the flow's predicted end points at time `at` of the sampling path and
+/// moves the current states by the same amount, so the rest of the path (and the critic's
+/// guidance) still shapes the samples; at 1 it acts on the final latents.
+pub struct Calibration<'a> {
+    /// The target moments.
+    pub moments: &'a LatentMoments,
+    /// Class of each sample.
+    pub labels: &'a [u8],
+    /// 0: no change; 1: the samples' per-class moments equal the target's.
+    pub strength: f32,
+    /// Where on the sampling path, in [0, 1].
+    pub at: f32,
+}
+
+impl Calibration<'_> {
+    /// Applies the calibration to latents `z` (`labels.len() * dim`, row-major) in place.
+    fn apply(&self, z: &mut [f32]) -> Result<()> {
+        self.apply_rows(z, self.labels)
+    }
+
+    /// [`Self::apply`] to latents of samples of classes `labels`.
+    fn apply_rows(&self, z: &mut [f32], labels: &[u8]) -> Result<()> {
+        let d = self.moments.dim;
+        if d == 0
+            || z.len() != labels.len() * d
+            || self
+                .moments
+                .classes
+                .iter()
+                .flatten()
+                .any(|(m, v)| m.len() != d || v.len() != d)
+        {
+            return Err(ModelError::Config(format!(
+                "latent moments of width {d} do not fit {} samples",
+                labels.len()
+            )));
+        }
+        let lam = self.strength.clamp(0.0, 1.0);
+        for (c, target) in self.moments.classes.iter().enumerate() {
+            let Some((tmean, tvar)) = target else {
+                continue;
+            };
+            let rows: Vec<usize> = (0..labels.len())
+                .filter(|&i| labels[i] as usize == c)
+                .collect();
+            if rows.len() < 2 {
+                continue;
+            }
+            let n = rows.len() as f32;
+            for k in 0..d {
+                let mean = rows.iter().map(|&i| z[i * d + k]).sum::<f32>() / n;
+                let sd = (rows
+                    .iter()
+                    .map(|&i| (z[i * d + k] - mean).powi(2))
+                    .sum::<f32>()
+                    / (n - 1.0))
+                    .sqrt();
+                let target_mean = mean + lam * (tmean[k] - mean);
+                let target_sd = sd + lam * (tvar[k].max(0.0).sqrt() - sd);
+                let ratio = if sd > 1e-6 { target_sd / sd } else { 1.0 };
+                for &i in &rows {
+                    z[i * d + k] = target_mean + (z[i * d + k] - mean) * ratio;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FlowGenerator {
+    /// The latent code as (mean image, basis `pixels × d` row-major, scale): `None` for a flow
+    /// on pixels.
+    pub fn latent_code(&self) -> Result<Option<(Vec<f32>, Vec<f32>, Vec<f32>)>> {
+        self.ensure_ready()?;
+        let Some(codec) = &self.codec else {
+            return Ok(None);
+        };
+        let flat = |v: &candle_core::Var| -> Result<Vec<f32>> {
+            Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(Some((
+            flat(&codec.mean)?,
+            flat(&codec.basis)?,
+            flat(&codec.scale)?,
+        )))
+    }
+
+    /// Latent codes of u8 images (`n * pixels` bytes), `n * latent_dim` values; `None` for a
+    /// flow on pixels (no latent code).
+    pub fn encode_latent(&self, pixels: &[u8], n: usize) -> Result<Option<Vec<f32>>> {
+        self.ensure_ready()?;
+        let Some(codec) = &self.codec else {
+            return Ok(None);
+        };
+        let p = self.cfg.pixels;
+        if pixels.len() != n * p {
+            return Err(ModelError::Config(format!(
+                "{} pixel values for {n} images of {p}",
+                pixels.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(n * self.cfg.latent_dim);
+        for start in (0..n).step_by(512) {
+            let b = (n - start).min(512);
+            let x = pixels_to_tensor(&pixels[start * p..(start + b) * p], b, &self.device)?;
+            out.extend(codec.encode(&x)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(Some(out))
+    }
+
     /// Samples like [`Generator::sample`], optionally steered by a classifier.
     pub fn sample_guided(
         &self,
         emb: &[f32],
         n: usize,
         guidance: Option<&Guidance>,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<u8>> {
+        self.sample_calibrated(emb, n, guidance, None, rng)
+    }
+
+    /// Samples like [`Self::sample_guided`], then moves each class's latents towards the
+    /// `calibration`'s moments before decoding (a flow on pixels ignores it).
+    pub fn sample_calibrated(
+        &self,
+        emb: &[f32],
+        n: usize,
+        guidance: Option<&Guidance>,
+        calibration: Option<&Calibration>,
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<u8>> {
         self.ensure_ready()?;
@@ -449,18 +584,40 @@ impl FlowGenerator {
                 self.cfg.emb_dim
             )));
         }
-        let mut out = Vec::with_capacity(n * self.cfg.pixels);
+        let d = self.cfg.data_dim();
+        if let Some(cal) = calibration {
+            if cal.labels.len() != n || cal.moments.dim != d || self.codec.is_none() {
+                return Err(ModelError::Config(format!(
+                    "calibration for {} samples of latent width {} does not fit {n} samples of a {d}-wide latent code",
+                    cal.labels.len(),
+                    cal.moments.dim
+                )));
+            }
+        }
+        // The step whose predicted end points are calibrated (None: the final latents).
+        let steps = self.cfg.sample_steps;
+        let mid = calibration
+            .map(|c| (c.at.clamp(0.0, 1.0) * steps as f32).round() as usize)
+            .filter(|&k| k < steps);
+        let mut latents: Vec<f32> = Vec::with_capacity(n * d);
         for start in (0..n).step_by(256) {
             let b = (n - start).min(256);
             let e = &emb[start * self.cfg.emb_dim..(start + b) * self.cfg.emb_dim];
             let c = Tensor::from_slice(e, (b, self.cfg.emb_dim), &self.device)?;
             let uncond = c.zeros_like()?;
-            let d = self.cfg.data_dim();
             let mut x = Tensor::from_vec(normal_vec(rng, b * d), (b, d), &self.device)?;
             let dt = 1.0 / self.cfg.sample_steps as f32;
             for k in 0..self.cfg.sample_steps {
                 let t = k as f32 * dt;
                 let mut v = self.velocity(&x, t, &c, &uncond)?.detach();
+                if let Some(cal) = calibration.filter(|_| mid == Some(k)) {
+                    // Calibrate the predicted end points; move the states by as much.
+                    let end = (&x + (&v * (1.0 - t) as f64)?)?;
+                    let mut z: Vec<f32> = end.flatten_all()?.to_vec1()?;
+                    cal.apply_rows(&mut z, &cal.labels[start..start + b])?;
+                    let moved = Tensor::from_vec(z, (b, d), &self.device)?;
+                    x = (&x + (moved - end)?)?;
+                }
                 if let Some(g) = guidance {
                     let labels: Vec<u32> = g.labels[start..start + b]
                         .iter()
@@ -471,12 +628,17 @@ impl FlowGenerator {
                 }
                 x = (x + (v * dt as f64)?)?.detach();
             }
-            if let Some(codec) = &self.codec {
-                x = codec.decode(&x)?;
-            }
-            out.extend(tensor_to_pixels(&x)?);
+            latents.extend(x.flatten_all()?.to_vec1::<f32>()?);
         }
-        Ok(out)
+        let Some(codec) = &self.codec else {
+            let x = Tensor::from_vec(latents, (n, d), &self.device)?;
+            return tensor_to_pixels(&x);
+        };
+        if let Some(cal) = calibration.filter(|_| mid.is_none()) {
+            cal.apply(&mut latents)?;
+        }
+        let x = Tensor::from_vec(latents, (n, d), &self.device)?;
+        tensor_to_pixels(&codec.decode(&x)?)
     }
 
     /// ∇ₓ Σ [log p(label | x̂) + β·H(p(·|x̂))], x̂ = decode(x + (1 − t)·v): the direction that
@@ -517,6 +679,73 @@ impl FlowGenerator {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn calibration_moves_each_class_to_its_target_moments() {
+        // Two classes of three 2-d samples; class 1 has no target and must stay as it is.
+        let labels = [0u8, 0, 0, 1, 1, 1];
+        let z0: Vec<f32> = vec![1.0, 0.0, 2.0, 1.0, 3.0, 2.0, 5.0, 5.0, 6.0, 6.0, 7.0, 7.0];
+        let moments = LatentMoments {
+            dim: 2,
+            classes: vec![Some((vec![-1.0, 10.0], vec![4.0, 0.25])), None],
+        };
+        let moments_of = |z: &[f32], c: u8, k: usize| {
+            let v: Vec<f32> = (0..6)
+                .filter(|&i| labels[i] == c)
+                .map(|i| z[i * 2 + k])
+                .collect();
+            let m = v.iter().sum::<f32>() / 3.0;
+            let var = v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / 2.0;
+            (m, var)
+        };
+        let mut z = z0.clone();
+        let full = Calibration {
+            moments: &moments,
+            labels: &labels,
+            strength: 1.0,
+            at: 1.0,
+        };
+        full.apply(&mut z).unwrap();
+        for (k, (m, v)) in [(-1.0, 4.0), (10.0, 0.25)].into_iter().enumerate() {
+            let (gm, gv) = moments_of(&z, 0, k);
+            assert!(
+                (gm - m).abs() < 1e-5 && (gv - v).abs() < 1e-4,
+                "{k}: {gm} {gv}"
+            );
+        }
+        assert_eq!(z[6..], z0[6..]);
+        // Half way: the mean moves half the distance, the spread half way in sd.
+        let mut half = z0.clone();
+        Calibration {
+            strength: 0.5,
+            ..full
+        }
+        .apply(&mut half)
+        .unwrap();
+        let (m, v) = moments_of(&half, 0, 0);
+        assert!((m - 0.5).abs() < 1e-5, "{m}");
+        assert!((v.sqrt() - 1.5).abs() < 1e-4, "{v}");
+        // Strength 0 changes nothing; moments of another width are refused.
+        let mut same = z0.clone();
+        Calibration {
+            strength: 0.0,
+            ..full
+        }
+        .apply(&mut same)
+        .unwrap();
+        assert_eq!(same, z0);
+        let wide = LatentMoments {
+            dim: 3,
+            classes: moments.classes.clone(),
+        };
+        let bad = Calibration {
+            moments: &wide,
+            labels: &labels,
+            strength: 1.0,
+            at: 1.0,
+        };
+        assert!(bad.apply(&mut z.clone()).is_err());
+    }
 
     /// Two classes: bright left half vs bright right half, with noise.
     pub(crate) fn halves(n_per_class: usize, rng: &mut ChaCha8Rng) -> (Vec<u8>, Vec<u8>) {

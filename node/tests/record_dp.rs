@@ -13,7 +13,7 @@ use node::learn::{Learner, LearnerConfig, PrivateUse, RecordDp};
 use node::world::bow_encoder;
 use privacy::ledger::{Budget, Ledger, Spend};
 use protocol::session::training::RecordTrainer;
-use protocol::{RoundStart, TeacherTargets};
+use protocol::{LatentCode, RoundStart, TeacherTargets, UploadLayout};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -147,6 +147,7 @@ fn round_start(round: u64, n: usize, teacher: Option<TeacherTargets>) -> RoundSt
         prompt_template: vec![0; n],
         text_emb: vec![0.25; n * 16],
         teacher,
+        latent: None,
     }
 }
 
@@ -180,6 +181,71 @@ fn under_record_dp_the_samples_the_filter_dropped_are_distilled_against_their_pr
         Learner::new(1, Arch::Mlp, data, &encoder, LearnerConfig::default(), 3).unwrap();
     plain.judge(&round_start(1, 6, None)).unwrap();
     assert_eq!(plain.distill_set(&next).unwrap().labels, Some(vec![4, 1]));
+}
+
+#[test]
+fn moments_of_real_images_are_shared_without_record_dp_and_withheld_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 4-wide code: the first four pixels, unscaled.
+    let pixels = 28 * 28;
+    let mut basis = vec![0f32; pixels * 4];
+    for k in 0..4 {
+        basis[k * 4 + k] = 1.0;
+    }
+    let code = LatentCode {
+        dim: 4,
+        mean: vec![0.0; pixels],
+        basis,
+        scale: vec![1.0; 4],
+        clip: 100.0,
+    };
+    let start = RoundStart {
+        latent: Some(code.clone()),
+        ..round_start(1, 6, None)
+    };
+    let layout = UploadLayout::of(&start);
+    assert_eq!(layout.moments, 4);
+    // Under record-level DP the block is there but empty: nothing pays for such a release.
+    let mut private = learner(4.0, open(dir.path()));
+    let upload = private.judge(&start).unwrap();
+    assert_eq!(upload.len(), layout.len());
+    let block = 6 * 10 + 10;
+    assert!(upload[block..].iter().all(|&v| v == 0.0));
+    // Without it, the learner's own images give its class means, which the host reads back.
+    let data = DataSource::embedded()
+        .unwrap()
+        .test
+        .subset(&(0..50).collect::<Vec<_>>());
+    let encoder = bow_encoder(&data.classes, 16, 1);
+    let mut plain = Learner::new(
+        1,
+        Arch::Mlp,
+        data.clone(),
+        &encoder,
+        LearnerConfig::default(),
+        3,
+    )
+    .unwrap();
+    let upload = plain.judge(&start).unwrap();
+    let sum: Vec<f64> = upload.iter().map(|&v| f64::from(v)).collect();
+    let read = layout.moments(&sum, code.clip, 1e-6).unwrap().unwrap();
+    for (c, class) in read.classes.iter().enumerate() {
+        let rows: Vec<usize> = (0..data.len())
+            .filter(|&i| data.labels[i] as usize == c)
+            .collect();
+        let Some((mean, _)) = class else {
+            assert!(rows.is_empty(), "class {c} has images but no moments");
+            continue;
+        };
+        for (k, m) in mean.iter().enumerate() {
+            let want = rows
+                .iter()
+                .map(|&i| data.images[i * pixels + k] as f32 / 127.5 - 1.0)
+                .sum::<f32>()
+                / rows.len() as f32;
+            assert!((m - want).abs() < 1e-3, "class {c} dim {k}: {m} vs {want}");
+        }
+    }
 }
 
 fn fedmmkt(args: &[&str]) -> std::process::Output {

@@ -5,7 +5,9 @@ use models::data::DataSource;
 use std::collections::BTreeMap;
 
 use node::report::{write_compare, write_privacy_utility, write_run, write_seeds};
-use node::simulate::{run, Ablation, Method, Setup, SimConfig};
+use node::simulate::{
+    client_data, run, run_name, Ablation, Method, Setup, SimConfig, COMPARE_RUNS,
+};
 
 fn tiny() -> (SimConfig, DataSource) {
     let full = DataSource::embedded().unwrap();
@@ -26,20 +28,10 @@ fn every_method_and_ablation_runs_and_reports() {
     let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
     assert!(setup.pretrained.is_file());
     assert!((0.0..=1.0).contains(&setup.oracle_acc_real));
-    let runs = [
-        (Method::Fedmmkt, None),
-        (Method::Local, None),
-        (Method::Fedavg, None),
-        (Method::Fedmd, None),
-        (Method::Fedmmkt, Some(Ablation::FrozenGenerator)),
-        (Method::Fedmmkt, Some(Ablation::NoDistill)),
-        (Method::Fedmmkt, Some(Ablation::NoAlign)),
-        (Method::Fedmmkt, Some(Ablation::NoFilter)),
-    ];
     let mut reports = BTreeMap::new();
-    for (method, ablation) in runs {
+    for (method, ablation) in COMPARE_RUNS {
         let (report, images) = run(&cfg, &setup, method, ablation, &|_, _| {}).unwrap();
-        let name = ablation.map_or(method.name(), Ablation::name);
+        let name = run_name(method, ablation);
         assert_eq!(report.method, name);
         assert_eq!(report.rounds.len(), cfg.rounds);
         for r in &report.rounds {
@@ -69,12 +61,10 @@ fn every_method_and_ablation_runs_and_reports() {
                 .all(|r| r.kept == Some(10 * cfg.host.samples_per_class)));
         }
         if method == Method::Fedavg {
-            // One global model: every client holds the same parameters after averaging.
+            // One global model, of FedAvg's one architecture.
             let r = report.rounds.last().unwrap();
-            assert!(r
-                .client_acc
-                .iter()
-                .all(|a| (a - r.client_acc[0]).abs() < 1e-12));
+            assert!(r.client_acc.iter().all(|&a| a == r.client_acc[0]));
+            assert!(report.client_archs.iter().all(|&a| a == cfg.fedavg.arch));
         }
         let out = dir.path().join(name);
         write_run(&out, &report, &images, &setup.splits.test.classes).unwrap();
@@ -119,6 +109,7 @@ fn every_method_and_ablation_runs_and_reports() {
         "local",
         "fedavg",
         "fedmd",
+        "host-data",
         "frozen-generator",
         "no-distill",
         "no-align",
@@ -126,12 +117,13 @@ fn every_method_and_ablation_runs_and_reports() {
     ] {
         assert!(json["runs"].get(key).is_some(), "compare.json lacks {key}");
     }
+    assert_eq!(json["runs"].as_object().unwrap().len(), COMPARE_RUNS.len());
     assert!(dir.path().join("compare.png").is_file() && dir.path().join("compare.md").is_file());
     // Two identical "seeds": the means are the single values and the deviations zero.
     let mut all = BTreeMap::new();
     all.insert(1u64, reports.clone());
     all.insert(2u64, reports.clone());
-    write_seeds(dir.path(), &all).unwrap();
+    write_seeds(dir.path(), &all, &[1]).unwrap();
     let seeds: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("seeds.json")).unwrap())
             .unwrap();
@@ -139,6 +131,12 @@ fn every_method_and_ablation_runs_and_reports() {
     let m = &seeds["runs"]["fedmmkt"]["client_acc_mean"];
     assert!((m["mean"].as_f64().unwrap() - acc).abs() < 1e-12);
     assert_eq!(m["sd"].as_f64().unwrap(), 0.0);
+    // A table at round 1 as well, with round 1's numbers.
+    let acc1 = reports["host-data"].rounds[0].client_acc_mean;
+    let m1 = &seeds["at_round"]["1"]["host-data"]["client_acc_mean"];
+    assert!((m1["mean"].as_f64().unwrap() - acc1).abs() < 1e-12);
+    let md = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();
+    assert!(md.contains("## Final round") && md.contains("## Round 1"));
     write_privacy_utility(dir.path(), &reports).unwrap();
     assert!(dir.path().join("privacy_utility.md").is_file());
 }
@@ -147,23 +145,24 @@ fn every_method_and_ablation_runs_and_reports() {
 fn same_seed_same_numbers() {
     let (cfg, src) = tiny();
     let dir = tempfile::tempdir().unwrap();
+    for method in [Method::Fedmmkt, Method::Fedavg, Method::HostData] {
+        let once = || {
+            let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+            run(&cfg, &setup, method, None, &|_, _| {}).unwrap().0
+        };
+        let (a, b) = (once(), once());
+        for (x, y) in a.rounds.iter().zip(&b.rounds) {
+            assert_eq!(x.client_acc, y.client_acc, "{}", method.name());
+            assert_eq!(x.gen_oracle_acc, y.gen_oracle_acc);
+            assert_eq!(x.kept, y.kept);
+        }
+    }
     let a = {
         let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
         run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {})
             .unwrap()
             .0
     };
-    let b = {
-        let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
-        run(&cfg, &setup, Method::Fedmmkt, None, &|_, _| {})
-            .unwrap()
-            .0
-    };
-    for (x, y) in a.rounds.iter().zip(&b.rounds) {
-        assert_eq!(x.client_acc, y.client_acc);
-        assert_eq!(x.gen_oracle_acc, y.gen_oracle_acc);
-        assert_eq!(x.kept, y.kept);
-    }
     let mut other = cfg.clone();
     other.seed = 8;
     let setup = Setup::build(&other, &src, dir.path(), &|_| {}).unwrap();
@@ -171,6 +170,47 @@ fn same_seed_same_numbers() {
         .unwrap()
         .0;
     assert_ne!(a.rounds[0].client_acc, c.rounds[0].client_acc);
+}
+
+#[test]
+fn host_data_clients_see_their_own_data_and_exactly_the_host_public_set() {
+    let (cfg, src) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::build(&cfg, &src, dir.path(), &|_| {}).unwrap();
+    let host = &setup.splits.host;
+    assert!(!host.is_empty());
+    for k in 0..cfg.clients {
+        let own = setup.client_data(k);
+        let data = client_data(&setup, k, Method::HostData);
+        assert_eq!(data.len(), own.len() + host.len());
+        // Its own images first, then every image of the host's set with its label, in order.
+        assert_eq!(data.images[..own.images.len()], own.images[..]);
+        assert_eq!(data.labels[..own.len()], own.labels[..]);
+        assert_eq!(data.images[own.images.len()..], host.images[..]);
+        assert_eq!(data.labels[own.len()..], host.labels[..]);
+        // Every other method trains on the client's own data alone.
+        for m in [
+            Method::Fedmmkt,
+            Method::Local,
+            Method::Fedavg,
+            Method::Fedmd,
+        ] {
+            let d = client_data(&setup, k, m);
+            assert_eq!(
+                (d.images, d.labels),
+                (own.images.clone(), own.labels.clone())
+            );
+        }
+    }
+    // The shared set is not private: the report counts each client's own images, and the
+    // clients learn from the host's set (round 1 already differs from local only).
+    let (report, _) = run(&cfg, &setup, Method::HostData, None, &|_, _| {}).unwrap();
+    let sizes: Vec<usize> = (0..cfg.clients)
+        .map(|k| setup.client_data(k).len())
+        .collect();
+    assert_eq!(report.client_sizes, sizes);
+    let (local, _) = run(&cfg, &setup, Method::Local, None, &|_, _| {}).unwrap();
+    assert_ne!(report.rounds[0].client_acc, local.rounds[0].client_acc);
 }
 
 #[test]
@@ -187,6 +227,19 @@ fn bad_arguments_are_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    for args in [
+        &["simulate", "--compare", "--runs", "fedmmkt,nope"][..],
+        &["simulate", "--runs", "fedmmkt"][..],
+        &["simulate", "--fedavg-arch", "resnet"][..],
+    ] {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--runs") || err.contains("--fedavg-arch"),
+            "{err}"
+        );
+    }
     let out = std::process::Command::new(bin)
         .args(["simulate", "--data", "/nonexistent"])
         .output()

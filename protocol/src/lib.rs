@@ -12,6 +12,6 @@ pub mod upload;
 pub mod wire;
 
 pub use error::ProtocolError;
-pub use messages::{AbstainReason, RoundStart, TeacherTargets, PROTOCOL_VERSION};
+pub use messages::{AbstainReason, LatentCode, RoundStart, TeacherTargets, PROTOCOL_VERSION};
 pub use refusal::Refusal;
-pub use upload::{Teacher, UploadLayout};
+pub use upload::{ClassMoments, Teacher, UploadLayout};

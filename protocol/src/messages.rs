@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProtocolError;
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Most synthetic samples one round may carry.
 pub const MAX_SAMPLES: usize = 8192;
@@ -15,6 +15,8 @@ pub const MAX_CLASSES: usize = 256;
 pub const MAX_EMB_DIM: usize = 1024;
 /// Largest image side accepted.
 pub const MAX_SIDE: usize = 256;
+/// Widest latent code accepted.
+pub const MAX_LATENT_DIM: usize = 256;
 
 /// The host's downlink: round r's synthetic set and the teacher targets of round r−1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,26 @@ pub struct RoundStart {
     pub text_emb: Vec<f32>,
     /// Teacher targets for the previous round's kept samples, if any.
     pub teacher: Option<TeacherTargets>,
+    /// The generator's latent code, when the host asks the clients for the per-class moments
+    /// of their real images in it (see [`crate::UploadLayout`]).
+    pub latent: Option<LatentCode>,
+}
+
+/// The generator's whitened PCA code, `z = ((x − mean) · basis) / scale` for an image `x` with
+/// pixels in [-1, 1], and the clip of each record's code: what a client needs to summarise its
+/// real images, class by class, in the space the generator samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatentCode {
+    /// Width d of the code.
+    pub dim: u16,
+    /// Mean image, `side * side` values.
+    pub mean: Vec<f32>,
+    /// Basis, `side * side * dim` values (row-major: pixel by component).
+    pub basis: Vec<f32>,
+    /// Scale of each component, `dim` positive values.
+    pub scale: Vec<f32>,
+    /// L2 radius R each record's code is clipped to before it enters a sum.
+    pub clip: f32,
 }
 
 /// The ensemble teacher Q_{r} for the samples of round r that passed the filter.
@@ -120,6 +142,85 @@ impl RoundStart {
         if let Some(t) = &self.teacher {
             t.validate(classes, self.round)?;
         }
+        if let Some(code) = &self.latent {
+            code.validate(side * side)?;
+        }
+        Ok(())
+    }
+
+    /// Width of the latent code the round asks moments in (0: none asked).
+    pub fn latent_dim(&self) -> usize {
+        self.latent.as_ref().map_or(0, |c| c.dim as usize)
+    }
+}
+
+impl LatentCode {
+    /// Per class, the sums Σ z/R and Σ (z/R)² over the images of that class (`classes * 2d`
+    /// values: d first moments, then d second moments), each image's code z clipped to L2
+    /// norm R first. `images` holds `labels.len()` images of the code's pixel count, and every
+    /// label is below `classes` (the caller's own, validated data).
+    pub fn class_sums(&self, images: &[u8], labels: &[u8], classes: usize) -> Vec<f64> {
+        let d = self.dim as usize;
+        let p = self.mean.len();
+        let r = self.clip as f64;
+        let mut sums = vec![0f64; classes * 2 * d];
+        let mut z = vec![0f64; d];
+        for (img, &y) in images.chunks_exact(p).zip(labels) {
+            z.iter_mut().for_each(|v| *v = 0.0);
+            for (i, &px) in img.iter().enumerate() {
+                let x = (px as f32 / 127.5 - 1.0 - self.mean[i]) as f64;
+                for (zk, b) in z.iter_mut().zip(&self.basis[i * d..(i + 1) * d]) {
+                    *zk += x * *b as f64;
+                }
+            }
+            for (zk, s) in z.iter_mut().zip(&self.scale) {
+                *zk /= *s as f64;
+            }
+            let norm = z.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let f = if norm > r { 1.0 / norm } else { 1.0 / r };
+            let Some(row) = sums.get_mut(y as usize * 2 * d..(y as usize + 1) * 2 * d) else {
+                continue;
+            };
+            for k in 0..d {
+                let u = z[k] * f;
+                row[k] += u;
+                row[d + k] += u * u;
+            }
+        }
+        sums
+    }
+
+    /// Checks lengths and values against images of `pixels` pixels.
+    pub fn validate(&self, pixels: usize) -> Result<(), ProtocolError> {
+        let k = "LatentCode";
+        let d = self.dim as usize;
+        if d == 0 || d > MAX_LATENT_DIM {
+            return Err(invalid(
+                k,
+                format!("width {d} (allowed 1..={MAX_LATENT_DIM})"),
+            ));
+        }
+        if self.mean.len() != pixels || self.basis.len() != pixels * d || self.scale.len() != d {
+            return Err(invalid(
+                k,
+                format!(
+                    "mean {}, basis {}, scale {} values do not fit {pixels} pixels × {d}",
+                    self.mean.len(),
+                    self.basis.len(),
+                    self.scale.len()
+                ),
+            ));
+        }
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        if !(finite(&self.mean) && finite(&self.basis))
+            || self.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || !(self.clip.is_finite() && self.clip > 0.0)
+        {
+            return Err(invalid(
+                k,
+                "non-finite values, or a scale or clip that is not positive".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -165,5 +266,74 @@ impl TeacherTargets {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod latent_tests {
+    use super::*;
+
+    /// A 2-pixel code of width 2: z = ((x − 0) · I) / (0.5, 1).
+    fn code(clip: f32) -> LatentCode {
+        LatentCode {
+            dim: 2,
+            mean: vec![0.0, 0.0],
+            basis: vec![1.0, 0.0, 0.0, 1.0],
+            scale: vec![0.5, 1.0],
+            clip,
+        }
+    }
+
+    #[test]
+    fn class_sums_clip_each_code_and_sum_by_class() {
+        // Pixels 255 and 0 are x = (1, −1): z = (2, −1), norm √5.
+        let images = [255u8, 0, 255, 0, 0, 0];
+        let labels = [0u8, 0, 1];
+        let s = code(10.0).class_sums(&images, &labels, 2);
+        let r = 10.0;
+        let want0 = [4.0 / r, -2.0 / r, 2.0 * 4.0 / (r * r), 2.0 * 1.0 / (r * r)];
+        for (got, want) in s[..4].iter().zip(want0) {
+            assert!((got - want).abs() < 1e-9, "{s:?}");
+        }
+        // x = (−1, −1): z = (−2, −1).
+        let want1 = [-2.0 / r, -1.0 / r, 4.0 / (r * r), 1.0 / (r * r)];
+        for (got, want) in s[4..].iter().zip(want1) {
+            assert!((got - want).abs() < 1e-9, "{s:?}");
+        }
+        // With R = 1 every code is scaled onto the unit sphere.
+        let s = code(1.0).class_sums(&images[4..], &labels[2..], 2);
+        let n = 5f64.sqrt();
+        assert!((s[4] + 2.0 / n).abs() < 1e-9 && (s[5] + 1.0 / n).abs() < 1e-9);
+        assert!(((s[6] + s[7]) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_bad_latent_code_is_refused() {
+        assert!(code(1.0).validate(2).is_ok());
+        assert!(code(1.0).validate(3).is_err());
+        for bad in [
+            LatentCode {
+                dim: 0,
+                ..code(1.0)
+            },
+            LatentCode {
+                scale: vec![0.5, 0.0],
+                ..code(1.0)
+            },
+            LatentCode {
+                basis: vec![1.0, 0.0, f32::NAN, 1.0],
+                ..code(1.0)
+            },
+            LatentCode {
+                clip: -1.0,
+                ..code(1.0)
+            },
+            LatentCode {
+                mean: vec![0.0],
+                ..code(1.0)
+            },
+        ] {
+            assert!(bad.validate(2).is_err(), "{bad:?}");
+        }
     }
 }

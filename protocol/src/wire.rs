@@ -386,7 +386,7 @@ impl RoundOffer {
             return bad("duplicate participant".into());
         }
         let s = &self.secagg;
-        let want = self.start.samples() * self.start.classes as usize + self.start.classes as usize;
+        let want = crate::UploadLayout::of(&self.start).len();
         if s.dim as usize != want {
             return bad(format!(
                 "upload dimension {} does not match the synthetic set ({want})",

@@ -43,6 +43,7 @@ fn start() -> RoundStart {
         prompt_template: vec![0, 1, 2],
         text_emb: vec![0.5; 3 * 2],
         teacher: None,
+        latent: None,
     }
 }
 

@@ -212,6 +212,8 @@ pub enum BenchArch {
     SmallCnn,
     /// Two strided convolutions (16 and 32 channels) and a 192-unit layer.
     WideCnn,
+    /// Two convolutions (16 and 32 channels) with 2×2 max pooling and a 128-unit layer.
+    PooledCnn,
     /// Each of them in turn.
     All,
 }
@@ -239,15 +241,6 @@ struct DpSgdResult {
     dp_ms: f64,
     ratio: f64,
     loop_ms: f64,
-}
-
-/// The CLI name of an architecture.
-fn arch_name(a: Arch) -> &'static str {
-    match a {
-        Arch::Mlp => "mlp",
-        Arch::SmallCnn => "small-cnn",
-        Arch::WideCnn => "wide-cnn",
-    }
 }
 
 /// Pins candle's CPU ops to CANDLE_NUM_THREADS (1 when unset or invalid) and returns the
@@ -352,6 +345,7 @@ fn dp_sgd(a: &DpSgdArgs) -> anyhow::Result<ExitCode> {
         BenchArch::Mlp => vec![Arch::Mlp],
         BenchArch::SmallCnn => vec![Arch::SmallCnn],
         BenchArch::WideCnn => vec![Arch::WideCnn],
+        BenchArch::PooledCnn => vec![Arch::PooledCnn],
         BenchArch::All => Arch::ALL.to_vec(),
     };
     let emb_dim = crate::world::EMB_DIM;
@@ -395,7 +389,7 @@ fn dp_sgd(a: &DpSgdArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         })?;
         let r = DpSgdResult {
-            arch: arch_name(arch),
+            arch: arch.name(),
             batch,
             plain_ms,
             dp_ms,

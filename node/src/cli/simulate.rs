@@ -9,7 +9,10 @@ use models::data::DataSource;
 
 use crate::learn::{LearnerConfig, SynthesizerConfig};
 use crate::report::{write_compare, write_privacy_utility, write_run};
-use crate::simulate::{self, Ablation, DpConfig, Method, Setup, SimConfig, TextEncoderKind};
+use crate::simulate::{
+    self, Ablation, DpConfig, FedAvgConfig, Method, Setup, SimConfig, TextEncoderKind,
+};
+use models::classifier::Arch;
 use models::train::ClientTrainConfig;
 
 /// Arguments of `fedmmkt simulate`.
@@ -33,6 +36,10 @@ pub struct SimulateArgs {
     /// Run every method and ablation on this config and write a comparison.
     #[arg(long)]
     pub compare: bool,
+    /// With --compare, only these runs (comma-separated names from compare.json: local,
+    /// fedmmkt, fedavg, fedmd, host-data, frozen-generator, no-distill, no-align, no-filter).
+    #[arg(long, value_delimiter = ',')]
+    pub runs: Option<Vec<String>>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = SimConfig::default().seed)]
     pub seed: u64,
@@ -67,6 +74,13 @@ pub struct SimulateArgs {
     /// guidance; > 0: samples nearer the class boundaries; 0.6 was best on the validation split).
     #[arg(long, default_value_t = SynthesizerConfig::default().guidance_entropy)]
     pub guidance_entropy: f64,
+    /// How far the generator's samples move towards the federation's per-class moments of
+    /// real images in its latent code (0: the host does not ask the clients for them).
+    #[arg(long, default_value_t = SynthesizerConfig::default().moment_strength)]
+    pub moment_strength: f32,
+    /// Where on the sampling path the moments act, in [0, 1] (1: on the final samples).
+    #[arg(long, default_value_t = SynthesizerConfig::default().moment_at)]
+    pub moment_at: f32,
     /// Report client accuracy on the oracle split (a validation set) instead of the test split.
     #[arg(long)]
     pub validation: bool,
@@ -165,6 +179,28 @@ pub struct SimulateArgs {
     /// Threads (clients trained at once).
     #[arg(long, default_value_t = SimConfig::default().threads)]
     pub threads: usize,
+    /// FedAvg: the one architecture every client runs.
+    #[arg(long, default_value_t = FedAvgConfig::default().arch, value_parser = parse_arch)]
+    pub fedavg_arch: Arch,
+    /// FedAvg: learning rate of local training.
+    #[arg(long, default_value_t = FedAvgConfig::default().lr)]
+    pub fedavg_lr: f64,
+    /// FedAvg: weight of the image–caption alignment loss (0: off).
+    #[arg(long, default_value_t = FedAvgConfig::default().align_weight)]
+    pub fedavg_align_weight: f64,
+    /// FedAvg: keep each client's optimiser state across rounds instead of starting every
+    /// round with a fresh one.
+    #[arg(long)]
+    pub fedavg_keep_optimizer: bool,
+    /// With --seeds, also tabulate these rounds (comma-separated) besides the last, so one
+    /// 20-round run gives the 10-round table too (no knob depends on the number of rounds).
+    #[arg(long, value_delimiter = ',')]
+    pub summary_rounds: Vec<usize>,
+}
+
+/// Parses an architecture name for clap.
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse().map_err(|e: models::ModelError| e.to_string())
 }
 
 impl SimulateArgs {
@@ -185,6 +221,8 @@ impl SimulateArgs {
         cfg.host.public_weight = self.public_weight;
         cfg.host.guidance_scale = self.guidance;
         cfg.host.guidance_entropy = self.guidance_entropy;
+        cfg.host.moment_strength = self.moment_strength;
+        cfg.host.moment_at = self.moment_at;
         cfg.validation = self.validation;
         cfg.secagg = self.secagg;
         cfg.host.critic_steps = self.critic_steps;
@@ -202,6 +240,12 @@ impl SimulateArgs {
         cfg.client.distill_rounds = self.distill_rounds;
         cfg.client.dp_distill_rounds = self.dp_distill_rounds;
         cfg.client.dp_distill_unkept = !self.dp_kept_only;
+        cfg.fedavg = FedAvgConfig {
+            arch: self.fedavg_arch,
+            lr: self.fedavg_lr,
+            align_weight: self.fedavg_align_weight,
+            reset_optimizer: !self.fedavg_keep_optimizer,
+        };
         cfg.text_encoder = self.text_encoder;
         cfg.text_encoder_dir = self.text_encoder_dir.clone();
         let unit = self.privacy_unit.first().copied().unwrap_or_default();
@@ -209,8 +253,23 @@ impl SimulateArgs {
         cfg
     }
 
-    /// The privacy arguments' problem, if any (checked before anything runs).
-    fn check_privacy(&self) -> Result<(), String> {
+    /// The arguments' problem, if any (checked before anything runs).
+    fn check_args(&self) -> Result<(), String> {
+        if let Some(runs) = &self.runs {
+            if !self.compare {
+                return Err("--runs selects runs of --compare: add --compare".into());
+            }
+            let names: Vec<&str> = simulate::COMPARE_RUNS
+                .iter()
+                .map(|&(m, a)| simulate::run_name(m, a))
+                .collect();
+            if let Some(bad) = runs.iter().find(|r| !names.contains(&r.as_str())) {
+                return Err(format!(
+                    "--runs: unknown run {bad:?} (one of {})",
+                    names.join(", ")
+                ));
+            }
+        }
         if let Some(e) = self.dp_epsilon {
             if !(e.is_finite() && e > 0.0) {
                 return Err(format!("--dp-epsilon must be finite and > 0, got {e}"));
@@ -274,7 +333,7 @@ pub const RECORD_PROMPT_MIX: f32 = 0.5;
 
 /// Runs `fedmmkt simulate`.
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    if let Err(problem) = args.check_privacy() {
+    if let Err(problem) = args.check_args() {
         eprintln!("error: {problem}");
         return Ok(ExitCode::from(crate::cli::EXIT_USAGE));
     }
@@ -290,8 +349,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         let reports = run_seed(&args, seed, &args.out.join(format!("seed-{seed}")))?;
         all.insert(seed, reports);
     }
-    crate::report::write_seeds(&args.out, &all)?;
-    println!("{}", crate::report::seeds_markdown(&all));
+    crate::report::write_seeds(&args.out, &all, &args.summary_rounds)?;
+    println!(
+        "{}",
+        crate::report::seeds_markdown(&all, &args.summary_rounds)
+    );
     eprintln!("report: {}", args.out.join("seeds.md").display());
     Ok(ExitCode::SUCCESS)
 }
@@ -336,6 +398,24 @@ fn with_bar<T>(
     }
     bar.finish_with_message(summary);
     Ok(out)
+}
+
+/// What makes two runs' local-only references the same run.
+#[derive(Clone, PartialEq)]
+struct ReferenceKey {
+    archs: Vec<models::classifier::Arch>,
+    learner: LearnerConfig,
+    record_dp: Option<DpConfig>,
+}
+
+impl ReferenceKey {
+    fn of(cfg: &SimConfig, method: Method) -> Self {
+        Self {
+            archs: simulate::client_archs(cfg, method),
+            learner: simulate::learner_config(cfg, method),
+            record_dp: cfg.dp.filter(|d| d.unit == privacy::PrivacyUnit::Record),
+        }
+    }
 }
 
 /// One seed's run(s) of `fedmmkt simulate` into `out`; returns the reports by run name.
@@ -411,39 +491,33 @@ fn run_seed(
             }
         }
     } else if args.compare {
-        // Local first: every later run of the same architectures takes it as its reference.
-        for m in [
-            Method::Local,
-            Method::Fedmmkt,
-            Method::Fedavg,
-            Method::Fedmd,
-        ] {
-            runs.push((m.name().into(), m, None, cfg.clone()));
-        }
-        for a in [
-            Ablation::FrozenGenerator,
-            Ablation::NoDistill,
-            Ablation::NoAlign,
-            Ablation::NoFilter,
-        ] {
-            runs.push((a.name().into(), Method::Fedmmkt, Some(a), cfg.clone()));
+        for (m, a) in simulate::COMPARE_RUNS {
+            let name = simulate::run_name(m, a);
+            if args
+                .runs
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|n| n == name))
+            {
+                runs.push((name.into(), m, a, cfg.clone()));
+            }
         }
     } else {
-        let name = args.ablate.map_or(args.method.name(), Ablation::name);
+        let name = simulate::run_name(args.method, args.ablate);
         runs.push((name.into(), args.method, args.ablate, cfg.clone()));
     }
     let several = runs.len() > 1;
     let classes = setup.splits.test.classes.clone();
     let mut reports = BTreeMap::new();
-    // Local-only runs of this seed, one per assignment of architectures (every run here
-    // shares the splits, seeds and client config; DP does not touch local training).
-    let mut references: Vec<simulate::RunReport> = Vec::new();
+    // Local-only runs of this seed, one per kind of client: the same architectures, knobs and
+    // record-level DP give the same local-only run (client-level DP leaves local training
+    // alone, so it shares the non-private one).
+    let mut references: Vec<(ReferenceKey, simulate::RunReport)> = Vec::new();
     for (name, method, ablation, run_cfg) in runs {
+        let key = ReferenceKey::of(&run_cfg, method);
         let reference = if method == Method::Local {
             None
         } else {
-            let archs = simulate::client_archs(&run_cfg, method);
-            match references.iter().position(|r| r.client_archs == archs) {
+            match references.iter().position(|(k, _)| *k == key) {
                 Some(i) => Some(i),
                 None => {
                     let (local, ()) = with_bar("local-only", run_cfg.rounds, |progress| {
@@ -452,7 +526,7 @@ fn run_seed(
                             (),
                         ))
                     })?;
-                    references.push(local);
+                    references.push((key.clone(), local));
                     Some(references.len() - 1)
                 }
             }
@@ -461,13 +535,10 @@ fn run_seed(
             simulate::run(&run_cfg, &setup, method, ablation, progress)
         })?;
         match reference.and_then(|i| references.get(i)) {
-            Some(local) => report.set_local_reference(local),
+            Some((_, local)) => report.set_local_reference(local),
             None => {
-                if !references
-                    .iter()
-                    .any(|r| r.client_archs == report.client_archs)
-                {
-                    references.push(report.clone());
+                if !references.iter().any(|(k, _)| *k == key) {
+                    references.push((key, report.clone()));
                 }
             }
         }
@@ -492,4 +563,42 @@ fn run_seed(
         eprintln!("report: {}", out.join("report.md").display());
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_share_a_local_reference_only_when_their_clients_train_alike() {
+        let cfg = SimConfig::default();
+        let key = |c: &SimConfig, m| ReferenceKey::of(c, m);
+        // FedMMKT, its ablations and host-data train the same mixed clients alike.
+        assert!(key(&cfg, Method::Fedmmkt) == key(&cfg, Method::HostData));
+        assert!(key(&cfg, Method::Fedmmkt) == key(&cfg, Method::Local));
+        // FedAvg has its own architecture and learning rate.
+        assert!(key(&cfg, Method::Fedmmkt) != key(&cfg, Method::Fedavg));
+        let dp = |unit, epsilon| {
+            let mut c = cfg.clone();
+            c.dp = Some(DpConfig {
+                unit,
+                epsilon,
+                delta: 1e-5,
+                clip: 1.0,
+                prompt_mix: 0.5,
+                calibration_rounds: None,
+            });
+            c
+        };
+        // Record-level DP trains local-only by DP-SGD at the run's ε: one reference per ε.
+        let (r1, r8) = (
+            dp(privacy::PrivacyUnit::Record, 1.0),
+            dp(privacy::PrivacyUnit::Record, 8.0),
+        );
+        assert!(key(&r1, Method::Fedmmkt) != key(&r8, Method::Fedmmkt));
+        assert!(key(&r1, Method::Fedmmkt) != key(&cfg, Method::Fedmmkt));
+        // Client-level DP noises uploads only: local training is the non-private one.
+        let c8 = dp(privacy::PrivacyUnit::Client, 8.0);
+        assert!(key(&c8, Method::Fedmmkt) == key(&cfg, Method::Fedmmkt));
+    }
 }

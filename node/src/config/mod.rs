@@ -444,6 +444,8 @@ impl NodeConfig {
             (h.keep_threshold, "model.keep_threshold"),
             (h.prompt_mix, "model.prompt_mix"),
             (h.flow.uncond_prob, "model.flow.uncond_prob"),
+            (h.moment_strength, "model.moment_strength"),
+            (h.moment_at, "model.moment_at"),
         ] {
             ensure((0.0..=1.0).contains(&value), field, || {
                 format!("must lie in [0, 1], got {value}")
@@ -457,6 +459,11 @@ impl NodeConfig {
                 format!("must be a finite number ≥ 0, got {value}")
             })?;
         }
+        ensure(
+            h.moment_clip.is_finite() && h.moment_clip > 0.0,
+            "model.moment_clip",
+            || format!("must be a finite number > 0, got {}", h.moment_clip),
+        )?;
         for (value, field) in [
             (c.lr, "model.lr"),
             (h.finetune_lr, "model.finetune_lr"),
@@ -523,9 +530,15 @@ impl NodeConfig {
         data_dir.join(self.node.cache_dir.as_deref().unwrap_or("cache"))
     }
 
-    /// The host's knobs (see [`ModelConfig::host_config`]).
+    /// The host's knobs (see [`ModelConfig::host_config`]); under record-level DP the host
+    /// does not ask for the clients' latent moments, which have no DP release yet and which
+    /// every record-level client withholds.
     pub fn host_config(&self) -> SynthesizerConfig {
-        self.model.host_config()
+        let mut h = self.model.host_config();
+        if self.privacy.unit == privacy::PrivacyUnit::Record {
+            h.moment_strength = 0.0;
+        }
+        h
     }
 
     /// The clients' knobs (see [`ModelConfig::client_config`]).

@@ -11,7 +11,7 @@ use models::text::TextEncoder;
 use models::train::{train_client, ClientTrainConfig, DistillSet, TrainStats};
 use privacy::ledger::Ledger;
 use protocol::session::training::{Permit, RecordPlan, RecordTrainer};
-use protocol::{RoundStart, UploadLayout};
+use protocol::{LatentCode, RoundStart, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
@@ -120,6 +120,7 @@ pub struct Learner {
     rng: ChaCha8Rng,
     record: Option<RecordDp>,
     last_use: Option<PrivateUse>,
+    latent_cache: Option<(LatentCode, Vec<f64>)>,
 }
 
 impl Learner {
@@ -155,6 +156,7 @@ impl Learner {
             rng,
             record: None,
             last_use: None,
+            latent_cache: None,
         })
     }
 
@@ -190,6 +192,11 @@ impl Learner {
     /// The task model (for evaluation and FedAvg).
     pub fn model(&self) -> &TaskModel {
         &self.model
+    }
+
+    /// Forgets the task model's optimiser state (FedAvg's fresh optimiser each round).
+    pub fn reset_optimizer(&mut self) -> anyhow::Result<()> {
+        Ok(self.model.reset_optimizer()?)
     }
 
     /// Its knobs.
@@ -375,10 +382,7 @@ impl Learner {
         start.validate()?;
         let n = start.samples();
         let preds = self.model.predict_proba(&start.images, n)?;
-        let layout = UploadLayout {
-            samples: n,
-            classes: start.classes as usize,
-        };
+        let layout = UploadLayout::of(start);
         let exact = self.class_counts();
         let counts = match self.record.as_mut() {
             Some(rec) => rec
@@ -387,8 +391,37 @@ impl Learner {
                 .unwrap_or_else(|| vec![0.0; exact.len()]),
             None => exact.iter().map(|&c| c as f64).collect(),
         };
-        let upload = layout.build(&preds, &start.prompt_class, &counts)?;
+        let moments = self.latent_sums(start)?;
+        let upload = layout.build(&preds, &start.prompt_class, &counts, moments.as_deref())?;
         self.previous = Some(start.clone());
         Ok(upload)
+    }
+
+    /// Its per-class sums in the round's latent code, when the round asks for them and this
+    /// learner may share them: not under record-level DP, where they would be a release of
+    /// the private records that nothing pays for (the host then gets zero weight from it).
+    fn latent_sums(&mut self, start: &RoundStart) -> anyhow::Result<Option<Vec<f64>>> {
+        let Some(code) = start.latent.as_ref().filter(|_| self.record.is_none()) else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            code.mean.len() == self.data.pixels()
+                && start.classes as usize == self.data.num_classes(),
+            "the round's latent code does not fit this node's {}-pixel images of {} classes",
+            self.data.pixels(),
+            self.data.num_classes()
+        );
+        if let Some((cached, sums)) = &self.latent_cache {
+            if cached == code {
+                return Ok(Some(sums.clone()));
+            }
+        }
+        let sums = code.class_sums(
+            &self.data.images,
+            &self.data.labels,
+            self.data.num_classes(),
+        );
+        self.latent_cache = Some((code.clone(), sums.clone()));
+        Ok(Some(sums))
     }
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use models::classifier::{Arch, TaskModel};
 use models::data::captions::{caption, random_captions, TEMPLATES};
 use models::data::Dataset;
-use models::generator::{FlowConfig, FlowGenerator, Generator, Guidance, WeightedSet};
+use models::generator::{
+    Calibration, FlowConfig, FlowGenerator, Generator, Guidance, LatentMoments, WeightedSet,
+};
 use models::init::pixels_to_tensor;
 use models::losses::soft_cross_entropy;
 use models::text::TextEncoder;
 use models::train::gather;
-use protocol::{RoundStart, TeacherTargets, UploadLayout};
+use protocol::{LatentCode, RoundStart, TeacherTargets, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -23,6 +25,7 @@ struct HostCheckpoint {
     memory_teacher: Vec<f32>,
     teacher: Option<TeacherTargets>,
     rng_seed: u64,
+    moments: Option<LatentMoments>,
 }
 
 models::knobs! {
@@ -58,6 +61,16 @@ models::knobs! {
         pub critic_steps: usize,
         /// Most (image, teacher) pairs the critic remembers, newest first.
         pub critic_memory: usize,
+        /// How far the generator's samples move, class by class, towards the federation's
+        /// moments of real images in its latent code (0: the host does not ask for them; 1:
+        /// each class's samples take the federation's mean and spread exactly).
+        pub moment_strength: f32,
+        /// L2 radius R each record's latent code is clipped to before the clients sum them.
+        pub moment_clip: f32,
+        /// Where on the sampling path the moments act, in [0, 1]: on the predicted end points
+        /// at that time, the rest of the path (and the critic's guidance) following (1: on
+        /// the final samples).
+        pub moment_at: f32,
         /// The generator's shape and optimiser.
         #[knob(table)]
         pub flow: FlowConfig,
@@ -79,6 +92,12 @@ impl Default for SynthesizerConfig {
             guidance_entropy: 0.6,
             critic_steps: 150,
             critic_memory: 5000,
+            // Chosen with `fedmmkt simulate --validation` (seed 0): strength 1 at half way gave
+            // clients 74.4 % (frozen generator 71.8 %) and the generator 85.8 % oracle accuracy;
+            // on the final samples, 74.4 % and 78.6 %; strength 0.5 there, 73.8 % and 83.6 %.
+            moment_strength: 1.0,
+            moment_clip: 32.0,
+            moment_at: 0.5,
             flow: FlowConfig::default(),
         }
     }
@@ -105,6 +124,9 @@ impl SynthesizerConfig {
     }
 }
 
+/// Least summed class share behind a class's moments for the host to use them.
+const MIN_MOMENT_WEIGHT: f64 = 1e-3;
+
 /// What the host learnt from one round's aggregate.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RoundOutcome {
@@ -128,6 +150,7 @@ pub struct Synthesizer {
     critic: Option<TaskModel>,
     memory_images: Vec<u8>,
     memory_teacher: Vec<f32>,
+    moments: Option<LatentMoments>,
     rng: ChaCha8Rng,
 }
 
@@ -161,8 +184,14 @@ impl Synthesizer {
             critic: None,
             memory_images: Vec::new(),
             memory_teacher: Vec::new(),
+            moments: None,
             rng,
         })
+    }
+
+    /// The federation's per-class latent moments as the host last read them.
+    pub fn moments(&self) -> Option<&LatentMoments> {
+        self.moments.as_ref()
     }
 
     /// Pre-trains the generator on the host's public set only.
@@ -223,9 +252,23 @@ impl Synthesizer {
                 scale: self.cfg.guidance_scale,
                 entropy,
             });
-        Ok(self
-            .generator
-            .sample_guided(emb, labels.len(), guidance.as_ref(), rng)?)
+        let calibration = self
+            .moments
+            .as_ref()
+            .filter(|_| self.cfg.moment_strength > 0.0)
+            .map(|moments| Calibration {
+                moments,
+                labels,
+                strength: self.cfg.moment_strength,
+                at: self.cfg.moment_at,
+            });
+        Ok(self.generator.sample_calibrated(
+            emb,
+            labels.len(),
+            guidance.as_ref(),
+            calibration.as_ref(),
+            rng,
+        )?)
     }
 
     /// Client → server transfer into the critic: remembers the kept samples with their
@@ -287,6 +330,7 @@ impl Synthesizer {
             memory_teacher: self.memory_teacher.clone(),
             teacher: self.teacher.clone(),
             rng_seed: self.rng.clone().random(),
+            moments: self.moments.clone(),
         };
         Ok(postcard::to_allocvec(&state)?)
     }
@@ -305,6 +349,7 @@ impl Synthesizer {
         std::fs::write(&path, &state.generator)?;
         self.generator.load(&path)?;
         self.teacher = state.teacher;
+        self.moments = state.moments;
         self.memory_images.clear();
         self.memory_teacher.clear();
         self.rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
@@ -313,6 +358,24 @@ impl Synthesizer {
             self.train_critic(&state.memory_images, &state.memory_teacher, c)?;
         }
         Ok(())
+    }
+
+    /// The latent code the clients summarise their images in, when the host improves its
+    /// generator with their moments.
+    fn latent_request(&self) -> anyhow::Result<Option<LatentCode>> {
+        if !self.cfg.improve_generator || self.cfg.moment_strength <= 0.0 {
+            return Ok(None);
+        }
+        Ok(self
+            .generator
+            .latent_code()?
+            .map(|(mean, basis, scale)| LatentCode {
+                dim: scale.len() as u16,
+                mean,
+                basis,
+                scale,
+                clip: self.cfg.moment_clip,
+            }))
     }
 
     /// Step 1: this round's synthetic set, with last round's teacher targets attached.
@@ -346,6 +409,7 @@ impl Synthesizer {
             prompt_template,
             text_emb,
             teacher: self.teacher.take().filter(|t| t.round + 1 == round),
+            latent: self.latent_request()?,
         };
         start.validate()?;
         Ok(start)
@@ -358,10 +422,7 @@ impl Synthesizer {
         start: &RoundStart,
         sum: &[f64],
     ) -> anyhow::Result<RoundOutcome> {
-        let layout = UploadLayout {
-            samples: start.samples(),
-            classes: start.classes as usize,
-        };
+        let layout = UploadLayout::of(&start);
         let teacher = layout.teacher(sum, &start.prompt_class)?;
         let c = layout.classes;
         let p = self.side * self.side;
@@ -369,6 +430,22 @@ impl Synthesizer {
             .filter(|&j| teacher.reward[j] >= self.cfg.keep_threshold)
             .collect();
         let mut finetune_loss = 0.0;
+        if let Some(read) = layout.moments(sum, self.cfg.moment_clip, MIN_MOMENT_WEIGHT)? {
+            // Client → server transfer into the sampler: classes the aggregate has moments of
+            // take them; the others keep what an earlier round said.
+            let mut moments = self.moments.take().unwrap_or(LatentMoments {
+                dim: read.dim,
+                classes: vec![None; c],
+            });
+            if moments.dim == read.dim && moments.classes.len() == c {
+                for (slot, new) in moments.classes.iter_mut().zip(read.classes) {
+                    if new.is_some() {
+                        *slot = new;
+                    }
+                }
+                self.moments = Some(moments);
+            }
+        }
         if self.cfg.improve_generator {
             // The critic learns what the clients collectively see in every sample they could
             // judge (not only the kept ones): that is the knowledge to transfer.
@@ -468,8 +545,10 @@ mod tests {
     fn teacher_filters_by_reward_and_blends_the_prompt() {
         let mut cfg = config();
         cfg.prompt_mix = 0.5;
+        cfg.moment_strength = 0.0;
         let mut host = tiny_host(cfg);
         let start = host.start_round(1).unwrap();
+        assert!(start.latent.is_none(), "no moments asked at strength 0");
         assert_eq!(start.prompt_class, vec![0, 0, 1, 1]);
         assert!(start.teacher.is_none());
         // Aggregate of two clients' uploads: samples 0 and 3 look like their prompt (ρ = 0.9),
@@ -491,5 +570,47 @@ mod tests {
         assert!(later.teacher.is_none());
         // A malformed aggregate is an error, not a panic.
         assert!(host.finish_round(&later, &[1.0; 3]).is_err());
+    }
+
+    #[test]
+    fn the_host_asks_for_moments_reads_them_and_keeps_them_in_its_checkpoint() {
+        let mut host = tiny_host(config());
+        let start = host.start_round(1).unwrap();
+        let code = start
+            .latent
+            .clone()
+            .expect("an improving host asks for moments");
+        assert_eq!(code.dim as usize, config().flow.latent_dim);
+        let layout = UploadLayout::of(&start);
+        let d = layout.moments;
+        // One client: 2 records of class 0 with code 0.5·R·e₀ each, 1 of class 1 at −R·e₁.
+        let r = code.clip as f64;
+        let mut sums = vec![0f64; 2 * 2 * d];
+        sums[0] = 1.0;
+        sums[d] = 0.5;
+        sums[2 * d + 1] = -1.0;
+        sums[2 * d + d + 1] = 1.0;
+        let upload = layout
+            .build(&[0.5; 8], &start.prompt_class, &[2.0, 1.0], Some(&sums))
+            .unwrap();
+        let sum: Vec<f64> = upload.iter().map(|&v| f64::from(v)).collect();
+        assert!(host.moments().is_none());
+        host.finish_round(&start, &sum).unwrap();
+        let m = host.moments().unwrap().clone();
+        let (mean0, var0) = m.classes[0].clone().unwrap();
+        assert!((f64::from(mean0[0]) - 0.5 * r).abs() < 1e-3 && var0[0].abs() < 1e-2);
+        let (mean1, _) = m.classes[1].clone().unwrap();
+        assert!((f64::from(mean1[1]) + r).abs() < 1e-3);
+        // Samples of the next round are calibrated, and a new host resumes with the moments.
+        let bytes = host.checkpoint().unwrap();
+        let mut other = tiny_host(config());
+        other.restore(&bytes).unwrap();
+        assert_eq!(other.moments(), Some(&m));
+        // A frozen generator asks for nothing.
+        let mut frozen = tiny_host(SynthesizerConfig {
+            improve_generator: false,
+            ..config()
+        });
+        assert!(frozen.start_round(1).unwrap().latent.is_none());
     }
 }

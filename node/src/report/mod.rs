@@ -464,8 +464,18 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 /// A run's name and its (column, (mean, sd)) pairs.
 type SeedRow = (String, Vec<(&'static str, (f64, f64))>);
 
-/// Final-round numbers of every run, as mean and sample standard deviation over seeds.
-fn seeds_rows(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Vec<SeedRow> {
+/// Every run's numbers at `round` (None: its last), as mean and sample standard deviation
+/// over seeds.
+fn seeds_rows(
+    all: &BTreeMap<u64, BTreeMap<String, RunReport>>,
+    round: Option<usize>,
+) -> Vec<SeedRow> {
+    let at = |r: &RunReport| -> Option<RoundReport> {
+        match round {
+            Some(n) => r.rounds.iter().find(|x| x.round == n).cloned(),
+            None => r.rounds.last().cloned(),
+        }
+    };
     let names: std::collections::BTreeSet<&String> = all.values().flat_map(|m| m.keys()).collect();
     names
         .into_iter()
@@ -477,14 +487,14 @@ fn seeds_rows(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Vec<SeedRow> 
             let mut cols = vec![
                 (
                     "client_acc_mean",
-                    mean_sd(&last(&|r| r.rounds.last().map(|x| x.client_acc_mean))),
+                    mean_sd(&last(&|r| at(r).map(|x| x.client_acc_mean))),
                 ),
                 (
                     "client_acc_min",
-                    mean_sd(&last(&|r| r.rounds.last().map(|x| x.client_acc_min))),
+                    mean_sd(&last(&|r| at(r).map(|x| x.client_acc_min))),
                 ),
             ];
-            let gen = last(&|r| r.rounds.last().and_then(|x| x.gen_oracle_acc));
+            let gen = last(&|r| at(r).and_then(|x| x.gen_oracle_acc));
             if !gen.is_empty() {
                 cols.push((
                     "gen_oracle_acc_start",
@@ -494,8 +504,7 @@ fn seeds_rows(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Vec<SeedRow> 
                 cols.push((
                     "gen_oracle_acc_gain",
                     mean_sd(&last(&|r| {
-                        r.rounds
-                            .last()
+                        at(r)
                             .and_then(|x| x.gen_oracle_acc)
                             .map(|a| a - r.gen_oracle_acc_start)
                     })),
@@ -506,25 +515,24 @@ fn seeds_rows(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Vec<SeedRow> 
                 ));
                 cols.push((
                     "gen_frechet",
-                    mean_sd(&last(&|r| r.rounds.last().and_then(|x| x.gen_frechet))),
+                    mean_sd(&last(&|r| at(r).and_then(|x| x.gen_frechet))),
                 ));
             }
             cols.push((
                 "oracle_acc_real",
                 mean_sd(&last(&|r| Some(r.oracle_acc_real))),
             ));
-            cols.push(("total_seconds", mean_sd(&last(&|r| Some(r.total_seconds)))));
+            if round.is_none() {
+                cols.push(("total_seconds", mean_sd(&last(&|r| Some(r.total_seconds)))));
+            }
             (name.clone(), cols)
         })
         .collect()
 }
 
-/// Writes `seeds.json` and `seeds.md`: every run's final numbers, mean ± sd over seeds.
-pub fn write_seeds(
-    dir: &Path,
-    all: &BTreeMap<u64, BTreeMap<String, RunReport>>,
-) -> anyhow::Result<()> {
-    let rows: serde_json::Map<String, serde_json::Value> = seeds_rows(all)
+/// The `seeds.json` object of one table: run name → column → {mean, sd}.
+fn seeds_json(rows: Vec<SeedRow>) -> serde_json::Value {
+    let rows: serde_json::Map<String, serde_json::Value> = rows
         .into_iter()
         .map(|(name, cols)| {
             let obj: serde_json::Map<String, serde_json::Value> = cols
@@ -534,16 +542,49 @@ pub fn write_seeds(
             (name, serde_json::Value::Object(obj))
         })
         .collect();
-    let json = serde_json::json!({ "seeds": all.keys().collect::<Vec<_>>(), "runs": rows });
+    serde_json::Value::Object(rows)
+}
+
+/// Writes `seeds.json` and `seeds.md`: every run's final numbers, mean ± sd over seeds, and
+/// the same at each round of `at` (`at_round` in the JSON, keyed by round).
+pub fn write_seeds(
+    dir: &Path,
+    all: &BTreeMap<u64, BTreeMap<String, RunReport>>,
+    at: &[usize],
+) -> anyhow::Result<()> {
+    let at_round: serde_json::Map<String, serde_json::Value> = at
+        .iter()
+        .map(|&n| (n.to_string(), seeds_json(seeds_rows(all, Some(n)))))
+        .collect();
+    let json = serde_json::json!({
+        "seeds": all.keys().collect::<Vec<_>>(),
+        "runs": seeds_json(seeds_rows(all, None)),
+        "at_round": at_round,
+    });
     std::fs::write(dir.join("seeds.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(dir.join("seeds.md"), seeds_markdown(all))?;
+    std::fs::write(dir.join("seeds.md"), seeds_markdown(all, at))?;
     Ok(())
 }
 
-/// The multi-seed table (mean ± sample standard deviation of final-round numbers).
-pub fn seeds_markdown(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> String {
+/// The multi-seed tables (mean ± sample standard deviation): the final round, then each
+/// round of `at`.
+pub fn seeds_markdown(all: &BTreeMap<u64, BTreeMap<String, RunReport>>, at: &[usize]) -> String {
     let seeds: Vec<String> = all.keys().map(u64::to_string).collect();
-    let mut s = format!("# fedmmkt simulate over seeds {}\n\nFinal round, mean ± sample standard deviation over {} seeds.\n\n", seeds.join(", "), seeds.len());
+    let mut s = format!(
+        "# fedmmkt simulate over seeds {}\n\nMean ± sample standard deviation over {} seeds.\n",
+        seeds.join(", "),
+        seeds.len()
+    );
+    let _ = write!(s, "\n## Final round\n\n{}", seeds_table(all, None));
+    for &n in at {
+        let _ = write!(s, "\n## Round {n}\n\n{}", seeds_table(all, Some(n)));
+    }
+    s
+}
+
+/// One multi-seed table at `round` (None: the last).
+fn seeds_table(all: &BTreeMap<u64, BTreeMap<String, RunReport>>, round: Option<usize>) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "| run | client acc mean | client acc worst | generator oracle acc start → end | gain (points) | Fréchet start → end | seconds |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     let f = |cols: &[(&str, (f64, f64))], key: &str, scale: f64, digits: usize| -> Option<String> {
@@ -551,32 +592,33 @@ pub fn seeds_markdown(all: &BTreeMap<u64, BTreeMap<String, RunReport>>) -> Strin
             .find(|(k, _)| *k == key)
             .map(|(_, (m, sd))| format!("{:.*} ± {:.*}", digits, m * scale, digits, sd * scale))
     };
-    for (name, cols) in seeds_rows(all) {
+    let rows = seeds_rows(all, round);
+    for (name, cols) in &rows {
         let na = || "–".to_string();
         let _ = writeln!(
             s,
             "| {name} | {} | {} | {} | {} | {} | {} |",
-            f(&cols, "client_acc_mean", 100.0, 1).unwrap_or_else(na),
-            f(&cols, "client_acc_min", 100.0, 1).unwrap_or_else(na),
+            f(cols, "client_acc_mean", 100.0, 1).unwrap_or_else(na),
+            f(cols, "client_acc_min", 100.0, 1).unwrap_or_else(na),
             match (
-                f(&cols, "gen_oracle_acc_start", 100.0, 1),
-                f(&cols, "gen_oracle_acc", 100.0, 1)
+                f(cols, "gen_oracle_acc_start", 100.0, 1),
+                f(cols, "gen_oracle_acc", 100.0, 1)
             ) {
                 (Some(a), Some(b)) => format!("{a} → {b}"),
                 _ => na(),
             },
-            f(&cols, "gen_oracle_acc_gain", 100.0, 1).unwrap_or_else(na),
+            f(cols, "gen_oracle_acc_gain", 100.0, 1).unwrap_or_else(na),
             match (
-                f(&cols, "gen_frechet_start", 1.0, 2),
-                f(&cols, "gen_frechet", 1.0, 2)
+                f(cols, "gen_frechet_start", 1.0, 2),
+                f(cols, "gen_frechet", 1.0, 2)
             ) {
                 (Some(a), Some(b)) => format!("{a} → {b}"),
                 _ => na(),
             },
-            f(&cols, "total_seconds", 1.0, 0).unwrap_or_else(na),
+            f(cols, "total_seconds", 1.0, 0).unwrap_or_else(na),
         );
     }
-    if let Some(o) = seeds_rows(all)
+    if let Some(o) = rows
         .first()
         .and_then(|(_, c)| f(c, "oracle_acc_real", 100.0, 1))
     {

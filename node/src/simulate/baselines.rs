@@ -1,6 +1,22 @@
 //! The baselines' rounds: FedAvg (local training, then the data-weighted average of the
 //! parameters) and FedMD/FedDF-style distillation on a public set. FedMMKT's round runs the
-//! node's sessions (`run.rs`, `federation.rs`).
+//! node's sessions (`run.rs`, `federation.rs`); `local` and `host-data` are local training
+//! alone (on the client's data, or on it plus the host's labelled public set).
+//!
+//! **Which FedMD this is.** FedMD (Li & Wang 2019) first trains every party on a *labelled*
+//! public set, then on its private data; each round the parties score a subset of the public
+//! set, the server averages the scores into a consensus, and each party *digests* it (trains
+//! its logits towards the consensus on the public subset) and then *revisits* its private
+//! data for a few epochs, with no temperature. Ours is the FedDF-flavoured variant of the same
+//! consensus distillation: the public set (`splits.public`, `samples_per_class` real images
+//! per class) is *unlabelled* and nobody pre-trains on it; the consensus is the clients' mean
+//! softmax on the whole public set; and digest and revisit are one phase: every local step of
+//! round r + 1 adds, to the private cross-entropy (and the alignment loss every method's
+//! clients have), the KL divergence at temperature τ = 2 (`ClientTrainConfig::tau`) between
+//! round r's consensus and the client's prediction on a batch of public images. A round has
+//! as many local steps as FedMMKT's with a set of that size (`epochs` passes over the larger
+//! of the private and public sets), and the same number of rounds. The original's separate
+//! digest and revisit phases and its labelled public pre-training are not implemented.
 
 use std::time::Instant;
 
@@ -13,7 +29,8 @@ use super::run::PhaseSeconds;
 use super::run::{for_each_client, map_clients, Progress, Traffic};
 use crate::learn::Learner;
 
-/// One FedAvg round: local training, then the data-weighted average of the parameters.
+/// One FedAvg round: local training from the global model (with a fresh optimiser unless
+/// `cfg.fedavg.reset_optimizer` is off), then the data-weighted average of the parameters.
 pub(super) fn fedavg_round(
     r: usize,
     cfg: &SimConfig,
@@ -24,7 +41,11 @@ pub(super) fn fedavg_round(
 ) -> anyhow::Result<Traffic> {
     progress(r, "learn");
     let t = Instant::now();
+    let reset = cfg.fedavg.reset_optimizer;
     for_each_client(clients, cfg.threads, |c| {
+        if reset {
+            c.reset_optimizer()?;
+        }
         c.train(r as u64, None).map(|_| ())
     })?;
     ph.learn = t.elapsed().as_secs_f64();

@@ -54,3 +54,58 @@ pub fn copy_from_first(clients: &mut [Learner]) -> anyhow::Result<()> {
         .collect();
     average_into(clients, &weights)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::classifier::Arch;
+    use models::data::Dataset;
+
+    fn learner(seed: u64) -> Learner {
+        let data = Dataset {
+            images: vec![128; 4 * 784],
+            labels: vec![0, 1, 0, 1],
+            rows: 28,
+            cols: 28,
+            classes: vec!["a".into(), "b".into()],
+        };
+        let encoder = crate::world::bow_encoder(&data.classes, 4, 0);
+        Learner::new(0, Arch::SmallCnn, data, &encoder, Default::default(), seed).unwrap()
+    }
+
+    fn params(l: &Learner) -> Vec<f32> {
+        l.model()
+            .named_vars()
+            .iter()
+            .flat_map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_client_gets_the_weighted_average() {
+        let mut clients = vec![learner(1), learner(2), learner(3)];
+        let before: Vec<Vec<f32>> = clients.iter().map(params).collect();
+        let weights = [1.0, 3.0, 0.0];
+        average_into(&mut clients, &weights).unwrap();
+        let want: Vec<f32> = (0..before[0].len())
+            .map(|i| (before[0][i] + 3.0 * before[1][i]) / 4.0)
+            .collect();
+        for c in &clients {
+            let got = params(c);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-6, "max error {err}");
+        }
+        assert!(average_into(&mut clients, &[0.0, 0.0, 0.0]).is_err());
+        assert!(average_into(&mut clients, &[1.0]).is_err());
+    }
+}

@@ -300,6 +300,7 @@ mod tests {
             prompt_template: vec![0, 1, 2],
             text_emb: vec![0.5; 3 * 2],
             teacher: None,
+            latent: None,
         }
     }
 

@@ -9,6 +9,11 @@ pub mod federation;
 pub mod run;
 pub mod setup;
 
-pub use config::{Ablation, DpConfig, Method, SimConfig, TextEncoderKind};
-pub use run::{client_archs, local_reference, run, RoundReport, RunImages, RunReport};
+pub use config::{
+    run_name, Ablation, DpConfig, FedAvgConfig, Method, SimConfig, TextEncoderKind, COMPARE_RUNS,
+};
+pub use run::{
+    client_archs, client_data, learner_config, local_reference, run, RoundReport, RunImages,
+    RunReport,
+};
 pub use setup::Setup;

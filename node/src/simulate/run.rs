@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use models::classifier::Arch;
+use models::data::Dataset;
 use models::generator::Generator;
 use models::train::{accuracy, DistillSet};
 use privacy::PrivacyUnit;
@@ -10,12 +11,12 @@ use protocol::session::release::Release;
 use serde::Serialize;
 
 use super::baselines::{fedavg_round, fedmd_round};
-use super::config::{Ablation, Method, SimConfig};
+use super::config::{run_name, Ablation, Method, SimConfig};
 use super::dp::DpClients;
 use super::fedavg::copy_from_first;
 use super::federation::{Federation, RoundEnd};
 use super::setup::Setup;
-use crate::learn::{Learner, Synthesizer};
+use crate::learn::{Learner, LearnerConfig, Synthesizer};
 use crate::world::{eval_rng, sub_seed};
 
 /// Seconds spent in each phase of a round. Its fields are [`protocol::wire::Phase`] names (a
@@ -131,18 +132,43 @@ pub struct RunImages {
 /// Progress callback: (round, phase).
 pub type Progress<'a> = &'a (dyn Fn(usize, &str) + Sync);
 
-/// The architecture of each client in a run of `method`: one shared architecture under
-/// FedAvg, else round-robin over every architecture.
+/// The architecture of each client in a run of `method`: FedAvg's one architecture, else
+/// round-robin over the heterogeneous mix.
 pub fn client_archs(cfg: &SimConfig, method: Method) -> Vec<Arch> {
     (0..cfg.clients)
         .map(|k| {
             if method == Method::Fedavg {
-                cfg.fedavg_arch
+                cfg.fedavg.arch
             } else {
-                Arch::ALL[k % Arch::ALL.len()]
+                Arch::MIXED[k % Arch::MIXED.len()]
             }
         })
         .collect()
+}
+
+/// The clients' knobs in a run of `method`: FedAvg's learning rate and alignment weight
+/// (its own, tuned on the validation split), everyone else's the config's.
+pub fn learner_config(cfg: &SimConfig, method: Method) -> LearnerConfig {
+    let mut c = cfg.client;
+    if method == Method::Fedavg {
+        c.lr = cfg.fedavg.lr;
+        c.train.align_weight = cfg.fedavg.align_weight;
+    }
+    c
+}
+
+/// What client `k` trains on in a run of `method`: its private data, and under `host-data`
+/// the host's labelled public set after it.
+pub fn client_data(setup: &Setup, k: usize, method: Method) -> Dataset {
+    let own = setup.client_data(k);
+    if method != Method::HostData {
+        return own;
+    }
+    let host = &setup.splits.host;
+    let mut data = own;
+    data.images.extend_from_slice(&host.images);
+    data.labels.extend_from_slice(&host.labels);
+    data
 }
 
 /// Runs `method` (with `ablation`) for `cfg.rounds` rounds on the shared `setup`.
@@ -153,27 +179,37 @@ pub fn run(
     ablation: Option<Ablation>,
     progress: Progress,
 ) -> anyhow::Result<(RunReport, RunImages)> {
-    run_clients(
-        cfg,
-        setup,
-        method,
-        ablation,
-        client_archs(cfg, method),
-        progress,
-    )
+    let clients = Clients {
+        archs: client_archs(cfg, method),
+        learner: learner_config(cfg, method),
+        data_of: method,
+    };
+    run_clients(cfg, setup, method, ablation, clients, progress)
 }
 
-/// The local-only reference of a run of `method`: the same clients (architectures, seeds,
-/// private data) trained on their own data alone for as many rounds, i.e. a `local` run
-/// with the architectures of `method`.
+/// The local-only reference of a run of `method`: the same clients (architectures, knobs,
+/// seeds, private data) trained on their own data alone for as many rounds, i.e. a `local`
+/// run with the architectures and knobs of `method`.
 pub fn local_reference(
     cfg: &SimConfig,
     setup: &Setup,
     method: Method,
     progress: Progress,
 ) -> anyhow::Result<RunReport> {
-    let archs = client_archs(cfg, method);
-    Ok(run_clients(cfg, setup, Method::Local, None, archs, progress)?.0)
+    let clients = Clients {
+        archs: client_archs(cfg, method),
+        learner: learner_config(cfg, method),
+        data_of: Method::Local,
+    };
+    Ok(run_clients(cfg, setup, Method::Local, None, clients, progress)?.0)
+}
+
+/// Who the clients of a run are: architectures, knobs, and the method whose training data
+/// they hold ([`client_data`]).
+struct Clients {
+    archs: Vec<Arch>,
+    learner: LearnerConfig,
+    data_of: Method,
 }
 
 impl RunReport {
@@ -189,18 +225,19 @@ impl RunReport {
     }
 }
 
-/// [`run`] with the clients' architectures given.
+/// [`run`] with the clients given.
 fn run_clients(
     cfg: &SimConfig,
     setup: &Setup,
     method: Method,
     ablation: Option<Ablation>,
-    archs: Vec<Arch>,
+    who: Clients,
     progress: Progress,
 ) -> anyhow::Result<(RunReport, RunImages)> {
     let t0 = Instant::now();
     let mut host_cfg = cfg.host;
-    let mut client_cfg = cfg.client;
+    let mut client_cfg = who.learner;
+    let archs = who.archs;
     match ablation {
         Some(Ablation::FrozenGenerator) => host_cfg.improve_generator = false,
         Some(Ablation::NoFilter) => host_cfg.keep_threshold = 0.0,
@@ -209,13 +246,17 @@ fn run_clients(
     }
     if let Some(dp) = &cfg.dp {
         host_cfg.prompt_mix = dp.prompt_mix;
+        if dp.unit == PrivacyUnit::Record {
+            // Record-level clients withhold their latent moments (no DP release of them yet).
+            host_cfg.moment_strength = 0.0;
+        }
     }
     let distill = ablation != Some(Ablation::NoDistill);
     // Record-level DP trains every method's clients by DP-SGD; client-level DP noises
     // FedMMKT's uploads.
     let mut dp = match (&cfg.dp, method) {
         (Some(dp), _) if dp.unit == PrivacyUnit::Record || method == Method::Fedmmkt => {
-            let name = ablation.map_or(method.name(), Ablation::name);
+            let name = run_name(method, ablation);
             let dir = setup
                 .work_dir
                 .join("ledgers")
@@ -235,7 +276,7 @@ fn run_clients(
         let learner = Learner::new(
             k,
             arch,
-            setup.client_data(k),
+            client_data(setup, k, who.data_of),
             &setup.encoder,
             client_cfg,
             seed,
@@ -249,7 +290,8 @@ fn run_clients(
         // FedAvg starts every client from the same global model.
         copy_from_first(&mut clients)?;
     }
-    let client_sizes: Vec<usize> = clients.iter().map(|c| c.data().len()).collect();
+    // Private images per client (FedAvg's weights); host-data's shared set is not private.
+    let client_sizes: Vec<usize> = setup.partition.iter().map(Vec::len).collect();
     let mut host = if method == Method::Fedmmkt {
         let mut h = Synthesizer::new(
             host_cfg,
@@ -291,7 +333,7 @@ fn run_clients(
                     progress,
                 )?
             }
-            Method::Local => {
+            Method::Local | Method::HostData => {
                 progress(r, "learn");
                 let t = Instant::now();
                 for_each_client(&mut clients, cfg.threads, |c| {
@@ -332,9 +374,17 @@ fn run_clients(
         } else {
             &setup.splits.test
         };
-        let client_acc = map_clients(&mut clients, cfg.threads, |c| {
-            Ok(accuracy(c.model(), eval_set)?)
-        })?;
+        let client_acc = if method == Method::Fedavg {
+            // After averaging every client holds the global model: score it once.
+            let first = clients
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no clients"))?;
+            vec![accuracy(first.model(), eval_set)?; clients.len()]
+        } else {
+            map_clients(&mut clients, cfg.threads, |c| {
+                Ok(accuracy(c.model(), eval_set)?)
+            })?
+        };
         let (mut gen_oracle_acc, mut gen_frechet, mut gen_per_class_acc) = (None, None, None);
         if let Some(h) = &host {
             // The same noise every round (common random numbers): changes are the generator's.
@@ -374,7 +424,7 @@ fn run_clients(
     if let Some(h) = &host {
         images.end = Some(h.sample_per_class(10, &mut eval_rng(cfg.seed, u64::MAX))?);
     }
-    let name = ablation.map_or(method.name(), Ablation::name).to_string();
+    let name = run_name(method, ablation).to_string();
     let report = RunReport {
         method: name,
         seed: cfg.seed,
@@ -589,7 +639,7 @@ mod tests {
         }
         // FedAvg's reference trains FedAvg's one architecture.
         let fedavg = local_reference(&cfg, &setup, Method::Fedavg, &|_, _| {}).unwrap();
-        assert!(fedavg.client_archs.iter().all(|&a| a == cfg.fedavg_arch));
+        assert!(fedavg.client_archs.iter().all(|&a| a == cfg.fedavg.arch));
         assert_ne!(fedavg.rounds[0].client_acc, reference.rounds[0].client_acc);
     }
 }

@@ -99,10 +99,7 @@ impl HostSession {
     /// Opens a round attempt: the offer goes to every participant.
     pub fn open(open: OpenRound, policy: RoundPolicy) -> Result<(Self, Vec<HostEffect>), Refusal> {
         let n = open.participants.len() as u32;
-        let layout = UploadLayout {
-            samples: open.start.samples(),
-            classes: open.start.classes as usize,
-        };
+        let layout = UploadLayout::of(&open.start);
         let mut spec = policy.secagg_spec(n, layout, open.graph_seed);
         let summer = match open.aggregation {
             Aggregation::Secure => {

@@ -101,6 +101,7 @@ mod tests {
         let layout = UploadLayout {
             samples: 4,
             classes: 2,
+            moments: 0,
         };
         let spec = p.secagg_spec(5, layout, [7; 32]);
         assert_eq!(spec.neighbors, 4, "every other client");
