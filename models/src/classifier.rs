@@ -332,6 +332,15 @@ impl TaskModel {
         vars
     }
 
+    /// Every parameter, flattened in name order (to compare models and updates).
+    pub fn flat_params(&self) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for (_, v) in self.named_vars() {
+            out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// One plain SGD step `w ← w − lr·g` (DP-SGD's noised private steps), leaving the
     /// optimiser's state alone.
     pub fn sgd_step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
@@ -509,18 +518,8 @@ mod tests {
         );
     }
 
-    /// Every parameter of `m`, flattened in name order.
     fn params(m: &TaskModel) -> Vec<f32> {
-        m.named_vars()
-            .iter()
-            .flat_map(|(_, v)| {
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect()
+        m.flat_params().unwrap()
     }
 
     /// One optimiser step of `m` on a fixed batch of `data`.

@@ -424,6 +424,17 @@ pub struct Guidance<'a> {
     pub entropy: f64,
 }
 
+/// The generator's whitened PCA code, `z = ((x − mean) · basis) / scale`, as plain values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentBasis {
+    /// Mean image, `pixels` values.
+    pub mean: Vec<f32>,
+    /// Basis, `pixels × d` values, row-major.
+    pub basis: Vec<f32>,
+    /// Scale of each of the `d` components.
+    pub scale: Vec<f32>,
+}
+
 /// Per-class first and second moments of real images in the generator's latent code: what the
 /// federation's data looks like, class by class, in the space the flow samples.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -507,9 +518,8 @@ impl Calibration<'_> {
 }
 
 impl FlowGenerator {
-    /// The latent code as (mean image, basis `pixels × d` row-major, scale): `None` for a flow
-    /// on pixels.
-    pub fn latent_code(&self) -> Result<Option<(Vec<f32>, Vec<f32>, Vec<f32>)>> {
+    /// The fitted latent code (`None` for a flow on pixels).
+    pub fn latent_code(&self) -> Result<Option<LatentBasis>> {
         self.ensure_ready()?;
         let Some(codec) = &self.codec else {
             return Ok(None);
@@ -517,11 +527,11 @@ impl FlowGenerator {
         let flat = |v: &candle_core::Var| -> Result<Vec<f32>> {
             Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?)
         };
-        Ok(Some((
-            flat(&codec.mean)?,
-            flat(&codec.basis)?,
-            flat(&codec.scale)?,
-        )))
+        Ok(Some(LatentBasis {
+            mean: flat(&codec.mean)?,
+            basis: flat(&codec.basis)?,
+            scale: flat(&codec.scale)?,
+        }))
     }
 
     /// Latent codes of u8 images (`n * pixels` bytes), `n * latent_dim` values; `None` for a

@@ -101,17 +101,7 @@ fn dp_steps_are_seeded_and_noise_alone_moves_the_weights() {
         };
         let mut noise = ChaCha8Rng::seed_from_u64(seed);
         dp_step(&mut model, &b, &cfg, &dp, 6.0, &mut noise).unwrap();
-        model
-            .named_vars()
-            .into_iter()
-            .flat_map(|(_, v)| {
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect::<Vec<f32>>()
+        model.flat_params().unwrap()
     };
     assert_eq!(run(1.0, 5), run(1.0, 5));
     assert_ne!(run(1.0, 5), run(1.0, 6));

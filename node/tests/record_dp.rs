@@ -35,17 +35,7 @@ fn learner(epsilon: f64, ledger: Arc<Ledger>) -> Learner {
 }
 
 fn weights(l: &Learner) -> Vec<f32> {
-    l.model()
-        .named_vars()
-        .into_iter()
-        .flat_map(|(_, v)| {
-            v.as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .collect()
+    l.model().flat_params().unwrap()
 }
 
 fn training_rounds(ledger: &Ledger) -> Vec<u64> {

@@ -201,7 +201,8 @@ impl UploadLayout {
         let classes = (0..c)
             .map(|k| {
                 let w = weights[k];
-                if !(w >= min_weight.max(1e-9)) {
+                // NaN (a corrupt aggregate) has no support either.
+                if w.is_nan() || w < min_weight.max(1e-9) {
                     return None;
                 }
                 let row = &rows[k * 2 * d..(k + 1) * 2 * d];

@@ -950,6 +950,20 @@ fn offer_validate_accepts_good_offers_and_rejects_each_defect() {
     );
     o.secagg.dim = 3 * 3 + 3;
     assert_eq!(o.validate(), Ok(()));
+    // A latent code adds the moment block: per class a weight and 2·d moments.
+    let mut o = good.clone();
+    o.start.latent = Some(protocol::LatentCode {
+        dim: 3,
+        mean: vec![0.0; 4],
+        basis: vec![0.1; 4 * 3],
+        scale: vec![1.0; 3],
+        clip: 8.0,
+    });
+    assert!(invalid_reason(o.validate()).contains("dimension"));
+    o.secagg.dim = DIM + 2 * (1 + 2 * 3);
+    assert_eq!(o.validate(), Ok(()));
+    o.start.latent.as_mut().unwrap().scale[1] = 0.0;
+    assert!(o.validate().is_err(), "a bad latent code is refused");
 
     // Encoding bound.
     for bound in [0.0, -1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {

@@ -271,6 +271,8 @@ mod tests {
         let rows = [[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.1, 0.9]];
         let mut sum: Vec<f64> = rows.iter().flatten().copied().collect();
         sum.extend([1.0, 1.0]);
+        // No client shared latent moments (a zero moment block).
+        sum.resize(protocol::UploadLayout::of(&first).len(), 0.0);
         host.finish_round(&first, &sum).unwrap();
         let second = host.start_round(2).unwrap();
         (vec![first, second], host.checkpoint().unwrap())

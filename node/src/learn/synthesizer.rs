@@ -1,5 +1,6 @@
 //! The host: samples the synthetic set (step 1), reads the aggregate as an ensemble teacher
-//! (step 4) and improves the generator on the samples the clients agree with (step 5).
+//! and as the federation's per-class latent moments (step 4), and improves the generator
+//! with both (step 5).
 
 use std::sync::Arc;
 
@@ -234,7 +235,8 @@ impl Synthesizer {
     }
 
     /// The generator's samples: the flow, steered by the critic once it has learnt from the
-    /// clients (the critic and guidance are part of the host's generator).
+    /// clients and moment-matched to the federation's latent class moments once it has them
+    /// (the critic, the guidance and the moments are part of the host's generator).
     fn sample(
         &self,
         emb: &[f32],
@@ -366,16 +368,13 @@ impl Synthesizer {
         if !self.cfg.improve_generator || self.cfg.moment_strength <= 0.0 {
             return Ok(None);
         }
-        Ok(self
-            .generator
-            .latent_code()?
-            .map(|(mean, basis, scale)| LatentCode {
-                dim: scale.len() as u16,
-                mean,
-                basis,
-                scale,
-                clip: self.cfg.moment_clip,
-            }))
+        Ok(self.generator.latent_code()?.map(|code| LatentCode {
+            dim: code.scale.len() as u16,
+            mean: code.mean,
+            basis: code.basis,
+            scale: code.scale,
+            clip: self.cfg.moment_clip,
+        }))
     }
 
     /// Step 1: this round's synthetic set, with last round's teacher targets attached.
@@ -422,7 +421,7 @@ impl Synthesizer {
         start: &RoundStart,
         sum: &[f64],
     ) -> anyhow::Result<RoundOutcome> {
-        let layout = UploadLayout::of(&start);
+        let layout = UploadLayout::of(start);
         let teacher = layout.teacher(sum, &start.prompt_class)?;
         let c = layout.classes;
         let p = self.side * self.side;

@@ -74,17 +74,7 @@ mod tests {
     }
 
     fn params(l: &Learner) -> Vec<f32> {
-        l.model()
-            .named_vars()
-            .iter()
-            .flat_map(|(_, v)| {
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect()
+        l.model().flat_params().unwrap()
     }
 
     #[test]
