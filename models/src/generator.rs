@@ -534,29 +534,6 @@ impl FlowGenerator {
         }))
     }
 
-    /// Latent codes of u8 images (`n * pixels` bytes), `n * latent_dim` values; `None` for a
-    /// flow on pixels (no latent code).
-    pub fn encode_latent(&self, pixels: &[u8], n: usize) -> Result<Option<Vec<f32>>> {
-        self.ensure_ready()?;
-        let Some(codec) = &self.codec else {
-            return Ok(None);
-        };
-        let p = self.cfg.pixels;
-        if pixels.len() != n * p {
-            return Err(ModelError::Config(format!(
-                "{} pixel values for {n} images of {p}",
-                pixels.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(n * self.cfg.latent_dim);
-        for start in (0..n).step_by(512) {
-            let b = (n - start).min(512);
-            let x = pixels_to_tensor(&pixels[start * p..(start + b) * p], b, &self.device)?;
-            out.extend(codec.encode(&x)?.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(Some(out))
-    }
-
     /// Samples like [`Generator::sample`], optionally steered by a classifier.
     pub fn sample_guided(
         &self,

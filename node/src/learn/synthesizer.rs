@@ -432,18 +432,20 @@ impl Synthesizer {
         if let Some(read) = layout.moments(sum, self.cfg.moment_clip, MIN_MOMENT_WEIGHT)? {
             // Client → server transfer into the sampler: classes the aggregate has moments of
             // take them; the others keep what an earlier round said.
-            let mut moments = self.moments.take().unwrap_or(LatentMoments {
-                dim: read.dim,
-                classes: vec![None; c],
-            });
-            if moments.dim == read.dim && moments.classes.len() == c {
-                for (slot, new) in moments.classes.iter_mut().zip(read.classes) {
-                    if new.is_some() {
-                        *slot = new;
-                    }
+            let mut moments = self
+                .moments
+                .take()
+                .filter(|m| m.dim == read.dim && m.classes.len() == read.classes.len())
+                .unwrap_or(LatentMoments {
+                    dim: read.dim,
+                    classes: vec![None; read.classes.len()],
+                });
+            for (slot, new) in moments.classes.iter_mut().zip(read.classes) {
+                if new.is_some() {
+                    *slot = new;
                 }
-                self.moments = Some(moments);
             }
+            self.moments = Some(moments);
         }
         if self.cfg.improve_generator {
             // The critic learns what the clients collectively see in every sample they could
