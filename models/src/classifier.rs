@@ -6,8 +6,8 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{
-    conv2d_no_bias, linear, AdamW, Conv2d, Conv2dConfig, Linear, Module, Optimizer, ParamsAdamW,
-    VarBuilder, VarMap,
+    conv2d_no_bias, linear, AdamW, Conv2d, Conv2dConfig, Linear, Module, Optimizer as _,
+    ParamsAdamW, VarBuilder, VarMap,
 };
 
 use crate::error::{ModelError, Result};
@@ -75,6 +75,92 @@ impl std::str::FromStr for Arch {
                 ))
             })
     }
+}
+
+/// The optimiser of local training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// AdamW with weight decay 1e-4.
+    #[default]
+    Adamw,
+    /// SGD with heavy-ball momentum (PyTorch's: `v ← μ·v + g`, `w ← w − lr·v`), no weight
+    /// decay: the usual optimiser of FedAvg's clients.
+    Sgd,
+}
+
+impl OptimizerKind {
+    /// Every optimiser.
+    pub const ALL: [OptimizerKind; 2] = [OptimizerKind::Adamw, OptimizerKind::Sgd];
+
+    /// The name used on the command line, in config files and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Sgd => "sgd",
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        OptimizerKind::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                ModelError::Config(format!("unknown optimiser {s:?} (one of adamw, sgd)"))
+            })
+    }
+}
+
+/// SGD with momentum over a fixed set of variables; velocities start at zero, so the first
+/// step is plain SGD.
+struct MomentumSgd {
+    vars: Vec<Var>,
+    velocity: Vec<Option<Tensor>>,
+    lr: f64,
+    momentum: f64,
+}
+
+impl MomentumSgd {
+    fn new(vars: Vec<Var>, lr: f64, momentum: f64) -> Self {
+        let velocity = vec![None; vars.len()];
+        Self {
+            vars,
+            velocity,
+            lr,
+            momentum,
+        }
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for (var, v) in self.vars.iter().zip(&mut self.velocity) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let next = match v.take() {
+                Some(old) => ((old * self.momentum)? + g)?,
+                None => g.clone(),
+            };
+            var.set(&(var.as_tensor() - (&next * self.lr)?)?)?;
+            *v = Some(next);
+        }
+        Ok(())
+    }
+}
+
+/// A task model's optimiser and its state.
+enum Opt {
+    Adamw(AdamW),
+    Sgd(MomentumSgd),
 }
 
 enum Features {
@@ -219,8 +305,10 @@ pub struct TaskModel {
     features: Features,
     head: Linear,
     projection: Linear,
-    opt: AdamW,
+    opt: Opt,
+    kind: OptimizerKind,
     lr: f64,
+    momentum: f64,
     device: Device,
 }
 
@@ -254,7 +342,8 @@ impl TaskModel {
         let head = linear(arch.feature_dim(), classes, vb.pp("head"))?;
         let projection = linear(arch.feature_dim(), emb_dim, vb.pp("projection"))?;
         reinit(&varmap, seed)?;
-        let opt = Self::optimizer(&varmap, lr)?;
+        let (kind, momentum) = (OptimizerKind::Adamw, 0.0);
+        let opt = Self::optimizer(&varmap, kind, lr, momentum)?;
         Ok(Self {
             arch,
             side,
@@ -263,28 +352,47 @@ impl TaskModel {
             head,
             projection,
             opt,
+            kind,
             lr,
+            momentum,
             device,
         })
     }
 
-    /// A fresh AdamW over every variable of `varmap` (no moments, step count zero).
-    fn optimizer(varmap: &VarMap, lr: f64) -> Result<AdamW> {
-        Ok(AdamW::new(
-            varmap.all_vars(),
-            ParamsAdamW {
-                lr,
-                weight_decay: 1e-4,
-                ..Default::default()
-            },
-        )?)
+    /// This model stepping with a fresh `kind` optimiser (`momentum` is SGD's μ in [0, 1)).
+    pub fn with_optimizer(mut self, kind: OptimizerKind, momentum: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(ModelError::Config(format!(
+                "momentum must be in [0, 1) (got {momentum})"
+            )));
+        }
+        self.kind = kind;
+        self.momentum = momentum;
+        self.reset_optimizer()?;
+        Ok(self)
     }
 
-    /// Forgets the optimiser's moments and step count, keeping the parameters: FedAvg starts
-    /// each round's local training from the new global model with a fresh optimiser, so
-    /// moments from the client's own (skewed) optimum do not carry into the round.
+    /// A fresh optimiser over every variable of `varmap` (no moments, step count zero).
+    fn optimizer(varmap: &VarMap, kind: OptimizerKind, lr: f64, momentum: f64) -> Result<Opt> {
+        Ok(match kind {
+            OptimizerKind::Adamw => Opt::Adamw(AdamW::new(
+                varmap.all_vars(),
+                ParamsAdamW {
+                    lr,
+                    weight_decay: 1e-4,
+                    ..Default::default()
+                },
+            )?),
+            OptimizerKind::Sgd => Opt::Sgd(MomentumSgd::new(varmap.all_vars(), lr, momentum)),
+        })
+    }
+
+    /// Forgets the optimiser's state (AdamW's moments and step count, SGD's velocity), keeping
+    /// the parameters: FedAvg starts each round's local training from the new global model
+    /// with a fresh optimiser, so state from the client's own (skewed) optimum does not carry
+    /// into the round.
     pub fn reset_optimizer(&mut self) -> Result<()> {
-        self.opt = Self::optimizer(&self.varmap, self.lr)?;
+        self.opt = Self::optimizer(&self.varmap, self.kind, self.lr, self.momentum)?;
         Ok(())
     }
 
@@ -354,7 +462,10 @@ impl TaskModel {
 
     /// One optimiser step from gradients computed elsewhere (DP-SGD's noised ones).
     pub fn step_with(&mut self, grads: &GradStore) -> Result<()> {
-        self.opt.step(grads)?;
+        match &mut self.opt {
+            Opt::Adamw(o) => o.step(grads)?,
+            Opt::Sgd(o) => o.step(grads)?,
+        }
         Ok(())
     }
 
@@ -374,8 +485,7 @@ impl TaskModel {
 
     /// One optimiser step on `loss`.
     pub fn step(&mut self, loss: &Tensor) -> Result<()> {
-        self.opt.backward_step(loss)?;
-        Ok(())
+        self.step_with(&loss.backward()?)
     }
 
     /// Softmax predictions for u8 images (`n * pixels` bytes), `n * classes` values.
@@ -575,6 +685,91 @@ mod tests {
             max_diff(&c, &b) > 1e-4,
             "without the reset the kept moments must change the update"
         );
+    }
+
+    /// Gradients of the cross-entropy on `data` at `m`'s parameters, in name order (zero for
+    /// the projection, which the logits do not use).
+    fn grads(m: &TaskModel, data: &Dataset) -> Vec<Tensor> {
+        let x = pixels_to_tensor(&data.images, data.len(), m.device()).unwrap();
+        let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+        let y = Tensor::from_vec(labels, data.len(), m.device()).unwrap();
+        let loss = crate::losses::cross_entropy(&m.logits(&x).unwrap(), &y).unwrap();
+        let store = loss.backward().unwrap();
+        m.named_vars()
+            .iter()
+            .map(|(_, v)| match store.get(v.as_tensor()) {
+                Some(g) => g.clone(),
+                None => v.as_tensor().zeros_like().unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sgd_with_momentum_matches_the_heavy_ball_update_by_hand() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (a, b) = (stripes(16, &mut rng), stripes(16, &mut rng));
+        let (lr, mu) = (0.05, 0.9);
+        let new = || {
+            TaskModel::new(Arch::SmallCnn, 28, 4, 2, lr, 3)
+                .unwrap()
+                .with_optimizer(OptimizerKind::Sgd, mu)
+                .unwrap()
+        };
+        let mut sgd = new();
+        one_step(&mut sgd, &a);
+        one_step(&mut sgd, &b);
+        // By hand on a twin: w1 = w0 − lr·g1, then w2 = w1 − lr·(μ·g1 + g2).
+        let twin = new();
+        let g1 = grads(&twin, &a);
+        for ((_, v), g) in twin.named_vars().iter().zip(&g1) {
+            v.set(&(v.as_tensor() - (g * lr).unwrap()).unwrap())
+                .unwrap();
+        }
+        let g2 = grads(&twin, &b);
+        for (((_, v), g1), g2) in twin.named_vars().iter().zip(&g1).zip(&g2) {
+            let vel = ((g1 * mu).unwrap() + g2).unwrap();
+            v.set(&(v.as_tensor() - (vel * lr).unwrap()).unwrap())
+                .unwrap();
+        }
+        let (got, want) = (params(&sgd), params(&twin));
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-6, "momentum SGD off by {max_diff}");
+        // Momentum matters: plain SGD (μ = 0) lands elsewhere.
+        let mut plain = TaskModel::new(Arch::SmallCnn, 28, 4, 2, lr, 3)
+            .unwrap()
+            .with_optimizer(OptimizerKind::Sgd, 0.0)
+            .unwrap();
+        one_step(&mut plain, &a);
+        one_step(&mut plain, &b);
+        assert_ne!(params(&plain), got);
+        // A reset forgets the velocity: the next step is plain SGD from where it stands.
+        sgd.reset_optimizer().unwrap();
+        let before = params(&sgd);
+        let g = grads(&sgd, &a);
+        one_step(&mut sgd, &a);
+        let flat: Vec<f32> = g
+            .iter()
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        for ((after, w), g) in params(&sgd).iter().zip(&before).zip(&flat) {
+            assert!((after - (w - lr as f32 * g)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn optimizers_parse_and_momentum_is_checked() {
+        for o in OptimizerKind::ALL {
+            assert_eq!(o.name().parse::<OptimizerKind>().unwrap(), o);
+        }
+        assert!("adam".parse::<OptimizerKind>().is_err());
+        let m = || TaskModel::new(Arch::Mlp, 28, 4, 2, 1e-2, 0).unwrap();
+        assert!(m().with_optimizer(OptimizerKind::Sgd, 1.0).is_err());
+        assert!(m().with_optimizer(OptimizerKind::Sgd, -0.1).is_err());
+        assert!(m().with_optimizer(OptimizerKind::Sgd, f64::NAN).is_err());
     }
 
     #[test]

@@ -11,9 +11,10 @@
 //!
 //! Terms that touch only the host's synthetic samples (distillation, cross-entropy against the
 //! prompted class, alignment among the synthetic captions) hold no private data: they are added
-//! unclipped. In a round of [`train_private`] they get their own Adam steps, and the noised
-//! private steps are applied by plain SGD, so the noise never enters Adam's moments (it would
-//! shrink every later step); how a noised gradient is applied is post-processing.
+//! unclipped. In a round of [`train_private`] they get their own steps of the model's optimiser
+//! (AdamW by default), and the noised private steps are applied by plain SGD, so the noise never
+//! enters the optimiser's state (Adam's moments would shrink every later step); how a noised
+//! gradient is applied is post-processing.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, D};

@@ -84,7 +84,7 @@ crate::knobs! {
         /// beyond the private ones touching synthetic samples only.
         pub dp_epochs: f64,
         /// Record-level DP: SGD learning rate of the noised private steps (the synthetic
-        /// steps keep the model's Adam).
+        /// steps keep the model's own optimiser).
         pub dp_lr: f64,
         /// Record-level DP: weight of the cross-entropy of the synthetic samples against
         /// their prompted class (public, so free; it stands in for the private signal the

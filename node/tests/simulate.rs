@@ -231,15 +231,24 @@ fn bad_arguments_are_refused() {
         &["simulate", "--compare", "--runs", "fedmmkt,nope"][..],
         &["simulate", "--runs", "fedmmkt"][..],
         &["simulate", "--fedavg-arch", "resnet"][..],
+        &["simulate", "--fedavg-optimizer", "adam"][..],
     ] {
         let out = std::process::Command::new(bin).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("--runs") || err.contains("--fedavg-arch"),
+            err.contains("--runs")
+                || err.contains("--fedavg-arch")
+                || err.contains("--fedavg-optimizer"),
             "{err}"
         );
     }
+    let out = std::process::Command::new(bin)
+        .args(["simulate", "--fedavg-momentum", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fedavg-momentum"));
     let out = std::process::Command::new(bin)
         .args(["simulate", "--data", "/nonexistent"])
         .output()

@@ -12,7 +12,7 @@ use crate::report::{write_compare, write_privacy_utility, write_run};
 use crate::simulate::{
     self, Ablation, DpConfig, FedAvgConfig, Method, Setup, SimConfig, TextEncoderKind,
 };
-use models::classifier::Arch;
+use models::classifier::{Arch, OptimizerKind};
 use models::train::ClientTrainConfig;
 
 /// Arguments of `fedmmkt simulate`.
@@ -91,6 +91,9 @@ pub struct SimulateArgs {
     /// Critic training steps per round.
     #[arg(long, default_value_t = SynthesizerConfig::default().critic_steps)]
     pub critic_steps: usize,
+    /// Most (image, teacher) pairs the host's critic remembers, newest first.
+    #[arg(long, default_value_t = SynthesizerConfig::default().critic_memory)]
+    pub critic_memory: usize,
     /// Rounds of kept synthetic samples each client distils from (1: the last round's).
     #[arg(long, default_value_t = LearnerConfig::default().distill_rounds)]
     pub distill_rounds: usize,
@@ -182,9 +185,15 @@ pub struct SimulateArgs {
     /// FedAvg: the one architecture every client runs.
     #[arg(long, default_value_t = FedAvgConfig::default().arch, value_parser = parse_arch)]
     pub fedavg_arch: Arch,
+    /// FedAvg: optimiser of local training (adamw, sgd).
+    #[arg(long, default_value_t = FedAvgConfig::default().optimizer, value_parser = parse_optimizer)]
+    pub fedavg_optimizer: OptimizerKind,
     /// FedAvg: learning rate of local training.
     #[arg(long, default_value_t = FedAvgConfig::default().lr)]
     pub fedavg_lr: f64,
+    /// FedAvg: momentum of the sgd optimiser, in [0, 1).
+    #[arg(long, default_value_t = FedAvgConfig::default().momentum)]
+    pub fedavg_momentum: f64,
     /// FedAvg: weight of the image–caption alignment loss (0: off).
     #[arg(long, default_value_t = FedAvgConfig::default().align_weight)]
     pub fedavg_align_weight: f64,
@@ -200,6 +209,10 @@ pub struct SimulateArgs {
 
 /// Parses an architecture name for clap.
 fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse().map_err(|e: models::ModelError| e.to_string())
+}
+
+fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
     s.parse().map_err(|e: models::ModelError| e.to_string())
 }
 
@@ -226,6 +239,7 @@ impl SimulateArgs {
         cfg.validation = self.validation;
         cfg.secagg = self.secagg;
         cfg.host.critic_steps = self.critic_steps;
+        cfg.host.critic_memory = self.critic_memory;
         cfg.split.host_per_class = self.host_per_class;
         cfg.split.oracle_per_class = self.oracle_per_class;
         cfg.host.pretrain_steps = self.pretrain_steps;
@@ -242,7 +256,9 @@ impl SimulateArgs {
         cfg.client.dp_distill_unkept = !self.dp_kept_only;
         cfg.fedavg = FedAvgConfig {
             arch: self.fedavg_arch,
+            optimizer: self.fedavg_optimizer,
             lr: self.fedavg_lr,
+            momentum: self.fedavg_momentum,
             align_weight: self.fedavg_align_weight,
             reset_optimizer: !self.fedavg_keep_optimizer,
         };

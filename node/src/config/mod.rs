@@ -459,6 +459,9 @@ impl NodeConfig {
                 format!("must be a finite number ≥ 0, got {value}")
             })?;
         }
+        ensure((0.0..1.0).contains(&c.momentum), "model.momentum", || {
+            format!("must lie in [0, 1), got {}", c.momentum)
+        })?;
         ensure(
             h.moment_clip.is_finite() && h.moment_clip > 0.0,
             "model.moment_clip",
@@ -642,6 +645,7 @@ mod tests {
             |c| c.model.host.flow.hidden = 0,
             |c| c.model.client.train.batch = 0,
             |c| c.model.client.lr = f64::NAN,
+            |c| c.model.client.momentum = 1.0,
         ];
         for (i, f) in bad.into_iter().enumerate() {
             let mut c = NodeConfig::default();

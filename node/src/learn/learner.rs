@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use models::classifier::{Arch, TaskModel};
+use models::classifier::{Arch, OptimizerKind, TaskModel};
 use models::data::captions::random_captions;
 use models::data::Dataset;
 use models::dp_sgd::{train_private, train_synthetic_only, DpSgdConfig};
@@ -25,6 +25,10 @@ models::knobs! {
         pub train: ClientTrainConfig,
         /// Learning rate of local training.
         pub lr: f64,
+        /// Optimiser of local training: "adamw", or "sgd" (with `momentum`).
+        pub optimizer: OptimizerKind,
+        /// Momentum μ of the "sgd" optimiser, in [0, 1).
+        pub momentum: f64,
         /// Rounds of kept synthetic samples (with their teachers) a client distils from: 1 is
         /// the last round's only.
         pub distill_rounds: usize,
@@ -43,6 +47,8 @@ impl Default for LearnerConfig {
         Self {
             train: ClientTrainConfig::default(),
             lr: 2e-3,
+            optimizer: OptimizerKind::Adamw,
+            momentum: 0.9,
             distill_rounds: 1,
             // 2 and 3 measured alike on the validation split (1 lost 4 points); 2 is cheaper.
             dp_distill_rounds: 2,
@@ -144,7 +150,8 @@ impl Learner {
             encoder.dim(),
             cfg.lr,
             rng.random(),
-        )?;
+        )?
+        .with_optimizer(cfg.optimizer, cfg.momentum)?;
         Ok(Self {
             id,
             model,

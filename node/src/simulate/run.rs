@@ -146,12 +146,14 @@ pub fn client_archs(cfg: &SimConfig, method: Method) -> Vec<Arch> {
         .collect()
 }
 
-/// The clients' knobs in a run of `method`: FedAvg's learning rate and alignment weight
-/// (its own, tuned on the validation split), everyone else's the config's.
+/// The clients' knobs in a run of `method`: FedAvg's optimiser, learning rate and alignment
+/// weight (its own, tuned on the validation split), everyone else's the config's.
 pub fn learner_config(cfg: &SimConfig, method: Method) -> LearnerConfig {
     let mut c = cfg.client;
     if method == Method::Fedavg {
+        c.optimizer = cfg.fedavg.optimizer;
         c.lr = cfg.fedavg.lr;
+        c.momentum = cfg.fedavg.momentum;
         c.train.align_weight = cfg.fedavg.align_weight;
     }
     c
@@ -640,6 +642,11 @@ mod tests {
         // FedAvg's reference trains FedAvg's one architecture.
         let fedavg = local_reference(&cfg, &setup, Method::Fedavg, &|_, _| {}).unwrap();
         assert!(fedavg.client_archs.iter().all(|&a| a == cfg.fedavg.arch));
+        let knobs = learner_config(&cfg, Method::Fedavg);
+        assert_eq!(
+            (knobs.optimizer, knobs.lr, knobs.momentum),
+            (cfg.fedavg.optimizer, cfg.fedavg.lr, cfg.fedavg.momentum)
+        );
         assert_ne!(fedavg.rounds[0].client_acc, reference.rounds[0].client_acc);
     }
 }
