@@ -632,6 +632,14 @@ mod tests {
         m.flat_params().unwrap()
     }
 
+    /// Largest element-wise difference of two parameter vectors.
+    fn max_diff(x: &[f32], y: &[f32]) -> f32 {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// One optimiser step of `m` on a fixed batch of `data`.
     fn one_step(m: &mut TaskModel, data: &Dataset) {
         let x = pixels_to_tensor(&data.images, data.len(), m.device()).unwrap();
@@ -671,12 +679,6 @@ mod tests {
         one_step(&mut reference, &batch);
         one_step(&mut kept, &batch);
         let (a, b, c) = (params(&trained), params(&reference), params(&kept));
-        let max_diff = |x: &[f32], y: &[f32]| {
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max)
-        };
         assert!(
             max_diff(&a, &b) < 1e-6,
             "reset update differs from a fresh one"
@@ -731,13 +733,9 @@ mod tests {
             v.set(&(v.as_tensor() - (vel * lr).unwrap()).unwrap())
                 .unwrap();
         }
-        let (got, want) = (params(&sgd), params(&twin));
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(max_diff < 1e-6, "momentum SGD off by {max_diff}");
+        let got = params(&sgd);
+        let off = max_diff(&got, &params(&twin));
+        assert!(off < 1e-6, "momentum SGD off by {off}");
         // Momentum matters: plain SGD (μ = 0) lands elsewhere.
         let mut plain = TaskModel::new(Arch::SmallCnn, 28, 4, 2, lr, 3)
             .unwrap()
