@@ -232,6 +232,7 @@ fn bad_arguments_are_refused() {
         &["simulate", "--runs", "fedmmkt"][..],
         &["simulate", "--fedavg-arch", "resnet"][..],
         &["simulate", "--fedavg-optimizer", "adam"][..],
+        &["simulate", "--client-optimizer", "adam"][..],
     ] {
         let out = std::process::Command::new(bin).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -239,16 +240,28 @@ fn bad_arguments_are_refused() {
         assert!(
             err.contains("--runs")
                 || err.contains("--fedavg-arch")
-                || err.contains("--fedavg-optimizer"),
+                || err.contains("--fedavg-optimizer")
+                || err.contains("--client-optimizer"),
             "{err}"
         );
     }
-    let out = std::process::Command::new(bin)
-        .args(["simulate", "--fedavg-momentum", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--fedavg-momentum"));
+    for flag in [
+        "--fedavg-momentum",
+        "--client-momentum",
+        "--fedavg-lr",
+        "--client-lr",
+    ] {
+        let value = if flag.ends_with("lr") { "0" } else { "1" };
+        let out = std::process::Command::new(bin)
+            .args(["simulate", flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{flag}"
+        );
+    }
     let out = std::process::Command::new(bin)
         .args(["simulate", "--data", "/nonexistent"])
         .output()

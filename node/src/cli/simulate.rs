@@ -100,6 +100,9 @@ pub struct SimulateArgs {
     /// Images per class in the host's public set (pre-trains the generator).
     #[arg(long, default_value_t = SimConfig::default().split.host_per_class)]
     pub host_per_class: usize,
+    /// Real unlabelled images per class in FedMD's public set.
+    #[arg(long, default_value_t = SimConfig::default().split.public_per_class)]
+    pub public_per_class: usize,
     /// Images per class only the oracle trains on.
     #[arg(long, default_value_t = SimConfig::default().split.oracle_per_class)]
     pub oracle_per_class: usize,
@@ -109,6 +112,15 @@ pub struct SimulateArgs {
     /// Local epochs per round.
     #[arg(long, default_value_t = LearnerConfig::default().train.epochs)]
     pub local_epochs: usize,
+    /// Optimiser of the clients' local training in every method but FedAvg (adamw, sgd).
+    #[arg(long, default_value_t = LearnerConfig::default().optimizer, value_parser = parse_optimizer)]
+    pub client_optimizer: OptimizerKind,
+    /// Learning rate of the clients' local training in every method but FedAvg.
+    #[arg(long, default_value_t = LearnerConfig::default().lr)]
+    pub client_lr: f64,
+    /// Momentum of the clients' sgd optimiser, in [0, 1).
+    #[arg(long, default_value_t = LearnerConfig::default().momentum)]
+    pub client_momentum: f64,
     /// Record-level DP: expected private examples per DP-SGD step.
     #[arg(long, default_value_t = ClientTrainConfig::default().dp_batch)]
     pub dp_batch: usize,
@@ -242,11 +254,15 @@ impl SimulateArgs {
         cfg.host.critic_memory = self.critic_memory;
         cfg.split.host_per_class = self.host_per_class;
         cfg.split.oracle_per_class = self.oracle_per_class;
+        cfg.split.public_per_class = self.public_per_class;
         cfg.host.pretrain_steps = self.pretrain_steps;
         cfg.host.finetune_steps = self.finetune_steps;
         cfg.host.flow.hidden = self.generator_width;
         cfg.host.flow.latent_dim = self.latent_dim;
         cfg.client.train.epochs = self.local_epochs;
+        cfg.client.optimizer = self.client_optimizer;
+        cfg.client.lr = self.client_lr;
+        cfg.client.momentum = self.client_momentum;
         cfg.client.train.dp_batch = self.dp_batch;
         cfg.client.train.dp_epochs = self.dp_epochs;
         cfg.client.train.dp_lr = self.dp_lr;

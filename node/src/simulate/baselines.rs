@@ -8,14 +8,14 @@
 //! set, the server averages the scores into a consensus, and each party *digests* it (trains
 //! its logits towards the consensus on the public subset) and then *revisits* its private
 //! data for a few epochs, with no temperature. Ours is the FedDF-flavoured variant of the same
-//! consensus distillation: the public set (`splits.public`, `samples_per_class` real images
-//! per class) is *unlabelled* and nobody pre-trains on it; the consensus is the clients' mean
+//! consensus distillation: the public set (`splits.public`, `--public-per-class`, 50 real
+//! images per class) is *unlabelled* and nobody pre-trains on it; the consensus is the clients' mean
 //! softmax on the whole public set; and digest and revisit are one phase: every local step of
 //! round r + 1 adds, to the private cross-entropy (and the alignment loss every method's
 //! clients have), the KL divergence at temperature τ = 2 (`ClientTrainConfig::tau`) between
 //! round r's consensus and the client's prediction on a batch of public images. A round has
-//! as many local steps as FedMMKT's with a set of that size (`epochs` passes over the larger
-//! of the private and public sets), and the same number of rounds. The original's separate
+//! as many local steps as FedMMKT's with a synthetic set of that size (`epochs` passes over
+//! the larger of the private and public sets), and the same number of rounds. The original's separate
 //! digest and revisit phases and its labelled public pre-training are not implemented.
 
 use std::time::Instant;

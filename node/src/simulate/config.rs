@@ -211,6 +211,10 @@ impl Default for SimConfig {
             split: SplitConfig {
                 host_per_class: 20,
                 oracle_per_class: 300,
+                // FedMD's public set: as many real images as FedMMKT's synthetic set had
+                // when FedMD's knobs were chosen (50 a class), fixed since so that the
+                // synthetic set's size does not move every method's data.
+                public_per_class: 50,
                 ..SplitConfig::default()
             },
             host: SynthesizerConfig::default(),
@@ -280,14 +284,16 @@ impl SimConfig {
             "keep threshold must be in [0, 1]"
         );
         anyhow::ensure!(self.threads >= 1, "threads must be at least 1");
-        anyhow::ensure!(
-            self.fedavg.lr.is_finite() && self.fedavg.lr > 0.0,
-            "--fedavg-lr must be > 0"
-        );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&self.fedavg.momentum),
-            "--fedavg-momentum must be in [0, 1)"
-        );
+        for (lr, momentum, who) in [
+            (self.client.lr, self.client.momentum, "client"),
+            (self.fedavg.lr, self.fedavg.momentum, "fedavg"),
+        ] {
+            anyhow::ensure!(lr.is_finite() && lr > 0.0, "--{who}-lr must be > 0");
+            anyhow::ensure!(
+                (0.0..1.0).contains(&momentum),
+                "--{who}-momentum must be in [0, 1)"
+            );
+        }
         anyhow::ensure!(
             self.fedavg.align_weight.is_finite() && self.fedavg.align_weight >= 0.0,
             "--fedavg-align-weight must be a finite number ≥ 0"

@@ -44,10 +44,8 @@ impl Setup {
         progress: &dyn Fn(&str),
     ) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let mut split = cfg.split;
-        split.public_per_class = cfg.host.samples_per_class;
         progress("carving splits");
-        let splits = Splits::carve(source, &split, cfg.seed)?;
+        let splits = Splits::carve(source, &cfg.split, cfg.seed)?;
         let partition = partition(&splits, cfg.clients, cfg.alpha, cfg.seed)?;
         let encoder: Arc<dyn TextEncoder> = match (&cfg.text_encoder, &cfg.text_encoder_dir) {
             (TextEncoderKind::Minilm, Some(dir)) => Arc::new(MiniLmEncoder::load(dir)?),
