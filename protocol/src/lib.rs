@@ -8,10 +8,12 @@ pub mod refusal;
 pub mod round;
 pub mod session;
 pub mod simnet;
+pub mod sum_check;
 pub mod upload;
 pub mod wire;
 
 pub use error::ProtocolError;
 pub use messages::{AbstainReason, LatentCode, RoundStart, TeacherTargets, PROTOCOL_VERSION};
 pub use refusal::Refusal;
+pub use sum_check::SumCheck;
 pub use upload::{ClassMoments, Teacher, UploadLayout};

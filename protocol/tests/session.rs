@@ -14,7 +14,7 @@ use protocol::session::{
     ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, RoundPolicy,
 };
 use protocol::wire::{Aggregation, CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
-use protocol::{Refusal, RoundStart};
+use protocol::{Refusal, RoundStart, UploadLayout};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -47,11 +47,23 @@ fn start() -> RoundStart {
     }
 }
 
-/// Node `k`'s upload: distinct small values, so the sum identifies who is in it.
+/// Node `k`'s upload, built as honest clients build theirs for [`start`]'s prompts
+/// (0, 1, 0): a share (k + 1)/20 of class 0 and distinct predictions, so the sum identifies
+/// who is in it (and the host's check of the sum passes).
 fn upload(k: usize) -> Vec<f32> {
-    (0..8)
-        .map(|j| 0.01 * (k as f32 + 1.0) * (j as f32 + 1.0))
-        .collect()
+    let q = 0.1 + 0.01 * k as f32;
+    UploadLayout {
+        samples: 3,
+        classes: 2,
+        moments: 0,
+    }
+    .build(
+        &[q, 1.0 - q, 0.3, 0.7, 0.7, 0.3],
+        &[0, 1, 0],
+        &[(k + 1) as f64, (19 - k) as f64],
+        None,
+    )
+    .unwrap()
 }
 
 /// A federation of `n` nodes; node 0 hosts and contributes.
@@ -83,6 +95,11 @@ impl Fed {
 
     /// A federation whose host offers `aggregation` to clients made by `client`.
     fn with(n: usize, aggregation: Aggregation, client: fn() -> ClientSession) -> Self {
+        Self::noised(n, aggregation, client, 0.0)
+    }
+
+    /// [`Fed::with`], the host expecting client-level noise of multiplier `z` on the uploads.
+    fn noised(n: usize, aggregation: Aggregation, client: fn() -> ClientSession, z: f64) -> Self {
         let keys: Vec<Ed25519KeyPair> = (0..n).map(key).collect();
         let participants = (0..n)
             .map(|i| Participant {
@@ -103,6 +120,7 @@ impl Fed {
         let policy = RoundPolicy {
             stage_ticks: STAGE_TICKS,
             clip: 1.0,
+            noise_multiplier: z,
         };
         let (host, effects) = HostSession::open(open, policy).unwrap();
         let mut fed = Fed {
@@ -458,20 +476,60 @@ fn sessions_refuse_what_is_not_theirs() {
 }
 
 #[test]
+fn a_sum_no_honest_contributors_could_make_abandons_the_round() {
+    // Client 2 masks an input whose every value is within the encoding's bound, so masking
+    // accepts it and nobody sees it; only the sum shows what it did.
+    // (value, what it adds to it, what the refusal says)
+    let hostile = [
+        // A boosted class: sample 0's predictions no longer sum to its class's share.
+        (1, 0.9, "not to the share"),
+        // A value near the largest the encoding allows (16).
+        (4, 15.0, "outside [0, 3]"),
+        // Class shares claimed for data it does not have.
+        (6, 3.0, "outside [0, 3]"),
+    ];
+    for (at, add, says) in hostile {
+        let mut fed = Fed::new(3);
+        fed.run();
+        fed.release_plain(0);
+        fed.release_plain(1);
+        let plan = fed.clients[2].release_plan(TERM, ROUND, 0).unwrap();
+        let mut input = upload(2);
+        input[at] += add;
+        let effects = fed.clients[2].on_released(&plan, &input).unwrap();
+        fed.client_effects(2, effects);
+        fed.run();
+        assert!(
+            fed.improve().is_none(),
+            "{says}: the sum reached the generator"
+        );
+        let reason = fed.abandoned().expect("the round is abandoned");
+        assert!(
+            reason.contains("impossible aggregate") && reason.contains(says),
+            "{says}: {reason}"
+        );
+    }
+}
+
+#[test]
 fn the_release_path_charges_the_ledger_before_the_upload_is_masked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fed = Fed::new(3);
+    let privacy = PrivacyPlan {
+        epsilon: 4.0,
+        delta: 1e-5,
+        clip: 1.0,
+        planned_rounds: 1,
+    };
+    // The host expects the noise the clients' budgets call for: their noised sum passes its
+    // check of what honest uploads could sum to.
+    let z = Releaser::new(privacy).aggregate_noise_multiplier().unwrap();
+    let mut fed = Fed::noised(3, Aggregation::Secure, ClientSession::new, z);
     fed.run();
     let mut ledgers = Vec::new();
     for k in 0..3 {
         let ledger = Ledger::open(&dir.path().join(format!("n{k}"))).unwrap();
         ledger.set_budget(Budget::new(4.0, 1e-5).unwrap()).unwrap();
-        let mut releaser = Releaser::new(PrivacyPlan {
-            epsilon: 4.0,
-            delta: 1e-5,
-            clip: 1.0,
-            planned_rounds: 1,
-        });
+        let mut releaser = Releaser::new(privacy);
         let plan = fed.clients[k].release_plan(TERM, ROUND, 0).unwrap();
         assert_eq!((plan.participants, plan.noise_shares, plan.dim), (3, 2, 8));
         let Release::Noised(noised) = releaser
@@ -494,6 +552,7 @@ fn the_release_path_charges_the_ledger_before_the_upload_is_masked() {
         ledgers.push(ledger);
     }
     fed.run();
+    assert_eq!(fed.abandoned(), None);
     let sum = fed.improve().expect("the sum is out");
     assert_eq!(sum.len(), 8);
     assert!(ledgers.iter().all(|l| l.verify().is_ok()));
@@ -519,6 +578,35 @@ fn a_plain_round_sums_uploads_in_the_clear_only_for_clients_that_accept_it() {
     let sum = fed.improve().expect("the sum is out").clone();
     assert_sum_of(&sum, &[0, 1, 2, 3]);
     assert_eq!(fed.host.included().len(), 4);
+
+    // An upload of the wrong length, or with a value that is not finite, is refused and says
+    // which; the round still waits for a good one from that client.
+    let mut fed = Fed::with(3, Aggregation::Plain, ClientSession::accepting_plain);
+    fed.run();
+    let packet = |values| protocol::wire::UploadPacket {
+        term: TERM,
+        round: ROUND,
+        attempt: 0,
+        values,
+    };
+    let mut nan = upload(1);
+    nan[2] = f32::NAN;
+    let short = upload(1)[1..].to_vec();
+    for (values, says) in [
+        (nan, "1 of them not finite"),
+        (short, "0 of them not finite"),
+    ] {
+        match fed.host.on_upload(&peer(1), packet(values)) {
+            Err(Refusal::Invalid(m)) => assert!(m.contains(says), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    for k in 0..3 {
+        fed.release_plain(k);
+    }
+    fed.run();
+    assert!(fed.refused.is_empty(), "{:?}", fed.refused);
+    assert_sum_of(fed.improve().expect("the sum is out"), &[0, 1, 2]);
 
     // A node's client session never sends its upload in the clear.
     let mut fed = Fed::with(4, Aggregation::Plain, ClientSession::new);

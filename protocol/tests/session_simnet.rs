@@ -18,7 +18,7 @@ use protocol::session::{
 };
 use protocol::simnet::{SimNet, SimNetConfig, SimNetStats};
 use protocol::wire::{CheckpointTransfer, Participant, Request, Response, SecAggPacket};
-use protocol::{AbstainReason, Refusal, RoundStart};
+use protocol::{AbstainReason, Refusal, RoundStart, UploadLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -28,6 +28,7 @@ const STAGE_TICKS: u64 = 8;
 const POLICY: RoundPolicy = RoundPolicy {
     stage_ticks: STAGE_TICKS,
     clip: 1.0,
+    noise_multiplier: 0.0,
 };
 /// Ticks the node's improvement job takes once the sum is out.
 const IMPROVE_TICKS: u64 = 2;
@@ -73,12 +74,24 @@ fn start(round: u64) -> RoundStart {
     }
 }
 
-/// Node `k`'s upload in `round`: coordinate 0 is 2^k hundredths (so a sum names who is in
-/// it) and every value depends on the round (so a replayed old input would show).
+/// Node `k`'s upload in `round`, built as honest clients build theirs for prompts (0, 1, 0):
+/// its share of class 0 is 2^k / 64 (so a sum names who is in it) and every prediction
+/// depends on the round (so a replayed old input would show).
 fn upload(k: usize, round: u64) -> Vec<f32> {
-    (0..DIM)
-        .map(|j| 0.01 * (1u32 << k) as f32 * (j as f32 + 1.0) + 0.1 * round as f32)
-        .collect()
+    let r = 0.05 * (round % 8) as f32;
+    let a = f64::from(1u32 << k);
+    UploadLayout {
+        samples: 3,
+        classes: 2,
+        moments: 0,
+    }
+    .build(
+        &[0.2 + r, 0.8 - r, 0.5, 0.5, 0.8 - r, 0.2 + r],
+        &[0, 1, 0],
+        &[a, 64.0 - a],
+        None,
+    )
+    .unwrap()
 }
 
 fn assert_sum_of(sum: &[f64], who: &[usize], round: u64, what: &str) {

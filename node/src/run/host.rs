@@ -139,12 +139,13 @@ impl Node {
         std::time::Duration::from_secs(self.cfg.round.round_interval_secs)
     }
 
-    /// The protocol's round policy with this node's clock and clip.
+    /// The protocol's round policy with this node's clock, clip and noise.
     fn policy(&self) -> RoundPolicy {
         RoundPolicy {
             stage_ticks: (self.cfg.round.stage_timeout_secs * 1000 / TICK.as_millis() as u64)
                 .max(1),
             clip: self.cfg.privacy.clip,
+            noise_multiplier: self.noise_multiplier,
         }
     }
 

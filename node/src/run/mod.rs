@@ -93,6 +93,9 @@ pub struct Node {
     client: ClientSession,
     /// Charges and noises this node's uploads (its own client side's one release path).
     releaser: Releaser,
+    /// The noise multiplier of client-level uploads under this node's budget (0 under
+    /// record-level DP, whose uploads carry no noise): what its host side expects of a sum.
+    noise_multiplier: f64,
     admin: watch::Sender<AdminState>,
     last_metrics: Option<crate::metrics::RoundMetrics>,
     ledger_view: LedgerView,
@@ -338,12 +341,16 @@ pub async fn run(
     let (admin_tx, admin_rx) = watch::channel(AdminState::default());
     let (_, admin_task) = admin::start(dir.root(), admin_rx).await?;
 
-    let releaser = Releaser::new(PrivacyPlan {
+    let mut releaser = Releaser::new(PrivacyPlan {
         epsilon: cfg.privacy.epsilon,
         delta: cfg.privacy.delta,
         clip: cfg.privacy.clip,
         planned_rounds: cfg.privacy.planned_rounds,
     });
+    let noise_multiplier = match cfg.privacy.unit {
+        privacy::PrivacyUnit::Client => releaser.aggregate_noise_multiplier()?,
+        privacy::PrivacyUnit::Record => 0.0,
+    };
     let mut node = Node {
         swarm,
         me,
@@ -366,6 +373,7 @@ pub async fn run(
         host: None,
         client: ClientSession::new(),
         releaser,
+        noise_multiplier,
         admin: admin_tx,
         last_metrics: None,
         ledger_view: LedgerView::default(),

@@ -89,6 +89,15 @@ impl DpClients {
         Ok(learner)
     }
 
+    /// The noise multiplier of the clients' uploads, which all share one budget (0 under
+    /// record-level DP, whose uploads carry no noise): what the host expects of a sum.
+    pub fn upload_noise_multiplier(&mut self) -> anyhow::Result<f64> {
+        match (self.dp.unit, self.releasers.first_mut()) {
+            (PrivacyUnit::Client, Some(r)) => Ok(r.aggregate_noise_multiplier()?),
+            _ => Ok(0.0),
+        }
+    }
+
     /// The noise multiplier z of each client (`None` before it has one).
     pub fn noise_multipliers(&self) -> &[Option<f64>] {
         &self.z

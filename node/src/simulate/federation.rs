@@ -65,9 +65,16 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// A federation of `n` clients whose uploads are clipped to `clip`, summed securely when
-    /// `secure`; keys and graph seeds come from `seed`.
-    pub fn new(n: usize, secure: bool, clip: f64, seed: u64) -> anyhow::Result<Self> {
+    /// A federation of `n` clients whose uploads are clipped to `clip` (and noised with
+    /// multiplier `noise_multiplier`, 0 for none), summed securely when `secure`; keys and
+    /// graph seeds come from `seed`.
+    pub fn new(
+        n: usize,
+        secure: bool,
+        clip: f64,
+        noise_multiplier: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let host = b"sim-host".to_vec();
         let peers: Vec<PeerBytes> = (0..n)
@@ -113,6 +120,7 @@ impl Federation {
             policy: RoundPolicy {
                 stage_ticks: 1,
                 clip,
+                noise_multiplier,
             },
             rng,
             wire: VecDeque::new(),
@@ -304,13 +312,26 @@ mod tests {
         }
     }
 
+    /// Client `k`'s upload, built as honest clients build theirs for prompts (0, 1, 0): a
+    /// share (k + 1)/8 of class 0 (binary fractions, so sums are exact).
     fn upload(k: usize) -> Vec<f32> {
-        (0..8).map(|j| 0.125 * (k + j) as f32).collect()
+        protocol::UploadLayout {
+            samples: 3,
+            classes: 2,
+            moments: 0,
+        }
+        .build(
+            &[0.5, 0.5, 0.25, 0.75, 0.75, 0.25],
+            &[0, 1, 0],
+            &[(k + 1) as f64, (7 - k) as f64],
+            None,
+        )
+        .unwrap()
     }
 
     /// Runs one round of `n` clients; the clients in `abstain` sit it out.
     fn round(n: usize, secure: bool, abstain: &[usize]) -> (Option<RoundEnd>, Bytes) {
-        let mut fed = Federation::new(n, secure, 1.0, 3).unwrap();
+        let mut fed = Federation::new(n, secure, 1.0, 0.0, 3).unwrap();
         assert_eq!(fed.open(start()).unwrap(), (0..n).collect::<Vec<_>>());
         for k in 0..n {
             let plan = fed.plan(k).unwrap();

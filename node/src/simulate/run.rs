@@ -316,7 +316,12 @@ fn run_clients(
     let public = &setup.splits.public;
     let mut public_teacher: Option<Vec<f32>> = None;
     let clip = cfg.dp.as_ref().map_or(1.0, |dp| dp.clip);
-    let mut fed = Federation::new(cfg.clients, cfg.secagg, clip, sub_seed(cfg.seed, 5))?;
+    let z = dp
+        .as_mut()
+        .map(DpClients::upload_noise_multiplier)
+        .transpose()?
+        .unwrap_or(0.0);
+    let mut fed = Federation::new(cfg.clients, cfg.secagg, clip, z, sub_seed(cfg.seed, 5))?;
     let mut rounds = Vec::with_capacity(cfg.rounds);
     for r in 1..=cfg.rounds {
         let mut ph = PhaseSeconds::default();

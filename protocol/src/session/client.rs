@@ -6,11 +6,11 @@
 use privacy::secagg::{SecAggClient, ServerMessage};
 use ring::signature::Ed25519KeyPair;
 
-use super::policy::round_params;
+use super::policy::{noise_shares, round_params};
 use crate::messages::AbstainReason;
 use crate::refusal::Refusal;
 use crate::round::client::ClientView;
-use crate::round::{noise_shares_unknown_to_host, ClientRound, OfferDecision, SecAggDelivery};
+use crate::round::{ClientRound, OfferDecision, SecAggDelivery};
 use crate::round::{RoundError, Unexpected};
 use crate::wire::{Aggregation, PeerBytes, Phase, Request, RoundOffer, SecAggPacket, UploadPacket};
 use crate::RoundStart;
@@ -167,16 +167,15 @@ impl ClientSession {
             }
         };
         let host_contributes = offer.participants.iter().any(|p| p.peer == from);
-        let noise_shares = match offer.aggregation {
-            // Every upload is in a plain round's sum.
-            Aggregation::Plain => offer.secagg.threshold,
-            Aggregation::Secure => {
-                noise_shares_unknown_to_host(offer.secagg.threshold, host_contributes)
-            }
-        };
+        let noise_shares = noise_shares(
+            offer.aggregation,
+            offer.secagg.threshold,
+            host_contributes,
+            n,
+        );
         self.attempt = Some(Attempt {
             participants: n,
-            noise_shares: noise_shares.min(n),
+            noise_shares,
             dim: offer.secagg.dim as usize,
             bound: offer.secagg.bound,
             secagg,

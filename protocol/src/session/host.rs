@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 
 use privacy::secagg::{AggregatorStage, ClientMessage, SecAggAggregator, Step};
 
-use super::policy::{round_params, RoundPolicy};
+use super::policy::{noise_shares, round_params, RoundPolicy};
 use crate::refusal::Refusal;
 use crate::round::{HostRound, HostStage, RoundError, Unexpected};
 use crate::wire::{
     Aggregation, CheckpointTransfer, Participant, PeerBytes, Phase, Request, RoundOffer,
     SecAggPacket, UploadPacket,
 };
-use crate::{RoundStart, UploadLayout};
+use crate::{RoundStart, SumCheck, UploadLayout};
 
 /// What the host's session asks the node to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +93,9 @@ pub struct HostSession {
     host: PeerBytes,
     policy: RoundPolicy,
     included: Vec<PeerBytes>,
+    /// What the released sum must fit; `contributors` and `noise_sd` are filled in from
+    /// who is in it (`noise_sd` holds one contributor's noise until then).
+    sum_check: SumCheck,
 }
 
 impl HostSession {
@@ -101,17 +104,19 @@ impl HostSession {
         let n = open.participants.len() as u32;
         let layout = UploadLayout::of(&open.start);
         let mut spec = policy.secagg_spec(n, layout, open.graph_seed);
-        let summer = match open.aggregation {
+        let (summer, resolution) = match open.aggregation {
             Aggregation::Secure => {
                 let params = round_params(open.start.round, &spec, n)?;
+                let resolution = params.quantizer.resolution();
                 let membership = open.participants.iter().map(|p| p.identity).collect();
-                Summer::Secure(Box::new(SecAggAggregator::new(params, membership)?))
+                let aggregator = SecAggAggregator::new(params, membership)?;
+                (Summer::Secure(Box::new(aggregator)), resolution)
             }
             Aggregation::Plain => {
                 // The simulation's plain sum needs every upload, the sum its noise is
                 // calibrated to.
                 spec.threshold = n;
-                Summer::Plain(BTreeMap::new())
+                (Summer::Plain(BTreeMap::new()), 0.0)
             }
         };
         let first_ticks = match &summer {
@@ -119,6 +124,14 @@ impl HostSession {
             Summer::Plain(_) => policy.ticks(AggregatorStage::CollectMaskedInputs),
         };
         let (threshold, dim) = (spec.threshold, spec.dim as usize);
+        let host_contributes = open.participants.iter().any(|p| p.peer == open.host);
+        let shares = noise_shares(open.aggregation, threshold, host_contributes, n).max(1);
+        let sum_check = SumCheck {
+            contributors: 0,
+            coordinate_bound: f64::from(spec.bound),
+            noise_sd: policy.noise_multiplier * policy.clip / f64::from(shares).sqrt(),
+            resolution,
+        };
         let offer = RoundOffer {
             term: open.term,
             attempt: open.attempt,
@@ -158,6 +171,7 @@ impl HostSession {
             host: open.host,
             policy,
             included: Vec::new(),
+            sum_check,
         };
         Ok((session, effects))
     }
@@ -229,9 +243,11 @@ impl HostSession {
         let Summer::Plain(uploads) = &mut self.summer else {
             return Err(RoundError::Unexpected(Unexpected::PlainUpload).into());
         };
-        if packet.values.len() != self.dim || packet.values.iter().any(|v| !v.is_finite()) {
+        let non_finite = packet.values.iter().filter(|v| !v.is_finite()).count();
+        if packet.values.len() != self.dim || non_finite > 0 {
             return Err(Refusal::Invalid(format!(
-                "upload of {} values for a round of dimension {} (all finite)",
+                "upload of {} values, {non_finite} of them not finite, for a round of \
+                 dimension {} (all must be finite)",
                 packet.values.len(),
                 self.dim
             )));
@@ -453,8 +469,19 @@ impl HostSession {
         self.released(uploads.into_keys().collect(), sum)
     }
 
-    /// The sum of `included`'s inputs is out: improve the generator from it.
+    /// The sum of `included`'s inputs is out: improve the generator from it, unless no set of
+    /// that many honest contributors could have produced it (then the round is abandoned and
+    /// nothing it said is used).
     fn released(&mut self, included: Vec<u32>, sum: Vec<f64>) -> Vec<HostEffect> {
+        let check = SumCheck {
+            contributors: included.len(),
+            noise_sd: self.sum_check.noise_sd * (included.len() as f64).sqrt(),
+            ..self.sum_check
+        };
+        let layout = UploadLayout::of(&self.start);
+        if let Err(e) = check.check(&layout, &sum, &self.start.prompt_class) {
+            return self.abandon(&format!("impossible aggregate: {e}"));
+        }
         self.round.advance(None, []);
         self.included = included
             .iter()

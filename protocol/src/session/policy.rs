@@ -4,7 +4,8 @@
 
 use privacy::secagg::{AggregatorStage, ClipBound, Quantizer, RoundParams};
 
-use crate::wire::SecAggSpec;
+use crate::round::noise_shares_unknown_to_host;
+use crate::wire::{Aggregation, SecAggSpec};
 use crate::UploadLayout;
 
 /// The per-coordinate bound of the fixed-point encoding, in units of the DP clip: clipped
@@ -19,6 +20,10 @@ pub struct RoundPolicy {
     pub stage_ticks: u64,
     /// The L2 clip of a client's upload (the encoding's bound is [`BOUND_IN_CLIPS`] × this).
     pub clip: f64,
+    /// The noise multiplier z of the clients' Gaussian noise under client-level DP (0: the
+    /// uploads carry none, as under record-level DP): the sum's noise, z·clip per coordinate
+    /// over the noise shares, is what an honest sum may stray by ([`crate::SumCheck`]).
+    pub noise_multiplier: f64,
 }
 
 impl RoundPolicy {
@@ -56,6 +61,22 @@ impl RoundPolicy {
     }
 }
 
+/// Noise shares a released sum of `n` participants' uploads holds that the host does not
+/// know, which is what each client's share of the noise is calibrated to: every upload in a
+/// plain round; in a secure one, the threshold less the host's own share when it contributes.
+pub fn noise_shares(
+    aggregation: Aggregation,
+    threshold: u32,
+    host_contributes: bool,
+    n: u32,
+) -> u32 {
+    let shares = match aggregation {
+        Aggregation::Plain => threshold,
+        Aggregation::Secure => noise_shares_unknown_to_host(threshold, host_contributes),
+    };
+    shares.min(n)
+}
+
 /// The secure-aggregation parameters of round `round` from an offer's `spec` for `n` clients.
 pub fn round_params(
     round: u64,
@@ -82,6 +103,7 @@ mod tests {
         let p = RoundPolicy {
             stage_ticks: 60,
             clip: 1.0,
+            noise_multiplier: 0.0,
         };
         assert_eq!(p.ticks(AggregatorStage::CollectKeys), 60);
         assert_eq!(p.ticks(AggregatorStage::CollectMaskedInputs), 240);
@@ -97,6 +119,7 @@ mod tests {
         let p = RoundPolicy {
             stage_ticks: 1,
             clip: 2.0,
+            noise_multiplier: 0.0,
         };
         let layout = UploadLayout {
             samples: 4,

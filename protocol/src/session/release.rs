@@ -84,6 +84,21 @@ impl Releaser {
         Ok(z)
     }
 
+    /// The noise multiplier z of a sum of `noise_shares` releases under this plan, whatever
+    /// the round's shape: each release's noise has standard deviation z·clip/√noise_shares.
+    /// What a host expects of the noise of clients with its own budget.
+    pub fn aggregate_noise_multiplier(&mut self) -> Result<f64, PrivacyError> {
+        self.noise_multiplier(&ReleasePlan {
+            term: 0,
+            round: 0,
+            attempt: 0,
+            participants: 2,
+            noise_shares: 2,
+            dim: 1,
+            bound: f32::MAX,
+        })
+    }
+
     /// Releases `upload` for `round`: charged to `ledger` under `dataset_id` first, then
     /// clipped, noised and clamped to the encoding's bound.
     pub fn release(
@@ -175,5 +190,36 @@ mod tests {
         assert!(r.release(&ledger, &plan, "d".into(), &[0.0; 3]).is_err());
         let spent = ledger.epsilon_spent(1e-5).unwrap().epsilon;
         assert!(spent <= 1.0 + 1e-9 && spent > 0.9, "{spent}");
+    }
+
+    #[test]
+    fn each_release_carries_the_aggregate_noise_over_its_noise_shares() {
+        let mut r = Releaser::new(PrivacyPlan {
+            epsilon: 2.0,
+            delta: 1e-5,
+            clip: 5.0,
+            planned_rounds: 10,
+        });
+        let z = r.aggregate_noise_multiplier().unwrap();
+        assert!(z > 0.5 && z.is_finite(), "{z}");
+        for (participants, noise_shares, dim) in [(3, 2, 8), (10, 9, 6300), (64, 40, 100_000)] {
+            let plan = ReleasePlan {
+                term: 1,
+                round: 1,
+                attempt: 0,
+                participants,
+                noise_shares,
+                dim,
+                bound: 80.0,
+            };
+            let zr = r.noise_multiplier(&plan).unwrap();
+            let cost = GaussianRelease::new(&r.config(&plan, zr))
+                .unwrap()
+                .cost()
+                .clone();
+            let want = z * 5.0 / f64::from(noise_shares).sqrt();
+            let rel = (cost.per_client_scale - want).abs() / want;
+            assert!(rel < 1e-3, "{plan:?}: {} vs {want}", cost.per_client_scale);
+        }
     }
 }
