@@ -15,7 +15,22 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// Bytes a body is read in at a time: memory grows with what arrives, not with what a peer
+/// declares (a peer that declares the limit and sends nothing costs one chunk).
+const READ_CHUNK: usize = 64 << 10;
+
 async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    read_body_into(io, limit, &mut body).await?;
+    Ok(body)
+}
+
+/// Reads a length-prefixed body of at most `limit` bytes into `body`, chunk by chunk.
+async fn read_body_into<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+    body: &mut Vec<u8>,
+) -> io::Result<()> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
@@ -24,9 +39,19 @@ async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io:
             "message of {len} bytes exceeds the limit of {limit}"
         )));
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
-    Ok(body)
+    let mut chunk = vec![0u8; READ_CHUNK.min(len)];
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        let got = io.read(&mut chunk[..want]).await?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("body ended after {} of {len} bytes", body.len()),
+            ));
+        }
+        body.extend_from_slice(&chunk[..got]);
+    }
+    Ok(())
 }
 
 async fn write_body<T: AsyncWrite + Unpin + Send>(
@@ -144,6 +169,24 @@ mod tests {
         let mut relabelled = buf.clone();
         relabelled[0] = Kind::Election as u8;
         assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&relabelled))).is_err());
+        // A declared length is not allocated up front: a peer that declares the largest
+        // body its kind allows and sends 10 bytes costs what arrived, not the declaration.
+        let limit = Kind::Offer.limit();
+        let mut stalled = (limit as u32).to_le_bytes().to_vec();
+        stalled.extend([1u8; 10]);
+        let mut body = Vec::new();
+        let err =
+            block_on(read_body_into(&mut Cursor::new(&stalled), limit, &mut body)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        assert_eq!(body.len(), 10);
+        assert!(body.capacity() <= READ_CHUNK, "{}", body.capacity());
+        // A body longer than one chunk arrives whole.
+        let long = packet(3 * READ_CHUNK + 5);
+        let mut buf3 = Vec::new();
+        block_on(WireCodec.write_request(&proto, &mut Cursor::new(&mut buf3), long.clone()))
+            .unwrap();
+        let got = block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf3))).unwrap();
+        assert_eq!(got, long);
         // Truncated input and unknown kinds are errors, not panics.
         assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf[..20]))).is_err());
         assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&[99u8, 0, 0]))).is_err());
