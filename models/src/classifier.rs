@@ -13,6 +13,36 @@ use candle_nn::{
 use crate::error::{ModelError, Result};
 use crate::init::{pixels_to_tensor, reinit};
 
+/// `Display` and `FromStr` for an enum with `ALL` and `name()`: the name on the command line,
+/// in config files and in reports; an unknown name is a [`ModelError::Config`] listing them.
+macro_rules! named_enum_text {
+    ($t:ty, $what:literal) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = ModelError;
+
+            fn from_str(s: &str) -> Result<Self> {
+                <$t>::ALL
+                    .into_iter()
+                    .find(|v| v.name() == s)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = <$t>::ALL.iter().map(|v| v.name()).collect();
+                        ModelError::Config(format!(
+                            concat!("unknown ", $what, " {:?} (one of {})"),
+                            s,
+                            names.join(", ")
+                        ))
+                    })
+            }
+        }
+    };
+}
+
 /// The architectures clients can run; heterogeneous on purpose, so no two can average weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,28 +84,7 @@ impl Arch {
     }
 }
 
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
-                ModelError::Config(format!(
-                    "unknown architecture {s:?} (one of {})",
-                    names.join(", ")
-                ))
-            })
-    }
-}
+named_enum_text!(Arch, "architecture");
 
 /// The optimiser of local training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -102,24 +111,7 @@ impl OptimizerKind {
     }
 }
 
-impl std::fmt::Display for OptimizerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        OptimizerKind::ALL
-            .into_iter()
-            .find(|o| o.name() == s)
-            .ok_or_else(|| {
-                ModelError::Config(format!("unknown optimiser {s:?} (one of adamw, sgd)"))
-            })
-    }
-}
+named_enum_text!(OptimizerKind, "optimiser");
 
 /// SGD with momentum over a fixed set of variables; velocities start at zero, so the first
 /// step is plain SGD.

@@ -113,7 +113,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = LearnerConfig::default().train.epochs)]
     pub local_epochs: usize,
     /// Optimiser of the clients' local training in every method but FedAvg (adamw, sgd).
-    #[arg(long, default_value_t = LearnerConfig::default().optimizer, value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = LearnerConfig::default().optimizer, value_parser = parse_named::<OptimizerKind>)]
     pub client_optimizer: OptimizerKind,
     /// Learning rate of the clients' local training in every method but FedAvg.
     #[arg(long, default_value_t = LearnerConfig::default().lr)]
@@ -195,10 +195,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = SimConfig::default().threads)]
     pub threads: usize,
     /// FedAvg: the one architecture every client runs.
-    #[arg(long, default_value_t = FedAvgConfig::default().arch, value_parser = parse_arch)]
+    #[arg(long, default_value_t = FedAvgConfig::default().arch, value_parser = parse_named::<Arch>)]
     pub fedavg_arch: Arch,
     /// FedAvg: optimiser of local training (adamw, sgd).
-    #[arg(long, default_value_t = FedAvgConfig::default().optimizer, value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = FedAvgConfig::default().optimizer, value_parser = parse_named::<OptimizerKind>)]
     pub fedavg_optimizer: OptimizerKind,
     /// FedAvg: learning rate of local training.
     #[arg(long, default_value_t = FedAvgConfig::default().lr)]
@@ -219,12 +219,8 @@ pub struct SimulateArgs {
     pub summary_rounds: Vec<usize>,
 }
 
-/// Parses an architecture name for clap.
-fn parse_arch(s: &str) -> Result<Arch, String> {
-    s.parse().map_err(|e: models::ModelError| e.to_string())
-}
-
-fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
+/// Parses an architecture or optimiser name for clap.
+fn parse_named<T: std::str::FromStr<Err = models::ModelError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: models::ModelError| e.to_string())
 }
 
