@@ -250,8 +250,9 @@ fn bad_arguments_are_refused() {
         "--client-momentum",
         "--fedavg-lr",
         "--client-lr",
+        "--public-per-class",
     ] {
-        let value = if flag.ends_with("lr") { "0" } else { "1" };
+        let value = if flag.ends_with("momentum") { "1" } else { "0" };
         let out = std::process::Command::new(bin)
             .args(["simulate", flag, value])
             .output()

@@ -284,6 +284,10 @@ impl SimConfig {
             "keep threshold must be in [0, 1]"
         );
         anyhow::ensure!(self.threads >= 1, "threads must be at least 1");
+        anyhow::ensure!(
+            self.split.public_per_class >= 1,
+            "--public-per-class must be at least 1 (FedMD's public set)"
+        );
         for (lr, momentum, who) in [
             (self.client.lr, self.client.momentum, "client"),
             (self.fedavg.lr, self.fedavg.momentum, "fedavg"),
