@@ -538,10 +538,10 @@ fn gpu_preferred_and_failover_is_bounded() {
     let mut best_survivor_won = 0u64;
     let mut first_times = Vec::new();
     for n in 3..=5usize {
-        // Round trips after the deciding timer fires: request + vote (2·dmax), plus, if a
-        // worse rival stood in the same term, its request reaching the better one (≤ 2·dmax
-        // after the first fire) which stands again at once: 4·dmax in all.
-        let settle = 4 * dmax;
+        // Round trips after the deciding timer fires: pre-vote + grant (2·dmax), request + vote
+        // (2·dmax), plus, if a worse rival stood in the same term, its request reaching the
+        // better one (≤ 2·dmax) which stands again at once: 6·dmax in all.
+        let settle = 6 * dmax;
         // After the GPU host dies, survivors keep refusing CPU candidates while its last
         // announcement is fresh (it reached them ≤ dmax after the crash; stale after
         // stale_ticks + 1); the best survivor's timer then fires within the longest timeout.
@@ -703,4 +703,127 @@ fn out_of_date_nodes_never_win() {
     }
     println!("up-to-date: {runs} runs, {elections} elections, all won by round-7 holders");
     assert!(elections > 0);
+}
+
+/// Pre-vote: a member cut off from everyone never raises its term (no majority would vote for
+/// it), so when the partition heals it rejoins the live host's term instead of deposing it.
+#[test]
+fn a_member_cut_off_and_healed_does_not_depose_the_host() {
+    let n = 5usize;
+    let mut runs = 0;
+    for seed in 0..40u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let caps = random_caps(&mut rng, n);
+        let mut c = Cluster::new(
+            seed,
+            caps,
+            ElectionConfig::default(),
+            SimNetConfig::default(),
+            Some(10),
+        );
+        let (host, term) = c.run_until_settled(1_000).unwrap();
+        let cut = (host + 1 + rng.random_range(0..n - 1)) % n;
+        let rest: Vec<u32> = (0..n as u32).filter(|&i| i as usize != cut).collect();
+        c.net.partition(vec![vec![cut as u32], rest]);
+        for _ in 0..400 {
+            c.step();
+        }
+        assert_eq!(
+            c.node(cut).term(),
+            term,
+            "seed {seed}: the cut-off member raised its term"
+        );
+        c.net.heal();
+        for _ in 0..100 {
+            c.step();
+        }
+        assert_eq!(
+            c.settled(),
+            Some((host, term)),
+            "seed {seed}: the host was deposed"
+        );
+        runs += 1;
+    }
+    println!("pre-vote: {runs} runs, an isolated member rejoined every time without an election");
+}
+
+/// Leader stickiness: a member that lies (a newer term in a heartbeat or a vote request, a
+/// pre-vote, a term near the end of the space) cannot depose a live, reachable host.
+#[test]
+fn a_lying_member_cannot_depose_a_live_host() {
+    let n = 5usize;
+    for seed in 0..20u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let caps = random_caps(&mut rng, n);
+        let mut c = Cluster::new(
+            seed,
+            caps,
+            ElectionConfig::default(),
+            SimNetConfig::default(),
+            Some(10),
+        );
+        let (host, term) = c.run_until_settled(1_000).unwrap();
+        let liar = ((host + 1) % n) as u32;
+        let lies = [
+            ElectionMessage::Heartbeat {
+                term: term + 50,
+                leader: liar,
+                capability: Capability::new(true, u64::MAX),
+                last_completed_round: 1_000,
+            },
+            ElectionMessage::RequestVote {
+                term: term + 50,
+                candidate: liar,
+                capability: Capability::new(true, u64::MAX),
+                last_completed_round: 1_000,
+            },
+            ElectionMessage::PreVote {
+                term: term + 1,
+                candidate: liar,
+                capability: Capability::new(true, u64::MAX),
+                last_completed_round: 1_000,
+            },
+        ];
+        for _ in 0..50 {
+            for i in (0..n).filter(|&i| i as u32 != liar) {
+                for lie in &lies {
+                    let node = c.nodes[i].as_mut().unwrap();
+                    let before = node.persistent();
+                    let actions = node.handle(&liar, lie.clone()).unwrap();
+                    assert!(
+                        !actions.iter().any(|a| matches!(
+                            a,
+                            Action::Send {
+                                msg: ElectionMessage::PreVoteReply { granted: true, .. }
+                                    | ElectionMessage::Vote { granted: true, .. },
+                                ..
+                            }
+                        )),
+                        "seed {seed}: node {i} granted the liar {actions:?}"
+                    );
+                    c.apply(i, before, actions);
+                }
+                let node = c.nodes[i].as_mut().unwrap();
+                let huge = ElectionMessage::Heartbeat {
+                    term: u64::MAX - 1,
+                    leader: liar,
+                    capability: Capability::new(true, u64::MAX),
+                    last_completed_round: 1_000,
+                };
+                assert!(matches!(
+                    node.handle(&liar, huge),
+                    Err(ElectionError::TermTooFar { .. })
+                ));
+            }
+            c.step();
+        }
+        for _ in 0..100 {
+            c.step();
+        }
+        assert_eq!(
+            c.settled(),
+            Some((host, term)),
+            "seed {seed}: the liar deposed the host"
+        );
+    }
 }

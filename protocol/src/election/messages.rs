@@ -49,16 +49,39 @@ pub enum ElectionMessage<N> {
         /// Last FL round whose checkpoint the follower holds.
         last_completed_round: u64,
     },
+    /// Would-be candidate → all (Raft §9.6 pre-vote): would you vote for me in `term`? Asked
+    /// before standing, so a node that cannot win never raises anyone's term, its own included.
+    PreVote {
+        /// The term the sender would stand in: its current term plus one.
+        term: u64,
+        /// The would-be candidate; must equal the sender.
+        candidate: N,
+        /// Its hosting capability, for the preference rule.
+        capability: Capability,
+        /// Last FL round whose checkpoint it holds, for the up-to-date rule.
+        last_completed_round: u64,
+    },
+    /// Voter → would-be candidate: the answer to a `PreVote`; changes neither side's term or vote.
+    PreVoteReply {
+        /// The term the pre-vote asked about (echoed, never adopted by the receiver).
+        term: u64,
+        /// The voter; must equal the sender.
+        voter: N,
+        /// Whether the voter would grant its vote in `term`.
+        granted: bool,
+    },
 }
 
 impl<N> ElectionMessage<N> {
-    /// The term the sender was in when it sent the message.
+    /// The term the message is about: the sender's, or for pre-votes the one it would stand in.
     pub fn term(&self) -> u64 {
         match self {
             Self::RequestVote { term, .. }
             | Self::Vote { term, .. }
             | Self::Heartbeat { term, .. }
-            | Self::HeartbeatAck { term, .. } => *term,
+            | Self::HeartbeatAck { term, .. }
+            | Self::PreVote { term, .. }
+            | Self::PreVoteReply { term, .. } => *term,
         }
     }
 
@@ -69,6 +92,8 @@ impl<N> ElectionMessage<N> {
             Self::Vote { voter, .. } => voter,
             Self::Heartbeat { leader, .. } => leader,
             Self::HeartbeatAck { from, .. } => from,
+            Self::PreVote { candidate, .. } => candidate,
+            Self::PreVoteReply { voter, .. } => voter,
         }
     }
 
@@ -89,8 +114,13 @@ impl<N> ElectionMessage<N> {
                 capability,
                 last_completed_round,
                 ..
+            }
+            | Self::PreVote {
+                capability,
+                last_completed_round,
+                ..
             } => Some((*capability, *last_completed_round)),
-            Self::Vote { .. } => None,
+            Self::Vote { .. } | Self::PreVoteReply { .. } => None,
         }
     }
 }
@@ -180,6 +210,17 @@ mod tests {
                 from: 2,
                 capability: Capability::new(false, 8_000),
                 last_completed_round: 11,
+            },
+            ElectionMessage::PreVote {
+                term: 9,
+                candidate: 4,
+                capability: Capability::new(true, 16_000),
+                last_completed_round: 11,
+            },
+            ElectionMessage::PreVoteReply {
+                term: 9,
+                voter: 1,
+                granted: false,
             },
         ];
         for m in msgs {

@@ -9,6 +9,11 @@
 //! old host counted complete (it counts a round complete only once a majority holds it).
 //! Check-quorum (Ongaro's PhD thesis, 2014, §6): a leader that hears acks from no majority
 //! within an election timeout steps down, so a host cut off in a minority stops hosting.
+//! Pre-vote (§9.6): a node whose timer fires first asks whether a majority would vote for it,
+//! without changing any term, and stands only if so; leader stickiness (§4.2.3): a node that
+//! hears a live host ignores newer terms. Together a member that restarts, is partitioned away
+//! or lies cannot depose a live, reachable host by inflating terms: a term is adopted only
+//! once a majority would grant the vote. Terms more than `max_term_jump` ahead are refused.
 //!
 //! Capability preference (GPU, then memory, then id: [`rank`]) is layered on through the two
 //! freedoms Raft leaves open, so safety never depends on it: *when* a node stands (its election
@@ -65,6 +70,14 @@ pub enum ElectionError {
     /// Term 0 precedes every election, so no correct member sends a message in it.
     #[error("election messages in term 0 are invalid")]
     ZeroTerm,
+    /// The message's term is further ahead of ours than `max_term_jump` (a liar's inflated term).
+    #[error("term {term} is implausibly far ahead of this node's term {current}")]
+    TermTooFar {
+        /// The term the message carries.
+        term: u64,
+        /// This node's current term.
+        current: u64,
+    },
     /// Another member claims to lead the term this node leads (a bug or a misbehaving peer).
     #[error("another member claims to lead term {term}, which this node leads")]
     ConflictingLeader {

@@ -23,6 +23,10 @@ pub struct ElectionConfig {
     pub stale_ticks: u64,
     /// Extra election timeout per fresh member that outranks this node, so the best stands first.
     pub rank_step_ticks: u64,
+    /// Messages whose term is more than this far ahead of ours are refused: a liar's huge term
+    /// would otherwise exhaust the term space and stop every later election. Honest terms grow
+    /// by one per election that a majority pre-approved, so none is ever this far ahead.
+    pub max_term_jump: u64,
 }
 
 impl Default for ElectionConfig {
@@ -34,6 +38,7 @@ impl Default for ElectionConfig {
             election_timeout_max: 20,
             stale_ticks: 30,
             rank_step_ticks: 5,
+            max_term_jump: 1_000_000,
         }
     }
 }
@@ -56,7 +61,20 @@ impl ElectionConfig {
                 "election_timeout_max must exceed election_timeout_min",
             ));
         }
+        if self.max_term_jump == 0 {
+            return Err(ElectionError::InvalidConfig(
+                "max_term_jump must be at least 1",
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a heartbeat keeps a follower sure its host is live (leader stickiness): half the
+    /// minimum election timeout, and more than one heartbeat period. Shorter than the timeout,
+    /// so when one follower's timer fires the others, who heard the same last heartbeat within
+    /// a network delay of it, have already let it lapse and grant its pre-vote.
+    pub fn lease_ticks(&self) -> u64 {
+        (self.election_timeout_min / 2).max(self.heartbeat_ticks + 1)
     }
 
     /// Longest election timeout a node of a `members`-node cluster draws (all others outrank it).
@@ -69,8 +87,11 @@ impl ElectionConfig {
 /// A node's role in its current term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Follows a leader (or waits for one); stands when its election timer fires.
+    /// Follows a leader (or waits for one); asks for pre-votes when its election timer fires.
     Follower,
+    /// Asking whether a majority would vote for it in the next term (pre-vote, Raft §9.6),
+    /// still in its old term: it stands only if they would.
+    PreCandidate,
     /// Asked for votes in the current term and is counting them.
     Candidate,
     /// Hosts the current term and sends heartbeats.
@@ -122,6 +143,9 @@ pub struct Election<N: NodeId> {
     election_deadline: u64,
     next_heartbeat: u64,
     votes: BTreeSet<N>,
+    prevotes: BTreeSet<N>,
+    /// Tick at which this node last heard a heartbeat from the leader of its term.
+    leader_contact: u64,
     acks: BTreeMap<N, u64>,
     peers: BTreeMap<N, PeerInfo>,
 }
@@ -159,6 +183,8 @@ impl<N: NodeId> Election<N> {
             election_deadline: 0,
             next_heartbeat: 0,
             votes: BTreeSet::new(),
+            prevotes: BTreeSet::new(),
+            leader_contact: 0,
             acks: BTreeMap::new(),
             peers: BTreeMap::new(),
         };
@@ -185,9 +211,9 @@ impl<N: NodeId> Election<N> {
                     self.next_heartbeat = self.now.saturating_add(self.cfg.heartbeat_ticks);
                 }
             }
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 if self.now >= self.election_deadline {
-                    self.start_election(&mut out);
+                    self.start_pre_vote(&mut out);
                 }
             }
         }
@@ -208,11 +234,57 @@ impl<N: NodeId> Election<N> {
         }
         let before = self.snapshot();
         self.learn_from(from, &msg);
-        if msg.term() > self.term {
+        let pre_vote = matches!(
+            msg,
+            ElectionMessage::PreVote { .. } | ElectionMessage::PreVoteReply { .. }
+        );
+        if msg.term() > self.term && !pre_vote {
+            if self.in_lease() {
+                // Leader stickiness (Ongaro's thesis §4.2.3): while this node hears a live host,
+                // a newer term is either a member that cannot win or a liar; ignoring a message
+                // is always safe, and it keeps a reachable host from being deposed.
+                return Ok(self.finish(before, Vec::new()));
+            }
             self.enter_term(msg.term());
         }
         let mut out = Vec::new();
         match msg {
+            ElectionMessage::PreVote {
+                term,
+                candidate,
+                capability,
+                last_completed_round,
+            } => {
+                // Granted as a vote would be in `term`, but nothing is recorded: a pre-vote
+                // binds no one, so it needs no term, no `voted_for` and no persistence.
+                let granted = term > self.term
+                    && !self.in_lease()
+                    && last_completed_round >= self.last_completed_round
+                    && !self.better_member_fresh(&candidate, &capability, last_completed_round);
+                out.push(Action::Send {
+                    to: candidate,
+                    msg: ElectionMessage::PreVoteReply {
+                        term,
+                        voter: self.me.clone(),
+                        granted,
+                    },
+                });
+            }
+            ElectionMessage::PreVoteReply {
+                term,
+                voter,
+                granted,
+            } => {
+                if granted
+                    && self.role == Role::PreCandidate
+                    && Some(term) == self.term.checked_add(1)
+                {
+                    self.prevotes.insert(voter);
+                    if self.prevotes.len() >= self.majority() {
+                        self.start_election(&mut out);
+                    }
+                }
+            }
             ElectionMessage::RequestVote {
                 term,
                 candidate,
@@ -255,7 +327,9 @@ impl<N: NodeId> Election<N> {
                 if term == self.term {
                     self.role = Role::Follower;
                     self.votes.clear();
+                    self.prevotes.clear();
                     self.leader = Some(leader.clone());
+                    self.leader_contact = self.now;
                     self.reset_election_timer();
                 }
                 // An ack in our (possibly newer) term also tells a stale leader to step down.
@@ -384,6 +458,12 @@ impl<N: NodeId> Election<N> {
         if msg.term() == 0 {
             return Err(ElectionError::ZeroTerm);
         }
+        if msg.term() > self.term.saturating_add(self.cfg.max_term_jump) {
+            return Err(ElectionError::TermTooFar {
+                term: msg.term(),
+                current: self.term,
+            });
+        }
         Ok(())
     }
 
@@ -452,6 +532,7 @@ impl<N: NodeId> Election<N> {
         self.role = Role::Follower;
         self.leader = None;
         self.votes.clear();
+        self.prevotes.clear();
         self.acks.clear();
         if was_leader {
             self.reset_election_timer();
@@ -525,6 +606,45 @@ impl<N: NodeId> Election<N> {
         self.election_deadline = self.now.saturating_add(base).saturating_add(stagger);
     }
 
+    /// Whether this node hears a live host: it is one, or it follows one that sent a heartbeat
+    /// within [`ElectionConfig::lease_ticks`].
+    fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => true,
+            Role::Follower => {
+                self.leader.is_some()
+                    && self.now.saturating_sub(self.leader_contact) < self.cfg.lease_ticks()
+            }
+            Role::PreCandidate | Role::Candidate => false,
+        }
+    }
+
+    /// Asks every member whether it would vote for this node in the next term (Raft §9.6);
+    /// the term moves only once a majority says yes, in [`Self::start_election`].
+    fn start_pre_vote(&mut self, out: &mut Vec<Action<N>>) {
+        let Some(term) = self.term.checked_add(1) else {
+            // Terms are exhausted: standing again would reuse a term we may have voted in.
+            self.reset_election_timer();
+            return;
+        };
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes.clear();
+        self.prevotes.clear();
+        self.prevotes.insert(self.me.clone());
+        self.reset_election_timer();
+        if self.prevotes.len() >= self.majority() {
+            self.start_election(out);
+        } else {
+            out.push(Action::Broadcast(ElectionMessage::PreVote {
+                term,
+                candidate: self.me.clone(),
+                capability: self.capability,
+                last_completed_round: self.last_completed_round,
+            }));
+        }
+    }
+
     fn start_election(&mut self, out: &mut Vec<Action<N>>) {
         let Some(term) = self.term.checked_add(1) else {
             // Terms are exhausted: standing again would reuse a term we may have voted in.
@@ -536,6 +656,7 @@ impl<N: NodeId> Election<N> {
         self.role = Role::Candidate;
         self.leader = None;
         self.votes.clear();
+        self.prevotes.clear();
         self.votes.insert(self.me.clone());
         self.reset_election_timer();
         if self.votes.len() >= self.majority() {
@@ -645,6 +766,57 @@ mod tests {
         panic!("no action within 1000 ticks");
     }
 
+    /// Ticks until `e` asks for pre-votes, then grants them from the other members in id order
+    /// until it stands; returns the actions of the grant that made it stand.
+    fn stand(e: &mut Election<u32>) -> Vec<Action<u32>> {
+        let first = tick_until_actions(e);
+        if e.role() != Role::PreCandidate {
+            return first; // a lone member stands at once
+        }
+        let term = e.term() + 1;
+        let others: Vec<u32> = e
+            .members()
+            .iter()
+            .copied()
+            .filter(|m| m != e.me())
+            .collect();
+        for v in others {
+            let a = e.handle(&v, pre_vote_reply(term, v, true)).unwrap();
+            if e.role() != Role::PreCandidate {
+                return a;
+            }
+        }
+        panic!("no majority of pre-votes stood the node");
+    }
+
+    fn pre_vote(term: u64, candidate: u32, capability: Capability, round: u64) -> Msg {
+        ElectionMessage::PreVote {
+            term,
+            candidate,
+            capability,
+            last_completed_round: round,
+        }
+    }
+
+    fn pre_vote_reply(term: u64, voter: u32, granted: bool) -> Msg {
+        ElectionMessage::PreVoteReply {
+            term,
+            voter,
+            granted,
+        }
+    }
+
+    /// The (term, granted) of the PreVoteReply in `actions`.
+    fn pre_vote_answer(actions: &[Action<u32>]) -> Option<(u64, bool)> {
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                msg: ElectionMessage::PreVoteReply { term, granted, .. },
+                ..
+            } => Some((*term, *granted)),
+            _ => None,
+        })
+    }
+
     fn request_vote(term: u64, candidate: u32, capability: Capability, round: u64) -> Msg {
         ElectionMessage::RequestVote {
             term,
@@ -706,7 +878,7 @@ mod tests {
     /// Node 0 of `n` elected leader of term 1 with votes from 1..majority.
     fn leader_of(n: u32) -> Election<u32> {
         let mut e = node(0, n);
-        tick_until_actions(&mut e);
+        stand(&mut e);
         assert_eq!(e.role(), Role::Candidate);
         for v in 1..e.majority() as u32 {
             e.handle(&v, vote(1, v, true)).unwrap();
@@ -716,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn follower_times_out_into_candidate_persisting_before_request_vote() {
+    fn follower_times_out_into_pre_vote_then_stands_persisting_before_request_vote() {
         let mut e = node(0, 3);
         let mut ticks = 0;
         let actions = loop {
@@ -728,6 +900,26 @@ mod tests {
         };
         let cfg = ElectionConfig::default();
         assert!((cfg.election_timeout_min..cfg.election_timeout_max).contains(&ticks));
+        // First it only asks: no term change, nothing to persist.
+        assert_eq!(e.role(), Role::PreCandidate);
+        assert_eq!(e.term(), 0);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::Broadcast(ElectionMessage::PreVote {
+                    term: 1,
+                    candidate: 0,
+                    ..
+                })]
+            ),
+            "{actions:?}"
+        );
+        // A refusal and a reply about another term count for nothing.
+        e.handle(&1, pre_vote_reply(1, 1, false)).unwrap();
+        e.handle(&2, pre_vote_reply(2, 2, true)).unwrap();
+        assert_eq!((e.role(), e.term()), (Role::PreCandidate, 0));
+        // One grant makes a majority of three with its own: now it stands.
+        let actions = e.handle(&1, pre_vote_reply(1, 1, true)).unwrap();
         assert_eq!(e.role(), Role::Candidate);
         assert_eq!(e.term(), 1);
         assert_eq!(
@@ -758,6 +950,76 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn pre_votes_bind_nobody_and_are_refused_while_a_host_is_heard() {
+        let mut e = node(1, 3);
+        e.handle(&0, heartbeat(1, 0)).unwrap();
+        // Following a live host: a pre-vote is refused and a real vote request ignored.
+        let a = e.handle(&2, pre_vote(2, 2, gpu(), 0)).unwrap();
+        assert_eq!(pre_vote_answer(&a), Some((2, false)));
+        assert!(e
+            .handle(&2, request_vote(2, 2, gpu(), 0))
+            .unwrap()
+            .is_empty());
+        assert_eq!((e.term(), e.voted_for(), e.leader()), (1, None, Some(&0)));
+        // (2 is a GPU node, so the preference rule never refuses it here.)
+        // Once the host has been silent for the lease, the pre-vote is granted,
+        // and still nothing changes: no term, no vote, nothing to persist.
+        for _ in 0..ElectionConfig::default().lease_ticks() {
+            e.tick();
+        }
+        let a = e.handle(&2, pre_vote(2, 2, gpu(), 0)).unwrap();
+        assert_eq!(pre_vote_answer(&a), Some((2, true)));
+        assert_eq!(persisted(&a), None);
+        assert_eq!((e.term(), e.voted_for()), (1, None));
+        // Refused for a term we are already in, or for a candidate behind our round.
+        let a = e.handle(&2, pre_vote(1, 2, gpu(), 0)).unwrap();
+        assert_eq!(pre_vote_answer(&a), Some((1, false)));
+        e.set_last_completed_round(3);
+        let a = e.handle(&2, pre_vote(2, 2, gpu(), 2)).unwrap();
+        assert_eq!(pre_vote_answer(&a), Some((2, false)));
+        // A granted pre-vote does not stop the voter granting another member too.
+        let a = e.handle(&0, pre_vote(2, 0, cpu(), 3)).unwrap();
+        assert_eq!(pre_vote_answer(&a), Some((2, true)));
+    }
+
+    #[test]
+    fn a_pre_candidate_without_a_majority_never_raises_its_term() {
+        let mut e = node(0, 3);
+        for _ in 0..1_000 {
+            e.tick();
+            e.handle(&1, pre_vote_reply(e.term() + 1, 1, false))
+                .unwrap();
+        }
+        assert_eq!(e.term(), 0, "refused pre-votes leave the term where it was");
+        assert_eq!(e.role(), Role::PreCandidate);
+        // A heartbeat of its own term makes it a follower again.
+        e.handle(&2, heartbeat(1, 2)).unwrap();
+        assert_eq!(e.term(), 1);
+        assert_eq!(e.role(), Role::Follower);
+    }
+
+    #[test]
+    fn terms_too_far_ahead_are_refused_and_change_nothing() {
+        let mut e = node(0, 3);
+        let far = ElectionConfig::default().max_term_jump + 1;
+        for msg in [
+            heartbeat(far, 1),
+            request_vote(far, 1, gpu(), 9),
+            pre_vote(u64::MAX, 1, gpu(), 9),
+            vote(u64::MAX, 1, true),
+        ] {
+            assert!(matches!(
+                e.handle(&1, msg),
+                Err(ElectionError::TermTooFar { current: 0, .. })
+            ));
+        }
+        assert_eq!((e.term(), e.leader()), (0, None));
+        // Just inside the bound is an ordinary newer term.
+        e.handle(&1, heartbeat(far - 1, 1)).unwrap();
+        assert_eq!(e.term(), far - 1);
     }
 
     #[test]
@@ -871,7 +1133,7 @@ mod tests {
     #[test]
     fn better_candidate_breaks_a_split_vote_at_once() {
         let mut e = node_with(0, 3, gpu(), Persistent::default());
-        tick_until_actions(&mut e);
+        stand(&mut e);
         assert_eq!(e.role(), Role::Candidate);
         // A worse rival stood in the same term: refuse it and stand again in term 2.
         let a = e.handle(&1, request_vote(1, 1, cpu(), 0)).unwrap();
@@ -890,7 +1152,7 @@ mod tests {
         assert_eq!((e.term(), e.role()), (2, Role::Candidate));
         // A better rival in the same term: refuse (vote taken), but do not race it.
         let mut e = node(0, 3);
-        tick_until_actions(&mut e);
+        stand(&mut e);
         let a = e.handle(&2, request_vote(1, 2, gpu(), 0)).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(vote_reply(&a), (1, false));
@@ -898,8 +1160,22 @@ mod tests {
     }
 
     #[test]
-    fn higher_term_message_steps_a_leader_down() {
+    fn a_leader_ignores_newer_terms_until_check_quorum_ends_it() {
+        // A leader hears itself, so it is in lease: newer terms are ignored (stickiness) and
+        // check-quorum is what ends a stale leader. Once it has lost its quorum it stepped down
+        // as a follower with no leader, and a newer term is adopted.
         let mut e = leader_of(3);
+        assert!(e.handle(&2, heartbeat(4, 2)).unwrap().is_empty());
+        assert!(e.handle(&1, vote(7, 1, false)).unwrap().is_empty());
+        assert!(e
+            .handle(&1, request_vote(9, 1, gpu(), 5))
+            .unwrap()
+            .is_empty());
+        assert_eq!((e.term(), e.role()), (1, Role::Leader));
+        let mut e = leader_of(3);
+        while e.is_leader() {
+            e.tick();
+        }
         let a = e.handle(&2, heartbeat(4, 2)).unwrap();
         assert_eq!(
             a[0],
@@ -908,17 +1184,25 @@ mod tests {
                 voted_for: None
             })
         );
-        assert!(a.contains(&Action::SteppedDown { term: 1 }));
         assert!(a.contains(&Action::LeaderChanged {
             term: 4,
             leader: Some(2)
         }));
         assert_eq!(e.role(), Role::Follower);
         assert_eq!(e.leader(), Some(&2));
-
-        let mut e = leader_of(3);
+        // Following a live host of term 4 now: term 7 waits until 2 has been silent a lease.
+        assert!(e.handle(&1, vote(7, 1, false)).unwrap().is_empty());
+        for _ in 0..ElectionConfig::default().lease_ticks() {
+            e.tick();
+        }
         let a = e.handle(&1, vote(7, 1, false)).unwrap();
-        assert!(a.contains(&Action::SteppedDown { term: 1 }));
+        assert_eq!(
+            a[0],
+            Action::Persist(Persistent {
+                term: 7,
+                voted_for: None
+            })
+        );
         assert!(a.contains(&Action::LeaderChanged {
             term: 7,
             leader: None
@@ -1017,7 +1301,7 @@ mod tests {
     #[test]
     fn candidate_accepts_a_leader_of_its_term() {
         let mut e = node(0, 3);
-        tick_until_actions(&mut e);
+        stand(&mut e);
         let a = e.handle(&1, heartbeat(1, 1)).unwrap();
         assert_eq!(e.role(), Role::Follower);
         assert!(a.contains(&Action::LeaderChanged {
@@ -1091,7 +1375,7 @@ mod tests {
     #[test]
     fn duplicated_vote_is_not_double_counted() {
         let mut e = node(0, 5);
-        tick_until_actions(&mut e);
+        stand(&mut e);
         for _ in 0..3 {
             let a = e.handle(&1, vote(1, 1, true)).unwrap();
             assert!(a.is_empty());
@@ -1145,7 +1429,7 @@ mod tests {
     #[test]
     fn two_nodes_need_both_votes() {
         let mut e = node(0, 2);
-        tick_until_actions(&mut e);
+        stand(&mut e);
         assert_eq!(e.majority(), 2);
         assert_eq!(e.role(), Role::Candidate);
         e.handle(&1, vote(1, 1, true)).unwrap();
@@ -1166,7 +1450,7 @@ mod tests {
         let a = e.handle(&1, request_vote(4, 1, cpu(), 0)).unwrap();
         assert_eq!(vote_reply(&a), (4, true));
         // Its own next election uses a fresh term.
-        let a = tick_until_actions(&mut e);
+        let a = stand(&mut e);
         assert_eq!(
             persisted(&a),
             Some(Persistent {
