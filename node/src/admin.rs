@@ -143,6 +143,15 @@ pub struct PeerInfo {
     pub connected: bool,
     /// Last time it was heard from, ms since the Unix epoch.
     pub last_seen_unix_ms: u64,
+    /// Offences counted against it (requests refused for its own fault).
+    #[serde(default)]
+    pub offences: u64,
+    /// While it is banned: until when, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned_until_unix_ms: Option<u64>,
+    /// Its latest offence, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offence: Option<String>,
 }
 
 impl PeerInfo {
@@ -156,6 +165,9 @@ impl PeerInfo {
             last_completed_round: record.last_completed_round,
             connected,
             last_seen_unix_ms: record.last_seen_unix_ms,
+            offences: record.offences,
+            banned_until_unix_ms: record.banned_until_unix_ms,
+            last_offence: record.last_offence,
         }
     }
 }

@@ -5,132 +5,16 @@
 //!
 //! Traffic stays on 127.0.0.1; mDNS is off.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use node::admin::{self, StatusReport};
-use node::config::NodeConfig;
+use node::admin::StatusReport;
 use node::metrics::RoundMetrics;
 use protocol::wire::Phase;
 use serde_json::Value;
-
-const PSK: &str = "5f3c1a9e0b7d2468ace013579bdf02468ace013579bdf02468ace013579bdf01";
-const OTHER_PSK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
-}
-
-/// `fedmmkt init` with a PSK; returns the peer id.
-fn init(dir: &Path, psk: &Path) -> String {
-    let out = bin()
-        .args(["init", "--json", "--data-dir"])
-        .arg(dir)
-        .arg("--psk-file")
-        .arg(psk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["peer_id"].as_str().unwrap().to_string()
-}
-
-/// Tiny models, short timeouts, this federation's members and bootstrap peer.
-fn configure(dir: &Path, members: &[String], bootstrap: Option<&str>, rounds: u64) {
-    let path = dir.join("config.toml");
-    let mut cfg = NodeConfig::load(&path).unwrap();
-    cfg.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-    cfg.network.members = members.to_vec();
-    cfg.network.bootstrap = bootstrap.map(|b| vec![b.to_string()]).unwrap_or_default();
-    cfg.model.tiny = true;
-    cfg.round.rounds = rounds;
-    cfg.round.stage_timeout_secs = 6;
-    cfg.round.round_interval_secs = 1;
-    cfg.privacy.planned_rounds = rounds as u32 + 2;
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-}
-
-/// A running node process; killed when dropped.
-struct Proc {
-    dir: PathBuf,
-    child: Child,
-    addr: String,
-}
-
-impl Proc {
-    /// Starts `fedmmkt run` and waits for its first listen address.
-    fn start(dir: &Path) -> Proc {
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        let mut child = bin()
-            .args(["run", "--gpu", "off", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "info,libp2p=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().expect("node exited before listening").unwrap();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Proc {
-            dir: dir.to_path_buf(),
-            child,
-            addr,
-        }
-    }
-
-    fn status(&self) -> Option<StatusReport> {
-        admin::query_status(&self.dir).ok().flatten()
-    }
-
-    fn audit(&self) -> Value {
-        admin::query(&self.dir, "audit").unwrap().unwrap()
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    /// Kills the node; when the test is failing, prints the end of its log so CI shows why.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!("--- last lines of {} ---\n{tail}", self.dir.display());
-        }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn round_of(p: &Proc) -> u64 {
-    p.status().map_or(0, |s| s.round)
-}
+use support::{configure, init, round_of, wait_for, Proc, OTHER_PSK, PSK};
 
 #[test]
 fn nodes_elect_a_host_run_private_rounds_survive_kills_and_refuse_intruders() {

@@ -225,6 +225,17 @@ fn status_of_a_stopped_node() {
                 memory_mb: 4096,
                 last_completed_round: 2,
                 last_seen_unix_ms: 1,
+                ..PeerRecord::default()
+            })
+            .unwrap();
+        // A member this node banned (until the year 2286), with why.
+        store
+            .upsert_peer(&PeerRecord {
+                peer_id: "liar-peer".into(),
+                offences: 20,
+                banned_until_unix_ms: Some(9_999_999_999_999),
+                last_offence: Some("undecodable request: unknown kind 99".into()),
+                ..PeerRecord::default()
             })
             .unwrap();
     }
@@ -246,8 +257,22 @@ fn status_of_a_stopped_node() {
     assert_eq!(p["peers"][0]["peer_id"], "host-peer");
     assert_eq!(p["peers"][0]["gpu"], true);
     assert_eq!(p["peers"][0]["connected"], false);
+    assert_eq!(p["peers"][0]["offences"], 0);
+    assert_eq!(p["peers"][1]["peer_id"], "liar-peer");
+    assert_eq!(p["peers"][1]["offences"], 20);
+    assert_eq!(p["peers"][1]["banned_until_unix_ms"], 9_999_999_999_999u64);
     let out = fedmmkt(&["peers", "--data-dir", path(tmp.path())]);
-    assert!(out.status.success() && stdout(&out).contains("host-peer"));
+    let table = stdout(&out);
+    assert!(
+        out.status.success() && table.contains("host-peer"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "liar-peer is banned; its latest offence: undecodable request: unknown kind 99"
+        ),
+        "{table}"
+    );
 }
 
 #[test]
@@ -299,6 +324,7 @@ fn admin_endpoint_round_trip() {
             last_completed_round: 5,
             connected: true,
             last_seen_unix_ms: 1,
+            ..PeerInfo::default()
         }],
         audit: None,
     };

@@ -212,8 +212,10 @@ fn bad_arguments_exit_2_with_a_clear_message() {
     assert!(!Path::new("/nonexistent/never-created").exists());
 }
 
-/// Records `n` releases in the ledger of `dir` the way a node would.
-fn record(dir: &Path, n: u64) {
+/// Records `n` releases in the ledger of `dir` the way a node would; returns the still-open
+/// ledger (sled releases its file lock only some time after a drop, so a test that goes on
+/// writing keeps this one instead of reopening it).
+fn record(dir: &Path, n: u64) -> Ledger {
     let ledger = Ledger::open(dir).unwrap();
     for round in 0..n {
         let release = GaussianRelease::new(&ReleaseConfig {
@@ -236,15 +238,41 @@ fn record(dir: &Path, n: u64) {
             .noise_f32(&[0.1; 32])
             .unwrap();
     }
+    ledger
+}
+
+#[test]
+fn audit_takes_the_node_data_directory_too() {
+    // A node keeps its ledger in DIR/ledger; naming DIR is enough.
+    let dir = tempfile::tempdir().unwrap();
+    record(&dir.path().join("ledger"), 2);
+    let v = stdout_json(&fedmmkt(&[
+        "privacy",
+        "audit",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["chain"]["valid"], true);
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+    // A directory with neither is still refused with the reason.
+    let empty = tempfile::tempdir().unwrap();
+    let out = fedmmkt(&[
+        "privacy",
+        "audit",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no privacy ledger"));
 }
 
 #[test]
 fn audit_shows_units_and_training_rows() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    record(dir.path(), 1);
     {
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let ledger = record(dir.path(), 1);
         let cost = TrainingCost {
             records: 600,
             sample_rate: 0.1,

@@ -22,6 +22,7 @@ fn config(psk: Option<[u8; 32]>, members: Vec<PeerId>, quic: bool) -> NetConfig 
         max_connections: 8,
         max_connections_per_peer: 2,
         request_timeout: Duration::from_secs(5),
+        max_inflight_bytes: node::net::inflight::DEFAULT_INFLIGHT_BYTES,
         memory: false,
     }
 }
@@ -56,7 +57,7 @@ async fn exchange(mut a: Swarm<Behaviour>, mut b: Swarm<Behaviour>, listen_on: &
             tokio::select! {
                 ev = a.select_next_some() => match ev {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == b_id && !sent => {
-                        a.behaviour_mut().rr.send_request(&b_id, request.clone());
+                        a.behaviour_mut().rr.send_request(&b_id, node::net::Framed::Valid(request.clone()));
                         sent = true;
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Rr(Event::Message {
@@ -69,7 +70,7 @@ async fn exchange(mut a: Swarm<Behaviour>, mut b: Swarm<Behaviour>, listen_on: &
                     if let SwarmEvent::Behaviour(BehaviourEvent::Rr(Event::Message {
                         message: Message::Request { request: got, channel, .. }, ..
                     })) = ev {
-                        assert_eq!(got, request);
+                        assert_eq!(got, node::net::Framed::Valid(request.clone()));
                         b.behaviour_mut().rr.send_response(channel, Response::Ack).unwrap();
                     }
                 }

@@ -77,6 +77,8 @@ pub struct TeacherTargets {
 pub enum AbstainReason {
     /// Its release would exceed the node's privacy budget.
     BudgetExhausted,
+    /// Its disk is too full to make the release's ledger entry durable first.
+    StorageFull,
 }
 
 fn invalid(kind: &'static str, reason: String) -> ProtocolError {

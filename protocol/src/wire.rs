@@ -49,6 +49,21 @@ impl Kind {
         })
     }
 
+    /// Every kind, in tag order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Election,
+        Kind::Offer,
+        Kind::SecAgg,
+        Kind::Abstain,
+        Kind::Checkpoint,
+        Kind::Upload,
+    ];
+
+    /// The largest body any kind accepts.
+    pub fn largest_limit() -> usize {
+        Self::ALL.iter().map(|k| k.limit()).max().unwrap_or(0)
+    }
+
     /// Largest body accepted for this kind.
     pub fn limit(self) -> usize {
         match self {

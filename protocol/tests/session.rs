@@ -14,7 +14,7 @@ use protocol::session::{
     ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, RoundPolicy,
 };
 use protocol::wire::{Aggregation, CheckpointTransfer, Participant, Phase, Request, SecAggPacket};
-use protocol::{Refusal, RoundStart, UploadLayout};
+use protocol::{AbstainReason, Refusal, RoundStart, UploadLayout};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -323,7 +323,7 @@ fn an_abstaining_client_is_not_waited_for_and_two_others_still_release_a_sum() {
     let mut fed = Fed::new(4);
     fed.run();
     let plan = fed.clients[3].release_plan(TERM, ROUND, 0).unwrap();
-    let effects = fed.clients[3].on_budget_exhausted(&plan);
+    let effects = fed.clients[3].sit_out(&plan, AbstainReason::StorageFull);
     fed.client_effects(3, effects);
     assert_eq!(fed.clients[3].engaged(), None, "it left the round");
     for k in 0..3 {
@@ -340,7 +340,7 @@ fn a_sum_of_the_host_and_one_other_is_never_unmasked() {
     let mut fed = Fed::new(3);
     fed.run();
     let plan = fed.clients[2].release_plan(TERM, ROUND, 0).unwrap();
-    let effects = fed.clients[2].on_budget_exhausted(&plan);
+    let effects = fed.clients[2].sit_out(&plan, AbstainReason::BudgetExhausted);
     fed.client_effects(2, effects);
     fed.release_plain(0);
     fed.release_plain(1);

@@ -926,7 +926,7 @@ impl Sim {
         node.answered.insert((TERM, self.round, attempt));
         let effects = if node.abstains {
             self.t.abstained += 1;
-            node.session.on_budget_exhausted(&plan)
+            node.session.sit_out(&plan, AbstainReason::BudgetExhausted)
         } else {
             node.released = true;
             let held = node.held.len();

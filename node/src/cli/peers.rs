@@ -16,7 +16,8 @@ pub struct PeersArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Print one JSON object: {"running": bool, "peers": [{peer_id, addrs, gpu, memory_mb,
-    /// last_completed_round, connected, last_seen_unix_ms}, ...]}.
+    /// last_completed_round, connected, last_seen_unix_ms, offences, banned_until_unix_ms?,
+    /// last_offence?}, ...]}.
     #[arg(long)]
     pub json: bool,
 }
@@ -67,8 +68,8 @@ fn print_table(running: bool, peers: &[PeerInfo]) {
         .unwrap_or(7)
         .max(7);
     println!(
-        "{:<width$}  {:<9}  {:<3}  {:>9}  {:>5}  {:<13}  addrs",
-        "peer id", "connected", "gpu", "memory", "round", "last seen"
+        "{:<width$}  {:<9}  {:<3}  {:>9}  {:>5}  {:<13}  {:>8}  {:<16}  addrs",
+        "peer id", "connected", "gpu", "memory", "round", "last seen", "offences", "banned"
     );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -86,16 +87,31 @@ fn print_table(running: bool, peers: &[PeerInfo]) {
         } else {
             format!("{} ago", ago(now_ms.saturating_sub(p.last_seen_unix_ms)))
         };
+        let banned = match p.banned_until_unix_ms {
+            Some(until) if until > now_ms => {
+                format!("{} more", ago(until - now_ms))
+            }
+            _ => "no".to_string(),
+        };
         println!(
-            "{:<width$}  {:<9}  {:<3}  {:>6} MB  {:>5}  {:<13}  {}",
+            "{:<width$}  {:<9}  {:<3}  {:>6} MB  {:>5}  {:<13}  {:>8}  {:<16}  {}",
             p.peer_id,
             connected,
             if p.gpu { "yes" } else { "no" },
             p.memory_mb,
             p.last_completed_round,
             seen,
+            p.offences,
+            banned,
             p.addrs.join(" ")
         );
+    }
+    for p in peers {
+        if let (Some(until), Some(why)) = (p.banned_until_unix_ms, &p.last_offence) {
+            if until > now_ms {
+                println!("{} is banned; its latest offence: {why}", p.peer_id);
+            }
+        }
     }
 }
 

@@ -250,7 +250,12 @@ fn noise(a: &NoiseArgs) -> anyhow::Result<ExitCode> {
 fn audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
     let written = a.data_dir.clone().unwrap_or_else(default_data_dir);
     let path = crate::paths::UserPath::from_cwd("--data-dir", &written)?;
-    let dir = path.resolved().to_path_buf();
+    let mut dir = path.resolved().to_path_buf();
+    // A node's data directory keeps its ledger in `ledger/`: either directory may be named.
+    let in_node_dir = dir.join(crate::store::LEDGER_DIR);
+    if !Ledger::db_path(&dir).exists() && Ledger::db_path(&in_node_dir).exists() {
+        dir = in_node_dir;
+    }
     if !Ledger::db_path(&dir).exists() {
         anyhow::bail!(
             "no privacy ledger in --data-dir {path} (set a budget with `fedmmkt privacy budget` or run the node first)"

@@ -105,8 +105,20 @@ models::knobs! {
         pub max_connections: u32,
         /// Most connections per peer.
         pub max_connections_per_peer: u32,
-        /// Per-peer rate limit on inbound requests; a peer above it is refused.
+        /// Per-peer rate limit on inbound requests; a peer above it is refused (and each second
+        /// it floods counts as one offence).
         pub requests_per_second: u32,
+        /// Offences (requests refused for the sender's fault, undecodable or stalled bodies,
+        /// bad election messages or announcements, flooding) within `offence_window_secs` that
+        /// get a member disconnected and banned.
+        pub ban_after_offences: u32,
+        /// How far back offences count, in seconds.
+        pub offence_window_secs: u64,
+        /// How long a ban lasts, in seconds (it survives restarts of this node).
+        pub ban_secs: u64,
+        /// Most inbound request bytes being read at once, in MiB, across every peer and stream:
+        /// what members that stall mid-body can make this node hold.
+        pub max_inflight_mb: u32,
         /// Private-network pre-shared key file; a relative path is relative to this file's
         /// directory (unset: no PSK).
         pub psk_file: Option<String>,
@@ -126,6 +138,10 @@ impl Default for NetworkConfig {
             max_connections: 64,
             max_connections_per_peer: 2,
             requests_per_second: 50,
+            ban_after_offences: 20,
+            offence_window_secs: 60,
+            ban_secs: 600,
+            max_inflight_mb: 256,
             psk_file: None,
         }
     }
@@ -307,6 +323,10 @@ models::knobs! {
         /// Directory of the host's pre-training cache, relative to the data directory (unset:
         /// `<data dir>/cache`).
         pub cache_dir: Option<String>,
+        /// MiB kept free on the data directory's disk: below it this node takes no round and
+        /// releases nothing (its ledger entry might not become durable), and as host it does
+        /// not count a round whose checkpoint would not fit. 0 checks only that a write fits.
+        pub min_free_mb: u64,
     }
 }
 
@@ -318,6 +338,7 @@ impl Default for NodeSettings {
             embedded_shards: 10,
             alpha: 0.5,
             cache_dir: None,
+            min_free_mb: 64,
         }
     }
 }
@@ -383,6 +404,23 @@ impl NodeConfig {
             n.requests_per_second >= 1,
             "network.requests_per_second",
             || "must be at least 1".into(),
+        )?;
+        ensure(
+            n.ban_after_offences >= 1,
+            "network.ban_after_offences",
+            || "must be at least 1".into(),
+        )?;
+        ensure(
+            n.offence_window_secs >= 1,
+            "network.offence_window_secs",
+            || "must be at least 1".into(),
+        )?;
+        // The largest request must fit, or some message could never be read.
+        let largest_mb = protocol::wire::Kind::largest_limit().div_ceil(1 << 20) as u32 + 1;
+        ensure(
+            n.max_inflight_mb >= largest_mb,
+            "network.max_inflight_mb",
+            || format!("must be at least {largest_mb} (the largest request, plus one read chunk)"),
         )?;
         if let Some(f) = &n.psk_file {
             ensure(!f.trim().is_empty(), "network.psk_file", || {
@@ -646,6 +684,9 @@ mod tests {
             |c| c.model.client.train.batch = 0,
             |c| c.model.client.lr = f64::NAN,
             |c| c.model.client.momentum = 1.0,
+            |c| c.network.ban_after_offences = 0,
+            |c| c.network.offence_window_secs = 0,
+            |c| c.network.max_inflight_mb = 64,
         ];
         for (i, f) in bad.into_iter().enumerate() {
             let mut c = NodeConfig::default();

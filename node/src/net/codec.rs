@@ -1,15 +1,54 @@
 //! Request-response framing: a kind tag and a length before each body, so the receiver
-//! rejects an oversized message of any kind before reading it.
+//! rejects an oversized message of any kind before reading it, then reads the body in chunks
+//! reserved from the node's [`InflightBudget`], within a deadline.
+//!
+//! A frame that is not a valid request (unknown kind, length over the limit, truncated,
+//! stalled past the deadline, undecodable, mislabelled) is read as [`Framed::Invalid`], not as
+//! an error: libp2p drops a failed read without saying whose stream it was, and the node must
+//! refuse it and count the offence against the peer that sent it.
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 use protocol::wire::{self, Kind, Request, Response, MAX_RESPONSE_BYTES};
 
-/// The fedmmkt request-response codec (postcard bodies in the versioned envelope).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WireCodec;
+use super::inflight::{InflightBudget, Reservation};
+
+/// Default deadline for reading one inbound request.
+pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The fedmmkt request-response codec (postcard bodies in the versioned envelope); its clones
+/// (one per connection and stream) share one inbound byte budget.
+#[derive(Debug, Clone)]
+pub struct WireCodec {
+    budget: Arc<InflightBudget>,
+    deadline: Duration,
+}
+
+impl Default for WireCodec {
+    fn default() -> Self {
+        Self::new(Arc::default(), DEFAULT_READ_DEADLINE)
+    }
+}
+
+impl WireCodec {
+    /// A codec whose inbound bodies share `budget`, each read within `deadline`.
+    pub fn new(budget: Arc<InflightBudget>, deadline: Duration) -> Self {
+        Self { budget, deadline }
+    }
+}
+
+/// A request as it travels: what a node sends, and what it reads off a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Framed {
+    /// A request that decoded and matches its kind tag.
+    Valid(Request),
+    /// A frame that is not one, and why; never sent, only read.
+    Invalid(String),
+}
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
@@ -19,17 +58,24 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// declares (a peer that declares the limit and sends nothing costs one chunk).
 const READ_CHUNK: usize = 64 << 10;
 
-async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+async fn read_body<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+    budget: &Arc<InflightBudget>,
+) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
-    read_body_into(io, limit, &mut body).await?;
+    let mut held = Reservation::new(budget.clone());
+    read_body_into(io, limit, &mut body, &mut held).await?;
     Ok(body)
 }
 
-/// Reads a length-prefixed body of at most `limit` bytes into `body`, chunk by chunk.
+/// Reads a length-prefixed body of at most `limit` bytes into `body`, chunk by chunk, each
+/// chunk reserved in `held` before it is read.
 async fn read_body_into<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: usize,
     body: &mut Vec<u8>,
+    held: &mut Reservation,
 ) -> io::Result<()> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -39,7 +85,9 @@ async fn read_body_into<T: AsyncRead + Unpin + Send>(
             "message of {len} bytes exceeds the limit of {limit}"
         )));
     }
-    let mut chunk = vec![0u8; READ_CHUNK.min(len)];
+    let chunk_len = READ_CHUNK.min(len);
+    held.grow(chunk_len)?;
+    let mut chunk = vec![0u8; chunk_len];
     while body.len() < len {
         let want = (len - body.len()).min(chunk.len());
         let got = io.read(&mut chunk[..want]).await?;
@@ -48,6 +96,14 @@ async fn read_body_into<T: AsyncRead + Unpin + Send>(
                 io::ErrorKind::UnexpectedEof,
                 format!("body ended after {} of {len} bytes", body.len()),
             ));
+        }
+        // Grow the body by doubling (never past the declared length), each growth reserved
+        // before it is allocated: the budget counts the body's capacity, not only its length.
+        let need = body.len() + got;
+        if need > body.capacity() {
+            let capacity = (body.capacity() * 2).max(need).min(len);
+            held.grow(capacity - body.capacity())?;
+            body.reserve_exact(capacity - body.len());
         }
         body.extend_from_slice(&chunk[..got]);
     }
@@ -67,28 +123,51 @@ async fn write_body<T: AsyncWrite + Unpin + Send>(
 }
 
 /// Reads one request: tag, length (checked against the kind's limit), body, then decodes.
-pub async fn read_request<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Request> {
+/// An error is no frame at all (the stream ended before its first byte) or this node's own
+/// (its in-flight budget is full); whatever the sender got wrong is a [`Framed::Invalid`].
+pub async fn read_request<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    budget: &Arc<InflightBudget>,
+) -> io::Result<Framed> {
+    // A stream that ends before its first byte is a connection going away, not a frame.
     let mut tag = [0u8; 1];
     io.read_exact(&mut tag).await?;
-    let kind = Kind::from_tag(tag[0]).ok_or_else(|| invalid(format!("unknown kind {}", tag[0])))?;
-    let body = read_body(io, kind.limit()).await?;
-    let req: Request = wire::decode(&body, kind.limit()).map_err(invalid)?;
-    if req.kind() != kind {
-        return Err(invalid("body does not match its declared kind"));
-    }
-    Ok(req)
+    let Some(kind) = Kind::from_tag(tag[0]) else {
+        return Ok(Framed::Invalid(format!("unknown kind {}", tag[0])));
+    };
+    let body = match read_body(io, kind.limit(), budget).await {
+        Ok(body) => body,
+        Err(e) if e.kind() == io::ErrorKind::OutOfMemory => return Err(e),
+        Err(e) => return Ok(Framed::Invalid(format!("{kind:?} body: {e}"))),
+    };
+    Ok(match wire::decode::<Request>(&body, kind.limit()) {
+        Err(e) => Framed::Invalid(format!("{kind:?} body: {e}")),
+        Ok(req) if req.kind() != kind => {
+            Framed::Invalid(format!("a {:?} body under the {kind:?} tag", req.kind()))
+        }
+        Ok(req) => Framed::Valid(req),
+    })
 }
 
 impl request_response::Codec for WireCodec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Framed;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Framed>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_request(io).await
+        let deadline = self.deadline;
+        let read = read_request(io, &self.budget);
+        libp2p::futures::pin_mut!(read);
+        match libp2p::futures::future::select(read, futures_timer::Delay::new(deadline)).await {
+            libp2p::futures::future::Either::Left((framed, _)) => framed,
+            libp2p::futures::future::Either::Right(_) => Ok(Framed::Invalid(format!(
+                "the request stalled: not read within {} s",
+                deadline.as_secs()
+            ))),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -97,7 +176,7 @@ impl request_response::Codec for WireCodec {
     {
         let mut tag = [0u8; 1];
         io.read_exact(&mut tag).await?;
-        let body = read_body(io, MAX_RESPONSE_BYTES).await?;
+        let body = read_body(io, MAX_RESPONSE_BYTES, &self.budget).await?;
         wire::decode(&body, MAX_RESPONSE_BYTES).map_err(invalid)
     }
 
@@ -105,11 +184,14 @@ impl request_response::Codec for WireCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: Framed,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let Framed::Valid(req) = req else {
+            return Err(invalid("an invalid frame is never sent"));
+        };
         let kind = req.kind();
         let body = wire::encode(&req).map_err(invalid)?;
         if body.len() > kind.limit() {
@@ -153,48 +235,163 @@ mod tests {
         })
     }
 
-    #[test]
-    fn frames_round_trip_and_oversized_or_mislabelled_bodies_are_refused() {
-        let proto = crate::net::RR_PROTOCOL;
+    /// The frame `write_request` puts on the wire for `req`.
+    fn frame_of(req: Request) -> Vec<u8> {
         let mut buf = Vec::new();
-        block_on(WireCodec.write_request(&proto, &mut Cursor::new(&mut buf), packet(100))).unwrap();
-        let got = block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf))).unwrap();
-        assert_eq!(got, packet(100));
+        block_on(WireCodec::default().write_request(
+            &crate::net::RR_PROTOCOL,
+            &mut Cursor::new(&mut buf),
+            Framed::Valid(req),
+        ))
+        .unwrap();
+        buf
+    }
+
+    fn read(bytes: &[u8]) -> io::Result<Framed> {
+        block_on(
+            WireCodec::default().read_request(&crate::net::RR_PROTOCOL, &mut Cursor::new(bytes)),
+        )
+    }
+
+    /// The reason of an invalid frame (panics on a valid one or an error).
+    fn invalid_reason(bytes: &[u8]) -> String {
+        match read(bytes).unwrap() {
+            Framed::Invalid(why) => why,
+            Framed::Valid(req) => panic!("read as valid: {req:?}"),
+        }
+    }
+
+    #[test]
+    fn bodies_beyond_the_nodes_inflight_budget_are_an_error_and_released() {
+        let proto = crate::net::RR_PROTOCOL;
+        let buf = frame_of(packet(100_000));
+        let budget = Arc::new(InflightBudget::new(100_000));
+        let mut codec = WireCodec::new(budget.clone(), DEFAULT_READ_DEADLINE);
+        let err = block_on(codec.read_request(&proto, &mut Cursor::new(&buf))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+        assert_eq!(budget.used(), 0);
+        let mut codec = WireCodec::new(
+            Arc::new(InflightBudget::new(300_000)),
+            DEFAULT_READ_DEADLINE,
+        );
+        assert_eq!(
+            block_on(codec.read_request(&proto, &mut Cursor::new(&buf))).unwrap(),
+            Framed::Valid(packet(100_000))
+        );
+    }
+
+    /// A reader that yields its bytes, then never completes (a peer that stalls mid-body).
+    struct Stalling(Cursor<Vec<u8>>);
+
+    impl AsyncRead for Stalling {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => std::task::Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_body_is_invalid_after_the_deadline() {
+        let mut stalled = vec![Kind::Offer as u8];
+        stalled.extend((Kind::Offer.limit() as u32).to_le_bytes());
+        stalled.extend([1u8; 10]);
+        let budget = Arc::new(InflightBudget::default());
+        let mut codec = WireCodec::new(budget.clone(), Duration::from_millis(200));
+        let t0 = std::time::Instant::now();
+        let got = block_on(codec.read_request(
+            &crate::net::RR_PROTOCOL,
+            &mut Stalling(Cursor::new(stalled)),
+        ))
+        .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert!(
+            matches!(&got, Framed::Invalid(why) if why.contains("stalled")),
+            "{got:?}"
+        );
+        assert_eq!(budget.used(), 0, "the stalled body's chunks are released");
+    }
+
+    #[test]
+    fn frames_round_trip_and_bad_frames_read_as_invalid() {
+        let buf = frame_of(packet(100));
+        assert_eq!(read(&buf).unwrap(), Framed::Valid(packet(100)));
         // A length above the kind's limit is refused before the body is read.
         let mut big = buf.clone();
         big[1..5].copy_from_slice(&(Kind::SecAgg.limit() as u32 + 1).to_le_bytes());
-        let err = block_on(WireCodec.read_request(&proto, &mut Cursor::new(&big))).unwrap_err();
-        assert!(err.to_string().contains("exceeds the limit"), "{err}");
-        // The election kind has a small limit: a secagg body labelled as election is refused.
+        assert!(invalid_reason(&big).contains("exceeds the limit"));
+        // A body of one kind under another kind's tag.
         let mut relabelled = buf.clone();
         relabelled[0] = Kind::Election as u8;
-        assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&relabelled))).is_err());
+        assert!(invalid_reason(&relabelled).contains("a SecAgg body under the Election tag"));
+        let abstain = frame_of(Request::Abstain {
+            term: 1,
+            round: 1,
+            attempt: 0,
+            reason: protocol::messages::AbstainReason::BudgetExhausted,
+        });
+        let mut mislabelled = abstain.clone();
+        mislabelled[0] = Kind::Election as u8;
+        assert!(invalid_reason(&mislabelled).contains("Abstain body under the Election tag"));
         // A declared length is not allocated up front: a peer that declares the largest
         // body its kind allows and sends 10 bytes costs what arrived, not the declaration.
         let limit = Kind::Offer.limit();
         let mut stalled = (limit as u32).to_le_bytes().to_vec();
         stalled.extend([1u8; 10]);
         let mut body = Vec::new();
-        let err =
-            block_on(read_body_into(&mut Cursor::new(&stalled), limit, &mut body)).unwrap_err();
+        let budget = Arc::new(InflightBudget::default());
+        let mut held = Reservation::new(budget.clone());
+        let err = block_on(read_body_into(
+            &mut Cursor::new(&stalled),
+            limit,
+            &mut body,
+            &mut held,
+        ))
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
         assert_eq!(body.len(), 10);
         assert!(body.capacity() <= READ_CHUNK, "{}", body.capacity());
+        // While it is held it counts against the node's budget (one chunk and what arrived);
+        // once the stream is gone, nothing does.
+        assert_eq!(budget.used(), READ_CHUNK + 10);
+        drop(held);
+        assert_eq!(budget.used(), 0);
         // A body longer than one chunk arrives whole.
         let long = packet(3 * READ_CHUNK + 5);
-        let mut buf3 = Vec::new();
-        block_on(WireCodec.write_request(&proto, &mut Cursor::new(&mut buf3), long.clone()))
-            .unwrap();
-        let got = block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf3))).unwrap();
-        assert_eq!(got, long);
-        // Truncated input and unknown kinds are errors, not panics.
-        assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&buf[..20]))).is_err());
-        assert!(block_on(WireCodec.read_request(&proto, &mut Cursor::new(&[99u8, 0, 0]))).is_err());
+        assert_eq!(read(&frame_of(long.clone())).unwrap(), Framed::Valid(long));
+        // Truncated input, unknown kinds, garbage and nothing at all are invalid, not panics.
+        assert!(invalid_reason(&buf[..20]).contains("body ended"));
+        assert!(invalid_reason(&[99u8, 0, 0]).contains("unknown kind 99"));
+        let mut garbage = vec![Kind::SecAgg as u8];
+        garbage.extend(6u32.to_le_bytes());
+        garbage.extend([0xff; 6]);
+        assert!(invalid_reason(&garbage).contains("SecAgg body"));
+        assert_eq!(read(&[]).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        // An invalid frame is never sent.
+        let mut out = Vec::new();
+        assert!(block_on(WireCodec::default().write_request(
+            &crate::net::RR_PROTOCOL,
+            &mut Cursor::new(&mut out),
+            Framed::Invalid("x".into()),
+        ))
+        .is_err());
         // Responses.
         let mut out = Vec::new();
-        block_on(WireCodec.write_response(&proto, &mut Cursor::new(&mut out), Response::Ack))
-            .unwrap();
-        let back = block_on(WireCodec.read_response(&proto, &mut Cursor::new(&out))).unwrap();
+        block_on(WireCodec::default().write_response(
+            &crate::net::RR_PROTOCOL,
+            &mut Cursor::new(&mut out),
+            Response::Ack,
+        ))
+        .unwrap();
+        let back = block_on(
+            WireCodec::default().read_response(&crate::net::RR_PROTOCOL, &mut Cursor::new(&out)),
+        )
+        .unwrap();
         assert_eq!(back, Response::Ack);
     }
 }

@@ -3,10 +3,13 @@
 //! announcements, Kademlia and optional mDNS for discovery, and request-response for bulk traffic.
 
 pub mod codec;
+pub mod inflight;
+pub mod offence;
 pub mod psk;
 pub mod rate;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
@@ -22,7 +25,7 @@ use libp2p::{
     request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
 };
 
-pub use codec::WireCodec;
+pub use codec::{Framed, WireCodec};
 
 /// The identify protocol version this build speaks (peers on another version are not members).
 pub const IDENTIFY_VERSION: &str = "/fedmmkt/1.0.0";
@@ -40,6 +43,8 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     /// The PeerId allowlist, when the config names members.
     pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    /// Members banned for their offences: refused at connection time until the ban ends.
+    pub banned: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Peers' keys, listen addresses and protocol versions.
     pub identify: identify::Behaviour,
     /// Liveness of connections.
@@ -69,8 +74,11 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Most established connections per peer.
     pub max_connections_per_peer: u32,
-    /// How long a request may take before it fails (bulk payloads are large).
+    /// How long a request may take before it fails (bulk payloads are large); an inbound
+    /// request must be read within half of it, or it is refused as stalled.
     pub request_timeout: Duration,
+    /// Most inbound request bytes being read at once, across every peer and stream.
+    pub max_inflight_bytes: usize,
     /// Connect over in-process memory channels (`/memory/N` addresses) instead of TCP/QUIC:
     /// several nodes in one process, for tests without sockets.
     pub memory: bool,
@@ -86,8 +94,9 @@ pub fn is_memory(addr: &libp2p::Multiaddr) -> bool {
 }
 
 /// TCP (+ pnet when a key is given) + noise + yamux, or'ed with QUIC when enabled; or the
-/// same upgrades over in-process memory channels.
-fn transport(
+/// same upgrades over in-process memory channels. Public for tools that speak to nodes with
+/// their own behaviour (the hostile-member test harness).
+pub fn transport(
     key: &Keypair,
     psk: Option<PreSharedKey>,
     quic_on: bool,
@@ -187,7 +196,14 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
             } else {
                 None
             };
-            let rr = request_response::Behaviour::new(
+            // A body must be read well inside the request timeout, so a stall is refused (and
+            // counted against its sender) before libp2p drops the stream without saying whose.
+            let codec = WireCodec::new(
+                Arc::new(inflight::InflightBudget::new(cfg.max_inflight_bytes)),
+                cfg.request_timeout / 2,
+            );
+            let rr = request_response::Behaviour::with_codec(
+                codec,
                 [(RR_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(cfg.request_timeout)
@@ -196,6 +212,7 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
             Ok(Behaviour {
                 limits,
                 allow: allow.into(),
+                banned: allow_block_list::Behaviour::default(),
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new()),
                 gossipsub,

@@ -18,6 +18,11 @@ impl RateWindow {
         }
     }
 
+    /// Requests counted in the current window.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     /// Counts a request at `now`; false when it is over `limit` requests in its window.
     pub fn allow(&mut self, now: Instant, limit: u32) -> bool {
         if now.saturating_duration_since(self.start) >= Duration::from_secs(1) {

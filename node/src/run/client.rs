@@ -10,10 +10,10 @@ use protocol::round::client::ClientView;
 use protocol::session::release::Release;
 use protocol::session::ClientEffect;
 use protocol::wire::{CheckpointTransfer, Kind, Phase, RoundOffer, SecAggPacket};
-use protocol::Refusal;
+use protocol::{AbstainReason, Refusal};
 
 use super::ml::Job;
-use super::Node;
+use super::{Node, LEDGER_WRITE_BYTES};
 use crate::store::NodeStore;
 
 /// What an offer or checkpoint is checked against: this node, its election's view, its store.
@@ -50,6 +50,12 @@ impl Node {
             .any(|p| !identity_matches(&p.peer, &p.identity))
         {
             return Err(Refusal::ForeignIdentity);
+        }
+        // A round this node could not release in (its ledger entry would not become durable)
+        // is declined up front; the host goes on without it.
+        if let Err(full) = self.room_for(LEDGER_WRITE_BYTES) {
+            tracing::warn!(round = offer.start.round, "declining the round: {full}");
+            return Err(Refusal::local(format!("storage full: {full}")));
         }
         let answered = self
             .store
@@ -106,6 +112,16 @@ impl Node {
         tracing::info!(round, test_acc, seconds, "learned and judged");
         self.client_phase(term, round, Phase::Judge)?;
         let dataset_id = format!("{}-term-{term}-attempt-{attempt}", self.me);
+        // Nothing is released whose ledger entry might not become durable: with the disk
+        // this full, sit the round out (and write nothing more than the phase).
+        if let Err(full) = self.room_for(LEDGER_WRITE_BYTES) {
+            tracing::error!(
+                round,
+                "not releasing this round's upload: its ledger entry could not be made durable: {full}"
+            );
+            let effects = self.client.sit_out(&plan, AbstainReason::StorageFull);
+            return self.client_effects(effects);
+        }
         // Durable before anything leaves: the ledger entry, then the "answered" mark. Under
         // record-level DP the upload is post-processing of training already paid for.
         let release = match self.cfg.privacy.unit {
@@ -127,7 +143,7 @@ impl Node {
             },
             Release::BudgetExhausted => {
                 tracing::info!(round, "privacy budget exhausted: sitting the round out");
-                self.client.on_budget_exhausted(&plan)
+                self.client.sit_out(&plan, AbstainReason::BudgetExhausted)
             }
         };
         self.client_effects(effects)

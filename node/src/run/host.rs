@@ -122,6 +122,20 @@ impl Node {
         Ok(())
     }
 
+    /// A round whose checkpoint could not be stored does not count: abandon it, and reload the
+    /// generator from the last stored checkpoint so the next attempt starts from history.
+    fn checkpoint_not_stored(&mut self, round: u64, why: &str) -> anyhow::Result<()> {
+        tracing::error!(
+            round,
+            "the round does not count: its checkpoint could not be stored: {why}"
+        );
+        self.abandon_round(&format!("its checkpoint could not be stored: {why}"))?;
+        match self.host.as_ref().map(|h| h.term) {
+            Some(term) => self.become_host(term),
+            None => Ok(()),
+        }
+    }
+
     /// Gives up the round in progress; clients' spends stay recorded in their ledgers.
     pub(super) fn abandon_round(&mut self, reason: &str) -> anyhow::Result<()> {
         let effects = match self.active_mut() {
@@ -376,7 +390,17 @@ impl Node {
         kept: usize,
         mean_reward: f32,
     ) -> anyhow::Result<()> {
-        let hash = self.store.put_checkpoint(round, &checkpoint)?;
+        // A round counts only once its checkpoint is stored here (and then on a majority).
+        let stored = self
+            .room_for(checkpoint.len() as u64)
+            .map_err(|full| full.to_string())
+            .and_then(|()| {
+                (self.store.put_checkpoint(round, &checkpoint)).map_err(|e| e.to_string())
+            });
+        let hash = match stored {
+            Ok(hash) => hash,
+            Err(why) => return self.checkpoint_not_stored(round, &why),
+        };
         let targets: Vec<Vec<u8>> = self
             .swarm
             .connected_peers()

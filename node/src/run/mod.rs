@@ -39,8 +39,9 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminState, PeerInfo, StatusReport};
 use crate::config::NodeConfig;
 use crate::learn::RecordSettings;
+use crate::net::offence::{BanPolicy, OffenceRecord};
 use crate::net::rate::RateWindow;
-use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::net::{self, Behaviour, BehaviourEvent, Framed, NetConfig};
 use crate::paths::UserPath;
 use crate::store::{self, DataDir, NodeStore, PeerRecord, PhaseRecord};
 use crate::world::World;
@@ -49,6 +50,9 @@ use ml::{Ml, Outcome};
 
 /// The election clock.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// Room one release's ledger entry and the bookkeeping around it need on disk (generous).
+const LEDGER_WRITE_BYTES: u64 = 64 << 10;
 
 /// How `fedmmkt run` was invoked (command-line values override the config file).
 #[derive(Debug, Clone)]
@@ -131,6 +135,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `at` (a monotonic instant, past or future) in ms since the Unix epoch.
+fn unix_ms_at(at: Instant) -> u64 {
+    let now = Instant::now();
+    match at.checked_duration_since(now) {
+        Some(ahead) => now_ms().saturating_add(ahead.as_millis() as u64),
+        None => now_ms().saturating_sub(now.duration_since(at).as_millis() as u64),
+    }
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run(
     opts: RunOptions,
@@ -210,6 +223,7 @@ pub async fn run(
         max_connections: cfg.network.max_connections,
         max_connections_per_peer: cfg.network.max_connections_per_peer,
         request_timeout: Duration::from_secs(cfg.round.stage_timeout_secs.max(5) * 2),
+        max_inflight_bytes: (cfg.network.max_inflight_mb as usize).saturating_mul(1 << 20),
         memory,
     };
     let mut swarm = net::build_swarm(key, &net_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -381,6 +395,7 @@ pub async fn run(
         bootstrap,
         ticks: 0,
     };
+    node.restore_bans(&node.store.peers()?);
     node.last_metrics = node.store.metrics()?;
     node.refresh_ledger_view();
     node.publish_admin();
@@ -419,6 +434,12 @@ pub async fn run(
 }
 
 impl Node {
+    /// Ok when `bytes` fit on the data directory's disk with `node.min_free_mb` left free.
+    fn room_for(&self, bytes: u64) -> Result<(), store::space::DiskFull> {
+        let reserve = self.cfg.node.min_free_mb.saturating_mul(1 << 20);
+        store::space::ensure_room(self.dir.root(), bytes, reserve)
+    }
+
     /// One election/round clock tick.
     fn on_tick(&mut self) -> anyhow::Result<()> {
         self.ticks += 1;
@@ -426,6 +447,7 @@ impl Node {
         self.apply(actions)?;
         self.host_tick()?;
         if self.ticks.is_multiple_of(10) {
+            self.expire_bans()?;
             self.publish_admin();
             let alive = Announcement::Alive {
                 capability: self.capability,

@@ -16,6 +16,8 @@ pub(super) struct Peer {
     pub(super) last_seen: Option<Instant>,
     /// Requests in the current one-second window (rate limit).
     pub(super) window: RateWindow,
+    /// Its offences and ban.
+    pub(super) offences: OffenceRecord,
 }
 
 impl Peer {
@@ -29,6 +31,7 @@ impl Peer {
             last_completed_round: 0,
             last_seen: None,
             window: RateWindow::new(Instant::now()),
+            offences: OffenceRecord::default(),
         }
     }
 }
@@ -82,6 +85,7 @@ impl Node {
         let Some(p) = self.peers.get(&peer) else {
             return Ok(());
         };
+        let banned_until = p.offences.banned_until(Instant::now());
         self.store.upsert_peer(&PeerRecord {
             peer_id: peer.to_string(),
             addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
@@ -89,7 +93,83 @@ impl Node {
             memory_mb: p.memory_mb,
             last_completed_round: p.last_completed_round,
             last_seen_unix_ms: now_ms(),
+            offences: p.offences.total(),
+            banned_until_unix_ms: banned_until.map(unix_ms_at),
+            last_offence: p.offences.last().map(str::to_string),
         })?;
+        Ok(())
+    }
+
+    /// The ban policy of this node's config.
+    fn ban_policy(&self) -> BanPolicy {
+        let n = &self.cfg.network;
+        BanPolicy {
+            threshold: n.ban_after_offences,
+            window: Duration::from_secs(n.offence_window_secs),
+            ban: Duration::from_secs(n.ban_secs),
+        }
+    }
+
+    /// Counts an offence by `peer` (a request refused for its own fault, an undecodable or
+    /// stalled body, a bad election message or announcement, a flood). Past the policy's
+    /// threshold the peer is disconnected and refused at connection time until the ban ends.
+    pub(super) fn offence(&mut self, peer: PeerId, what: &str) -> anyhow::Result<()> {
+        if peer == self.me {
+            return Ok(());
+        }
+        let policy = self.ban_policy();
+        let now = Instant::now();
+        let record = &mut self.peer_mut(peer).offences;
+        if !record.offend(now, what, &policy) {
+            tracing::debug!(peer = %peer, offences = record.total(), "offence: {what}");
+            return Ok(());
+        }
+        let total = record.total();
+        tracing::warn!(
+            peer = %peer,
+            offences = total,
+            ban_secs = policy.ban.as_secs(),
+            "banned: {} offences within {} s, the latest: {what}",
+            policy.threshold,
+            policy.window.as_secs()
+        );
+        self.swarm.behaviour_mut().banned.block_peer(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.remember(peer)
+    }
+
+    /// Restores bans that outlive a restart, from the peers' stored records.
+    pub(super) fn restore_bans(&mut self, records: &[PeerRecord]) {
+        let (now, now_unix) = (Instant::now(), now_ms());
+        for rec in records {
+            let (Ok(peer), Some(until)) = (rec.peer_id.parse::<PeerId>(), rec.banned_until_unix_ms)
+            else {
+                continue;
+            };
+            if until <= now_unix {
+                continue;
+            }
+            let left = Duration::from_millis(until - now_unix);
+            let why = rec.last_offence.clone().unwrap_or_default();
+            tracing::warn!(peer = %peer, left_secs = left.as_secs(), "still banned: {why}");
+            self.peer_mut(peer).offences.ban_until(now + left, why);
+            self.swarm.behaviour_mut().banned.block_peer(peer);
+        }
+    }
+
+    /// Lifts the bans that have run out (called from the tick).
+    pub(super) fn expire_bans(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let ended: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| p.offences.expire(now).then_some(*id))
+            .collect();
+        for peer in ended {
+            tracing::info!(peer = %peer, "ban ended");
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
+            self.remember(peer)?;
+        }
         Ok(())
     }
 
@@ -142,7 +222,7 @@ impl Node {
             Ok(actions) => self.apply(actions),
             Err(e) => {
                 tracing::warn!(peer = %from, "election message refused: {e}");
-                Ok(())
+                self.offence(from, &format!("election message refused: {e}"))
             }
         }
     }

@@ -37,7 +37,11 @@ impl Node {
             self.local.push_back(Local::ToClient(req, pending));
             return;
         }
-        let id = self.swarm.behaviour_mut().rr.send_request(&peer, req);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&peer, Framed::Valid(req));
         self.pending.insert(id, pending);
     }
 
@@ -99,24 +103,40 @@ impl Node {
         let _ = self.swarm.behaviour_mut().rr.send_response(channel, res);
     }
 
-    /// Per-peer request rate limit; true when the request may proceed.
-    pub(super) fn within_rate(&mut self, peer: PeerId) -> bool {
+    /// Per-peer request rate limit; true when the request may proceed. Each second in which
+    /// a peer goes over the limit counts as one offence (a flood, not one burst, gets it banned).
+    pub(super) fn within_rate(&mut self, peer: PeerId) -> anyhow::Result<bool> {
         let limit = self.cfg.network.requests_per_second.max(1);
-        self.peer_mut(peer).window.allow(Instant::now(), limit)
+        let window = &mut self.peer_mut(peer).window;
+        if window.allow(Instant::now(), limit) {
+            return Ok(true);
+        }
+        if window.count() == limit.saturating_add(1) {
+            self.offence(peer, &format!("over {limit} requests in one second"))?;
+        }
+        Ok(false)
     }
 
     pub(super) fn on_request(
         &mut self,
         peer: PeerId,
-        request: Request,
+        request: Framed,
         channel: ResponseChannel<Response>,
     ) -> anyhow::Result<()> {
+        let request = match request {
+            Framed::Valid(request) => request,
+            Framed::Invalid(why) => {
+                tracing::warn!(peer = %peer, "invalid request frame refused: {why}");
+                self.respond(channel, Response::Rejected(Refusal::Invalid(why.clone())));
+                return self.offence(peer, &format!("invalid request frame: {why}"));
+            }
+        };
         if !self.is_member(&peer) {
             tracing::warn!(peer = %peer, kind = ?request.kind(), "request from a non-member refused");
             self.respond(channel, Response::Rejected(Refusal::NotMember));
             return Ok(());
         }
-        if !self.within_rate(peer) {
+        if !self.within_rate(peer)? {
             tracing::warn!(peer = %peer, "rate limit exceeded: request refused");
             self.respond(channel, Response::Rejected(Refusal::RateLimited));
             return Ok(());
@@ -154,7 +174,11 @@ impl Node {
             Ok(()) => self.respond(channel, Response::Ack),
             Err(reason) => {
                 tracing::warn!(peer = %peer, "request refused: {reason}");
+                let offence = reason.is_offence().then(|| reason.to_string());
                 self.respond(channel, Response::Rejected(reason));
+                if let Some(what) = offence {
+                    self.offence(peer, &format!("request refused: {what}"))?;
+                }
             }
         }
         Ok(())

@@ -78,6 +78,9 @@ impl Node {
                         .map(|t| t.elapsed().as_millis() as u64)
                         .unwrap_or(u64::MAX / 2),
                 ),
+                offences: p.offences.total(),
+                banned_until_unix_ms: p.offences.banned_until(Instant::now()).map(unix_ms_at),
+                last_offence: p.offences.last().map(str::to_string),
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -123,7 +123,10 @@ impl Node {
                         last_completed_round,
                     }) => self.on_alive(source, capability, last_completed_round)?,
                     Ok(Announcement::Round { .. }) => {}
-                    Err(e) => tracing::warn!(peer = %source, "bad announcement: {e}"),
+                    Err(e) => {
+                        tracing::warn!(peer = %source, "bad announcement: {e}");
+                        self.offence(source, &format!("bad announcement: {e}"))?;
+                    }
                 }
             }
             BehaviourEvent::Rr(request_response::Event::Message { peer, message, .. }) => {
@@ -156,6 +159,8 @@ impl Node {
                 }
             }
             BehaviourEvent::Rr(request_response::Event::InboundFailure { peer, error, .. }) => {
+                // Bad frames arrive as `Framed::Invalid` requests and are counted there; what
+                // is left here (our response timing out, a closed connection) is no offence.
                 tracing::warn!(peer = %peer, "inbound request failed: {error}");
             }
             _ => {}

@@ -13,7 +13,7 @@ use protocol::session::{
     ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, ReleasePlan, RoundPolicy,
 };
 use protocol::wire::{self, Aggregation, Participant, PeerBytes, Request};
-use protocol::RoundStart;
+use protocol::{AbstainReason, RoundStart};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -185,7 +185,7 @@ impl Federation {
             .ok_or_else(|| anyhow::anyhow!("no client {k}"))?;
         let effects = match release {
             Release::Noised(values) => client.on_released(plan, &values)?,
-            Release::BudgetExhausted => client.on_budget_exhausted(plan),
+            Release::BudgetExhausted => client.sit_out(plan, AbstainReason::BudgetExhausted),
         };
         self.client_effects(k, effects);
         self.run()

@@ -21,6 +21,8 @@
 
 mod data_dir;
 
+pub mod space;
+
 pub use data_dir::{create_identity, load_identity, write_atomic, DataDir};
 
 use std::fs;
@@ -134,7 +136,7 @@ pub struct PhaseRecord {
 }
 
 /// What this node knows about a peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// The peer's libp2p id.
     pub peer_id: String,
@@ -148,6 +150,15 @@ pub struct PeerRecord {
     pub last_completed_round: u64,
     /// Last time it was heard from, ms since the Unix epoch.
     pub last_seen_unix_ms: u64,
+    /// Offences this node counted against it (requests refused for its own fault).
+    #[serde(default)]
+    pub offences: u64,
+    /// While it is banned: until when, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned_until_unix_ms: Option<u64>,
+    /// Its latest offence, in words (why it is banned, while it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offence: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -487,6 +498,7 @@ mod tests {
             memory_mb: 1024,
             last_completed_round: round,
             last_seen_unix_ms: 1_700_000_000_000 + round,
+            ..PeerRecord::default()
         }
     }
 

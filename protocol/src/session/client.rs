@@ -282,8 +282,9 @@ impl ClientSession {
         Ok(effects)
     }
 
-    /// The budget cannot pay for this attempt's release: tell the host and leave.
-    pub fn on_budget_exhausted(&mut self, plan: &ReleasePlan) -> Vec<ClientEffect> {
+    /// This node releases nothing in this attempt (its budget cannot pay, or its disk cannot
+    /// hold the ledger entry): tell the host why and leave.
+    pub fn sit_out(&mut self, plan: &ReleasePlan, reason: AbstainReason) -> Vec<ClientEffect> {
         if self
             .release_plan(plan.term, plan.round, plan.attempt)
             .as_ref()
@@ -302,7 +303,7 @@ impl ClientSession {
                     term: plan.term,
                     round: plan.round,
                     attempt: plan.attempt,
-                    reason: AbstainReason::BudgetExhausted,
+                    reason,
                 },
             },
             ClientEffect::Phase {

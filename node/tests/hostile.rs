@@ -1,0 +1,589 @@
+//! A hostile member: a rust-libp2p peer that holds the pre-shared key and is on the member
+//! list, built here with its own behaviour (raw request frames, gossip of its choosing), runs
+//! every attack of issue 14 against a federation of three honest `fedmmkt run` processes.
+//!
+//! After each attack every honest node must have banned it (its offences crossed the
+//! threshold); after all of them every honest node is alive, rounds went on completing, no
+//! log holds a panic, and resident memory stayed within the stated bound. Traffic stays on
+//! 127.0.0.1; mDNS is off. Prints a table: attack → offender banned after, per node.
+
+mod support;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{request_response, Multiaddr, PeerId, StreamProtocol, Swarm};
+use protocol::election::{Capability, ElectionMessage};
+use protocol::messages::{AbstainReason, RoundStart};
+use protocol::upload::UploadLayout;
+use protocol::wire::{
+    self, Aggregation, CheckpointTransfer, Kind, Participant, Request, RoundOffer, SecAggPacket,
+    SecAggSpec,
+};
+use rand::{Rng, SeedableRng};
+use support::{configure_with, init, round_of, wait_for, Proc, PSK};
+
+/// Offences within the window that ban a member, in this federation.
+const THRESHOLD: u32 = 5;
+/// How long a ban lasts here: short, so the one hostile identity can come back for the next
+/// attack.
+const BAN_SECS: u64 = 3;
+/// How long an honest node waits on a stalled body (`request_timeout`: 2 × stage timeout).
+const STAGE_TIMEOUT_SECS: u64 = 4;
+/// Each offending attack sends this many messages to every honest node.
+const REPEAT: usize = THRESHOLD as usize + 2;
+/// Resident memory an honest node may gain over the whole attack run (its in-flight bound is
+/// 256 MiB; stalls must cost far less, since bodies are read in reserved 64 KiB chunks).
+const RSS_BOUND_MB: u64 = 128;
+
+/// A request frame written as is, and how long to keep the stream open after it.
+#[derive(Debug, Clone)]
+struct Raw {
+    bytes: Vec<u8>,
+    stall: Duration,
+}
+
+/// Writes raw frames on the node's request-response protocol; reads whatever comes back.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Raw;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Raw>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("the hostile member takes no requests"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut out = Vec::new();
+        io.take(1 << 16).read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Raw) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req.bytes).await?;
+        io.flush().await?;
+        if !req.stall.is_zero() {
+            tokio::time::sleep(req.stall).await;
+        }
+        Ok(())
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct HostileBehaviour {
+    gossipsub: gossipsub::Behaviour,
+    rr: request_response::Behaviour<RawCodec>,
+}
+
+/// The hostile member's swarm and the honest nodes it attacks.
+struct Hostile {
+    swarm: Swarm<HostileBehaviour>,
+    me: PeerId,
+    targets: Vec<(PeerId, Multiaddr)>,
+    topic: IdentTopic,
+}
+
+impl Hostile {
+    fn new(key: Keypair, targets: Vec<(PeerId, Multiaddr)>) -> Hostile {
+        let psk: [u8; 32] = (0..32)
+            .map(|i| u8::from_str_radix(&PSK[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+            .try_into()
+            .unwrap();
+        let me = key.public().to_peer_id();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| {
+                node::net::transport(key, Some(PreSharedKey::new(psk)), false, false)
+            })
+            .unwrap()
+            .with_behaviour(|key| {
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::ConfigBuilder::default()
+                        .heartbeat_interval(Duration::from_millis(500))
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+                let rr = request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(
+                        node::net::RR_PROTOCOL,
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60))
+                        .with_max_concurrent_streams(256),
+                );
+                HostileBehaviour { gossipsub, rr }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let topic = IdentTopic::new(node::net::TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
+        Hostile {
+            swarm,
+            me,
+            targets,
+            topic,
+        }
+    }
+
+    /// Drives the swarm for `d` (connections, responses, gossip).
+    async fn run_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                _ = self.swarm.select_next_some() => {}
+            }
+        }
+    }
+
+    /// Dials every honest node until connected to all of them (they refuse while it is banned).
+    async fn connect_all(&mut self, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let missing: Vec<Multiaddr> = self
+                .targets
+                .iter()
+                .filter(|(p, _)| !self.swarm.is_connected(p))
+                .map(|(_, a)| a.clone())
+                .collect();
+            if missing.is_empty() {
+                // Let gossipsub exchange subscriptions before anything is published.
+                self.run_for(Duration::from_millis(1500)).await;
+                return;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "could not reconnect to every honest node"
+            );
+            for a in missing {
+                let _ = self.swarm.dial(a);
+            }
+            self.run_for(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends every frame to every honest node.
+    fn send_all(&mut self, frames: &[Raw]) {
+        for (peer, _) in self.targets.clone() {
+            for f in frames {
+                self.swarm.behaviour_mut().rr.send_request(&peer, f.clone());
+            }
+        }
+    }
+}
+
+/// A frame: kind tag, little-endian length, body.
+fn frame(tag: u8, len: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(len.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A well-formed request's frame.
+fn request_frame(req: &Request) -> Vec<u8> {
+    let body = wire::encode(req).unwrap();
+    frame(req.kind() as u8, body.len() as u32, &body)
+}
+
+fn raw(bytes: Vec<u8>) -> Raw {
+    Raw {
+        bytes,
+        stall: Duration::ZERO,
+    }
+}
+
+fn repeat(frames: Vec<Vec<u8>>) -> Vec<Raw> {
+    frames
+        .into_iter()
+        .cycle()
+        .take(REPEAT.max(1))
+        .map(raw)
+        .collect()
+}
+
+/// A well-formed round offer (from a member that is not the host).
+fn offer(term: u64, round: u64) -> RoundOffer {
+    let start = RoundStart {
+        round,
+        side: 4,
+        classes: 2,
+        emb_dim: 2,
+        images: (0..32).collect(),
+        prompt_class: vec![0, 1],
+        prompt_template: vec![0, 1],
+        text_emb: vec![0.5, -0.5, 0.25, 1.0],
+        teacher: None,
+        latent: None,
+    };
+    let dim = UploadLayout::of(&start).len() as u32;
+    RoundOffer {
+        term,
+        attempt: 0,
+        participants: (1..=3u8)
+            .map(|i| Participant {
+                peer: vec![i; 38],
+                identity: [i; 32],
+            })
+            .collect(),
+        start,
+        aggregation: Aggregation::Secure,
+        secagg: SecAggSpec {
+            graph_seed: [9; 32],
+            neighbors: 2,
+            threshold: 2,
+            dim,
+            bound: 1.0,
+            max_clients: 3,
+        },
+    }
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Whether node `dir` currently bans `peer`.
+fn bans(dir: &Path, peer: &str) -> bool {
+    node::admin::query_peers(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.peer_id == peer && p.banned_until_unix_ms.is_some())
+        })
+}
+
+#[test]
+fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let psk = tmp.path().join("psk.hex");
+    std::fs::write(&psk, PSK).unwrap();
+    let n = 3;
+    let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ids: Vec<String> = dirs.iter().map(|d| init(d, &psk)).collect();
+    let hostile_dir = tmp.path().join("hostile");
+    let hostile_id = init(&hostile_dir, &psk);
+    ids.push(hostile_id.clone());
+    let tweak = |c: &mut node::config::NodeConfig| {
+        c.network.ban_after_offences = THRESHOLD;
+        c.network.offence_window_secs = 60;
+        c.network.ban_secs = BAN_SECS;
+        c.round.stage_timeout_secs = STAGE_TIMEOUT_SECS;
+        c.round.min_contributors = 3;
+    };
+    configure_with(&dirs[0], &ids, None, 1_000, tweak);
+    let mut procs = vec![Proc::start(&dirs[0])];
+    let boot = procs[0].addr.clone();
+    for d in &dirs[1..] {
+        configure_with(d, &ids, Some(&boot), 1_000, tweak);
+        procs.push(Proc::start(d));
+    }
+    wait_for("round 1", Duration::from_secs(90), || {
+        procs.iter().all(|p| round_of(p) >= 1)
+    });
+
+    let targets: Vec<(PeerId, Multiaddr)> = procs
+        .iter()
+        .map(|p| {
+            let addr: Multiaddr = p.addr.parse().unwrap();
+            let peer = match addr.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
+                _ => panic!("{addr} names no peer"),
+            };
+            (peer, addr)
+        })
+        .collect();
+    let key = node::store::load_identity(&hostile_dir).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut hostile = Hostile::new(key, targets);
+    let me = hostile.me.to_bytes();
+    rt.block_on(hostile.connect_all(Duration::from_secs(30)));
+
+    let rss_before: Vec<u64> = procs.iter().map(|p| rss_mb(p.child.id())).collect();
+    let round_before: Vec<u64> = procs.iter().map(round_of).collect();
+    let t_attacks = Instant::now();
+    let status = procs[0].status().unwrap();
+    let (term, round) = (status.term, status.round);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+    let mut random = |len: usize| -> Vec<u8> { (0..len).map(|_| rng.random()).collect() };
+
+    let abstain = |term: u64, round: u64| Request::Abstain {
+        term,
+        round,
+        attempt: 0,
+        reason: AbstainReason::BudgetExhausted,
+    };
+    let abstain_body = wire::encode(&abstain(term, round + 1)).unwrap();
+    let cap = Capability::new(true, u64::MAX);
+    let checkpoint = {
+        let bytes = random(4096);
+        let hash = node::store::sha256(&bytes);
+        Request::Checkpoint(CheckpointTransfer {
+            term,
+            round: round + 1,
+            hash,
+            bytes,
+        })
+    };
+    // (attack, what it sends to every honest node, or None for gossip / a flood).
+    let attacks: Vec<(&str, Option<Vec<Raw>>)> = vec![
+        (
+            "unknown kind tag",
+            Some(repeat(vec![frame(99, 8, &[0; 8])])),
+        ),
+        (
+            "length over the kind's limit",
+            Some(repeat(vec![frame(
+                Kind::Election as u8,
+                Kind::Election.limit() as u32 + 1,
+                &[],
+            )])),
+        ),
+        (
+            "stall just under the largest limit, 40 streams",
+            Some(
+                (0..40)
+                    .map(|_| Raw {
+                        bytes: frame(
+                            Kind::Checkpoint as u8,
+                            Kind::largest_limit() as u32 - 1,
+                            &[7; 1000],
+                        ),
+                        stall: Duration::from_secs(3 * STAGE_TIMEOUT_SECS),
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "random bodies",
+            Some(repeat(
+                (0..REPEAT)
+                    .map(|_| {
+                        let body = random(2000);
+                        frame(Kind::SecAgg as u8, body.len() as u32, &body)
+                    })
+                    .collect(),
+            )),
+        ),
+        (
+            "truncated bodies",
+            Some(repeat(vec![{
+                let f = request_frame(&Request::SecAgg(SecAggPacket {
+                    term,
+                    round: round + 1,
+                    attempt: 0,
+                    payload: random(500),
+                }));
+                f[..f.len() / 2].to_vec()
+            }])),
+        ),
+        (
+            "body whose kind differs from its tag",
+            Some(repeat(vec![frame(
+                Kind::Election as u8,
+                abstain_body.len() as u32,
+                &abstain_body,
+            )])),
+        ),
+        (
+            "past and future rounds and terms",
+            Some(repeat(vec![
+                request_frame(&abstain(term.saturating_sub(1).max(1), 0)),
+                request_frame(&abstain(term + 7, round + 50)),
+                request_frame(&Request::SecAgg(SecAggPacket {
+                    term: term + 7,
+                    round: round + 50,
+                    attempt: 3,
+                    payload: random(64),
+                })),
+            ])),
+        ),
+        (
+            "election messages with huge terms",
+            Some(repeat(vec![
+                request_frame(&Request::Election(ElectionMessage::Heartbeat {
+                    term: u64::MAX - 1,
+                    leader: me.clone(),
+                    capability: cap,
+                    last_completed_round: u64::MAX,
+                })),
+                request_frame(&Request::Election(ElectionMessage::RequestVote {
+                    term: u64::MAX,
+                    candidate: me.clone(),
+                    capability: cap,
+                    last_completed_round: u64::MAX,
+                })),
+            ])),
+        ),
+        (
+            "checkpoint claiming to come from the host",
+            Some(repeat(vec![request_frame(&checkpoint)])),
+        ),
+        (
+            "round offers from a non-host",
+            Some(repeat(vec![request_frame(&Request::Offer(Box::new(
+                offer(term, round + 1),
+            )))])),
+        ),
+        ("garbage on the gossipsub topic", None),
+        ("request flood", None),
+    ];
+
+    let mut table = Vec::new();
+    for (name, frames) in attacks {
+        let t0 = Instant::now();
+        match (name, frames) {
+            (_, Some(frames)) => {
+                hostile.send_all(&frames);
+                rt.block_on(hostile.run_for(Duration::from_millis(500)));
+            }
+            ("garbage on the gossipsub topic", None) => {
+                for _ in 0..REPEAT {
+                    let junk = random(300);
+                    let _ = hostile
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(hostile.topic.clone(), junk);
+                    rt.block_on(hostile.run_for(Duration::from_millis(100)));
+                }
+            }
+            (_, None) => {
+                // 200 harmless requests a second (a refused pre-vote answer) until banned:
+                // each second over the rate limit counts one offence.
+                let harmless = raw(request_frame(&Request::Election(
+                    ElectionMessage::PreVoteReply {
+                        term: 1,
+                        voter: me.clone(),
+                        granted: false,
+                    },
+                )));
+                while t0.elapsed() < Duration::from_secs(THRESHOLD as u64 + 5)
+                    && !dirs.iter().all(|d| bans(d, &hostile_id))
+                {
+                    hostile.send_all(&vec![harmless.clone(); 20]);
+                    rt.block_on(hostile.run_for(Duration::from_millis(100)));
+                }
+            }
+        }
+        // Every honest node bans it (stalls need the honest side's request timeout first).
+        let deadline = Duration::from_secs(4 * STAGE_TIMEOUT_SECS + 20);
+        let mut banned_after = vec![None; n];
+        while banned_after.iter().any(Option::is_none) && t0.elapsed() < deadline {
+            for (i, d) in dirs.iter().enumerate() {
+                if banned_after[i].is_none() && bans(d, &hostile_id) {
+                    banned_after[i] = Some(t0.elapsed());
+                }
+            }
+            rt.block_on(hostile.run_for(Duration::from_millis(100)));
+        }
+        for (i, p) in procs.iter_mut().enumerate() {
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "honest node {i} died during '{name}'"
+            );
+        }
+        assert!(
+            banned_after.iter().all(Option::is_some),
+            "'{name}': banned by {banned_after:?}"
+        );
+        table.push((name, banned_after));
+        // The ban runs out; the same identity comes back for the next attack.
+        wait_for("the ban to end", Duration::from_secs(BAN_SECS + 10), || {
+            !dirs.iter().any(|d| bans(d, &hostile_id))
+        });
+        rt.block_on(hostile.connect_all(Duration::from_secs(30)));
+    }
+    let attack_secs = t_attacks.elapsed().as_secs_f64();
+
+    // The federation went on: rounds completed during the attacks and after them.
+    let target: Vec<u64> = round_before.iter().map(|r| r + 2).collect();
+    wait_for("two more rounds", Duration::from_secs(90), || {
+        procs.iter().zip(&target).all(|(p, t)| round_of(p) >= *t)
+    });
+    let round_after: Vec<u64> = procs.iter().map(round_of).collect();
+    let rss_after: Vec<u64> = procs.iter().map(|p| rss_mb(p.child.id())).collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "honest node {i} died"
+        );
+        let log = std::fs::read_to_string(p.dir.with_extension("log")).unwrap();
+        assert!(!log.contains("panicked"), "node {i} panicked:\n{log}");
+        assert!(
+            rss_after[i] <= rss_before[i] + RSS_BOUND_MB,
+            "node {i}: RSS {} → {} MiB, more than {RSS_BOUND_MB} MiB gained",
+            rss_before[i],
+            rss_after[i]
+        );
+        let audit = p.audit();
+        assert_eq!(audit["chain"]["valid"], true, "node {i}: {audit}");
+        // Honest members never crossed the ban threshold against one another.
+        for peer in node::admin::query_peers(&p.dir).unwrap().unwrap() {
+            if peer.peer_id != hostile_id {
+                assert!(
+                    peer.banned_until_unix_ms.is_none() && peer.offences < u64::from(THRESHOLD),
+                    "node {i} holds offences against an honest member: {peer:?}"
+                );
+            }
+        }
+    }
+    eprintln!("attack → seconds until each honest node banned the hostile member");
+    for (name, after) in &table {
+        let secs: Vec<String> = after
+            .iter()
+            .map(|d| format!("{:.1}", d.unwrap_or_default().as_secs_f64()))
+            .collect();
+        eprintln!("  {name:<48} {}", secs.join("  "));
+    }
+    eprintln!(
+        "{} attacks in {attack_secs:.0} s; rounds {round_before:?} → {round_after:?}; \
+         RSS MiB {rss_before:?} → {rss_after:?}",
+        table.len()
+    );
+}
