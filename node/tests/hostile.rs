@@ -477,6 +477,12 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
     let mut table = Vec::new();
     for (name, frames) in attacks {
         let t0 = Instant::now();
+        let rounds_at = round_of(&procs[0]);
+        let rss_at: u64 = procs
+            .iter()
+            .map(|p| rss_mb(p.child.id()))
+            .max()
+            .unwrap_or(0);
         match (name, frames) {
             (_, Some(frames)) => {
                 hostile.send_all(&frames);
@@ -532,12 +538,22 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
             banned_after.iter().all(Option::is_some),
             "'{name}': banned by {banned_after:?}"
         );
-        table.push((name, banned_after));
         // The ban runs out; the same identity comes back for the next attack.
         wait_for("the ban to end", Duration::from_secs(BAN_SECS + 10), || {
             !dirs.iter().any(|d| bans(d, &hostile_id))
         });
         rt.block_on(hostile.connect_all(Duration::from_secs(30)));
+        let rss_now: u64 = procs
+            .iter()
+            .map(|p| rss_mb(p.child.id()))
+            .max()
+            .unwrap_or(0);
+        table.push((
+            name,
+            banned_after,
+            (rounds_at, round_of(&procs[0])),
+            (rss_at, rss_now),
+        ));
     }
     let attack_secs = t_attacks.elapsed().as_secs_f64();
 
@@ -573,13 +589,19 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
             }
         }
     }
-    eprintln!("attack → seconds until each honest node banned the hostile member");
-    for (name, after) in &table {
+    eprintln!(
+        "| attack | banned by nodes 0, 1, 2 after (s) | node 0's round before → after | \
+         largest honest RSS before → after (MiB) |"
+    );
+    for (name, after, (r0, r1), (m0, m1)) in &table {
         let secs: Vec<String> = after
             .iter()
             .map(|d| format!("{:.1}", d.unwrap_or_default().as_secs_f64()))
             .collect();
-        eprintln!("  {name:<48} {}", secs.join("  "));
+        eprintln!(
+            "| {name} | {} | {r0} → {r1} | {m0} → {m1} |",
+            secs.join(", ")
+        );
     }
     eprintln!(
         "{} attacks in {attack_secs:.0} s; rounds {round_before:?} → {round_after:?}; \

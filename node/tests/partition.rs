@@ -94,16 +94,12 @@ impl Lab {
         format!("10.77.0.{}", i + 1)
     }
 
+    /// `ip link set p<i> <how>` on node `i`'s port of the bridge (`how`: words of `ip`).
     fn port(&self, i: usize, how: &str) {
-        ip(&[
-            "-n",
-            &self.bridge_ns(),
-            "link",
-            "set",
-            &format!("p{i}"),
-            how,
-        ])
-        .unwrap();
+        let (ns, port) = (self.bridge_ns(), format!("p{i}"));
+        let mut args = vec!["-n", &ns, "link", "set", &port];
+        args.extend(how.split(' '));
+        ip(&args).unwrap();
     }
 
     /// Cuts node `i`'s link (its packets are silently lost both ways).
@@ -120,32 +116,14 @@ impl Lab {
     /// each other, each side still reaches itself.
     fn split(&self, group: &[usize]) {
         for &i in group {
-            ip(&[
-                "-n",
-                &self.bridge_ns(),
-                "link",
-                "set",
-                &format!("p{i}"),
-                "master",
-                "br1",
-            ])
-            .unwrap();
+            self.port(i, "master br1");
         }
     }
 
     /// Every port back on the first bridge.
     fn join(&self) {
         for i in 0..N {
-            ip(&[
-                "-n",
-                &self.bridge_ns(),
-                "link",
-                "set",
-                &format!("p{i}"),
-                "master",
-                "br0",
-            ])
-            .unwrap();
+            self.port(i, "master br0");
         }
     }
 

@@ -705,6 +705,22 @@ fn out_of_date_nodes_never_win() {
     assert!(elections > 0);
 }
 
+/// A fault-free cluster of `n` random members once it follows one host: (cluster, rng, host,
+/// term).
+fn settled_cluster(seed: u64, n: usize) -> (Cluster, ChaCha8Rng, usize, u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let caps = random_caps(&mut rng, n);
+    let mut c = Cluster::new(
+        seed,
+        caps,
+        ElectionConfig::default(),
+        SimNetConfig::default(),
+        Some(10),
+    );
+    let (host, term) = c.run_until_settled(1_000).unwrap();
+    (c, rng, host, term)
+}
+
 /// Pre-vote: a member cut off from everyone never raises its term (no majority would vote for
 /// it), so when the partition heals it rejoins the live host's term instead of deposing it.
 #[test]
@@ -712,16 +728,7 @@ fn a_member_cut_off_and_healed_does_not_depose_the_host() {
     let n = 5usize;
     let mut runs = 0;
     for seed in 0..40u64 {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let caps = random_caps(&mut rng, n);
-        let mut c = Cluster::new(
-            seed,
-            caps,
-            ElectionConfig::default(),
-            SimNetConfig::default(),
-            Some(10),
-        );
-        let (host, term) = c.run_until_settled(1_000).unwrap();
+        let (mut c, mut rng, host, term) = settled_cluster(seed, n);
         let cut = (host + 1 + rng.random_range(0..n - 1)) % n;
         let rest: Vec<u32> = (0..n as u32).filter(|&i| i as usize != cut).collect();
         c.net.partition(vec![vec![cut as u32], rest]);
@@ -753,16 +760,7 @@ fn a_member_cut_off_and_healed_does_not_depose_the_host() {
 fn a_lying_member_cannot_depose_a_live_host() {
     let n = 5usize;
     for seed in 0..20u64 {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let caps = random_caps(&mut rng, n);
-        let mut c = Cluster::new(
-            seed,
-            caps,
-            ElectionConfig::default(),
-            SimNetConfig::default(),
-            Some(10),
-        );
-        let (host, term) = c.run_until_settled(1_000).unwrap();
+        let (mut c, _, host, term) = settled_cluster(seed, n);
         let liar = ((host + 1) % n) as u32;
         let lies = [
             ElectionMessage::Heartbeat {
