@@ -4,6 +4,8 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+/// Every decoder fed by a peer or a file, behind one entry point for the fuzz targets.
+pub mod fuzzing;
 pub mod learn;
 pub mod logging;
 pub mod metrics;

@@ -20,14 +20,10 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{request_response, Multiaddr, PeerId, StreamProtocol, Swarm};
 use protocol::election::{Capability, ElectionMessage};
-use protocol::messages::{AbstainReason, RoundStart};
-use protocol::upload::UploadLayout;
-use protocol::wire::{
-    self, Aggregation, CheckpointTransfer, Kind, Participant, Request, RoundOffer, SecAggPacket,
-    SecAggSpec,
-};
+use protocol::messages::AbstainReason;
+use protocol::wire::{self, CheckpointTransfer, Kind, Request, SecAggPacket};
 use rand::{Rng, SeedableRng};
-use support::{configure_with, init, round_of, wait_for, Proc, PSK};
+use support::{configure_with, init, round_of, round_offer, wait_for, Proc, PSK};
 
 /// Offences within the window that ban a member, in this federation.
 const THRESHOLD: u32 = 5;
@@ -239,43 +235,6 @@ fn repeat(frames: Vec<Vec<u8>>) -> Vec<Raw> {
         .collect()
 }
 
-/// A well-formed round offer (from a member that is not the host).
-fn offer(term: u64, round: u64) -> RoundOffer {
-    let start = RoundStart {
-        round,
-        side: 4,
-        classes: 2,
-        emb_dim: 2,
-        images: (0..32).collect(),
-        prompt_class: vec![0, 1],
-        prompt_template: vec![0, 1],
-        text_emb: vec![0.5, -0.5, 0.25, 1.0],
-        teacher: None,
-        latent: None,
-    };
-    let dim = UploadLayout::of(&start).len() as u32;
-    RoundOffer {
-        term,
-        attempt: 0,
-        participants: (1..=3u8)
-            .map(|i| Participant {
-                peer: vec![i; 38],
-                identity: [i; 32],
-            })
-            .collect(),
-        start,
-        aggregation: Aggregation::Secure,
-        secagg: SecAggSpec {
-            graph_seed: [9; 32],
-            neighbors: 2,
-            threshold: 2,
-            dim,
-            bound: 1.0,
-            max_clients: 3,
-        },
-    }
-}
-
 /// Resident memory of a process, MiB.
 fn rss_mb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -467,7 +426,7 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
         (
             "round offers from a non-host",
             Some(repeat(vec![request_frame(&Request::Offer(Box::new(
-                offer(term, round + 1),
+                round_offer(term, round + 1),
             )))])),
         ),
         ("garbage on the gossipsub topic", None),

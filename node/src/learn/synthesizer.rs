@@ -29,6 +29,34 @@ struct HostCheckpoint {
     moments: Option<LatentMoments>,
 }
 
+/// A host checkpoint decoded and checked by [`decode_checkpoint`], not yet applied to a host.
+pub struct DecodedCheckpoint {
+    state: HostCheckpoint,
+    memories: usize,
+}
+
+/// Decodes a host checkpoint (from a peer, via the store) and checks it against a host with
+/// `classes` classes of `pixels`-pixel images, touching no host: postcard state, the critic
+/// memory's shape, and the generator's safetensors. [`Synthesizer::restore`] applies what it
+/// returns; the fuzzer calls it on raw bytes.
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    classes: usize,
+    pixels: usize,
+) -> anyhow::Result<DecodedCheckpoint> {
+    let state: HostCheckpoint = postcard::from_bytes(bytes)?;
+    let c = classes;
+    let n = state.memory_teacher.len() / c.max(1);
+    if state.memory_teacher.len() != n.saturating_mul(c)
+        || state.memory_images.len() != n.saturating_mul(pixels)
+    {
+        anyhow::bail!("checkpoint memory does not fit {c} classes of {pixels}-pixel images");
+    }
+    // Refuse a generator that is not safetensors before any of the host's state changes.
+    candle_core::safetensors::load_buffer(&state.generator, &candle_core::Device::Cpu)?;
+    Ok(DecodedCheckpoint { state, memories: n })
+}
+
 models::knobs! {
     /// The host's knobs (the `[model]` section of the node's config.toml holds them).
     #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -349,13 +377,9 @@ impl Synthesizer {
 
     /// Resumes from a [`Host::checkpoint`] (bytes already hash-verified by the caller).
     pub fn restore(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        let state: HostCheckpoint = postcard::from_bytes(bytes)?;
         let c = self.classes.len();
-        let p = self.side * self.side;
-        let n = state.memory_teacher.len() / c.max(1);
-        if state.memory_teacher.len() != n * c || state.memory_images.len() != n * p {
-            anyhow::bail!("checkpoint memory does not fit {c} classes of {p}-pixel images");
-        }
+        let DecodedCheckpoint { state, memories: n } =
+            decode_checkpoint(bytes, c, self.side * self.side)?;
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("generator.safetensors");
         std::fs::write(&path, &state.generator)?;

@@ -66,6 +66,11 @@ pub fn parse_psk(text: &str) -> Result<PreSharedKey, PskError> {
                 normalised.len()
             )));
         }
+        // libp2p's parser slices the key line by byte offsets and panics inside a
+        // multi-byte character: refuse anything that is not ASCII first.
+        if !trimmed.is_ascii() {
+            return Err(bad("non-ASCII characters in a swarm.key file".into()));
+        }
         return PreSharedKey::from_str(&normalised.join("\n")).map_err(|e| bad(e.to_string()));
     }
     if trimmed.len() != 64 {
@@ -105,6 +110,9 @@ mod tests {
             "abc",
             &HEX.replace('0', "g"),
             "/key/swarm/psk/1.0.0/\n/base64/\nxx",
+            // Found by the psk fuzz target: libp2p's parser slices this key line inside the
+            // two-byte character and panicked (fuzz/corpus/psk/crash-pnet-non-ascii-key-line).
+            &format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\u{305}", &HEX[..62]),
         ] {
             let err = parse_psk(bad).unwrap_err().to_string();
             assert!(err.contains("swarm.key format"), "{err}");

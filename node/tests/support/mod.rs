@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use node::admin::{self, StatusReport};
 use node::config::NodeConfig;
+use protocol::upload::UploadLayout;
+use protocol::wire::{Aggregation, Participant, RoundOffer, SecAggSpec};
+use protocol::RoundStart;
 use serde_json::Value;
 
 /// The federation's pre-shared key (hex).
@@ -147,4 +150,42 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 pub fn round_of(p: &Proc) -> u64 {
     p.status().map_or(0, |s| s.round)
+}
+
+/// A well-formed round offer of a tiny 2-class round with three made-up participants: what a
+/// host would send, for tests that send it from somewhere else or feed it to a decoder.
+pub fn round_offer(term: u64, round: u64) -> RoundOffer {
+    let start = RoundStart {
+        round,
+        side: 4,
+        classes: 2,
+        emb_dim: 2,
+        images: (0..32).collect(),
+        prompt_class: vec![0, 1],
+        prompt_template: vec![0, 1],
+        text_emb: vec![0.5, -0.5, 0.25, 1.0],
+        teacher: None,
+        latent: None,
+    };
+    let dim = UploadLayout::of(&start).len() as u32;
+    RoundOffer {
+        term,
+        attempt: 0,
+        participants: (1..=3u8)
+            .map(|i| Participant {
+                peer: vec![i; 38],
+                identity: [i; 32],
+            })
+            .collect(),
+        start,
+        aggregation: Aggregation::Secure,
+        secagg: SecAggSpec {
+            graph_seed: [9; 32],
+            neighbors: 2,
+            threshold: 2,
+            dim,
+            bound: 1.0,
+            max_clients: 3,
+        },
+    }
 }

@@ -38,7 +38,27 @@ pub(crate) struct Loaded {
 ///
 /// Only storage failures are errors; integrity problems land in the report.
 pub(crate) fn load_and_verify(tree: &sled::Tree, expected_key: &[u8]) -> Result<Loaded> {
-    let stored_entries = tree.scan_prefix(ENTRY_PREFIX).count();
+    let meta = tree.get(META_KEY)?;
+    let entries = tree
+        .scan_prefix(ENTRY_PREFIX)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let head = tree.get(HEAD_KEY)?;
+    Ok(verify_records(
+        meta.as_deref(),
+        entries.iter().map(|(k, v)| (&k[..], &v[..])),
+        head.as_deref(),
+        expected_key,
+    ))
+}
+
+/// Verifies a ledger's raw records as [`load_and_verify`] reads them from the store: the
+/// metadata, the `e:`-keyed entries in key order and the head, each absent or raw bytes.
+pub(crate) fn verify_records<'a>(
+    meta: Option<&[u8]>,
+    entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    head: Option<&[u8]>,
+    expected_key: &[u8],
+) -> Loaded {
     let mut loaded = Loaded {
         meta: None,
         entries: Vec::new(),
@@ -46,119 +66,133 @@ pub(crate) fn load_and_verify(tree: &sled::Tree, expected_key: &[u8]) -> Result<
         report: ChainReport {
             valid: true,
             verified_entries: 0,
-            stored_entries,
+            stored_entries: entries.len(),
             problem: None,
         },
     };
-    if let Err(problem) = verify_into(tree, expected_key, &mut loaded)? {
+    if let Err(problem) = verify_into(meta, entries, head, expected_key, &mut loaded) {
         loaded.report.valid = false;
         loaded.report.problem = Some(problem);
     }
     loaded.report.verified_entries = loaded.entries.len();
-    Ok(loaded)
+    loaded
 }
 
-/// The verification walk; the inner `Err(String)` is the first integrity problem.
-fn verify_into(
-    tree: &sled::Tree,
+/// Verifies a ledger's raw records without a database, exactly as [`super::Ledger::verify`]
+/// does: `entries` are (sequence number, stored value) in order; a skipped number is a
+/// deleted entry. For fuzzing and offline checks of a copied ledger.
+pub fn verify_raw(
+    meta: Option<&[u8]>,
+    entries: &[(u64, &[u8])],
+    head: Option<&[u8]>,
+    expected_key: &[u8],
+) -> ChainReport {
+    let keyed: Vec<(Vec<u8>, &[u8])> = entries
+        .iter()
+        .map(|(seq, value)| ([ENTRY_PREFIX, &seq.to_be_bytes()[..]].concat(), *value))
+        .collect();
+    verify_records(
+        meta,
+        keyed.iter().map(|(k, v)| (&k[..], *v)),
+        head,
+        expected_key,
+    )
+    .report
+}
+
+/// The verification walk; the error is the first integrity problem.
+fn verify_into<'a>(
+    meta: Option<&[u8]>,
+    entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    head: Option<&[u8]>,
     expected_key: &[u8],
     loaded: &mut Loaded,
-) -> Result<std::result::Result<(), String>> {
-    let Some(meta_bytes) = tree.get(META_KEY)? else {
-        return Ok(Err("the ledger metadata is missing".into()));
+) -> std::result::Result<(), String> {
+    let Some(meta_bytes) = meta else {
+        return Err("the ledger metadata is missing".into());
     };
-    let meta = match decode_meta(&meta_bytes) {
-        Ok(m) => m,
-        Err(p) => return Ok(Err(p)),
-    };
+    let meta = decode_meta(meta_bytes)?;
     let Some(public_key) = from_hex(&meta.public_key) else {
-        return Ok(Err("the ledger's public key is not hex".into()));
+        return Err("the ledger's public key is not hex".into());
     };
     if public_key != expected_key {
-        return Ok(Err(format!(
+        return Err(format!(
             "the ledger was signed by key {} but this node's key is {}",
             meta.public_key,
             to_hex(expected_key)
-        )));
+        ));
     }
     let n_orders = meta.orders.len();
     loaded.meta = Some(meta);
 
     let mut prev = GENESIS_HASH;
-    for (expected_seq, item) in (0u64..).zip(tree.scan_prefix(ENTRY_PREFIX)) {
-        let (key, value) = item?;
+    for (expected_seq, (key, value)) in (0u64..).zip(entries) {
         let Some(seq) = key
             .get(ENTRY_PREFIX.len()..)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
         else {
-            return Ok(Err(format!("a record has a malformed key {key:?}")));
+            return Err(format!("a record has a malformed key {key:?}"));
         };
         if seq != expected_seq {
-            return Ok(Err(format!(
+            return Err(format!(
                 "entry {expected_seq} is missing (the next stored entry is {seq}): deleted"
-            )));
+            ));
         }
-        let record: StoredRecord = match serde_json::from_slice(&value) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(format!("entry {seq} does not decode: {e}"))),
-        };
-        let (entry, hash) = match open_record(&record, &public_key) {
-            Ok(x) => x,
-            Err(why) => return Ok(Err(format!("entry {seq}: {why}"))),
-        };
+        let record: StoredRecord = serde_json::from_slice(value)
+            .map_err(|e| format!("entry {seq} does not decode: {e}"))?;
+        let (entry, hash) =
+            open_record(&record, &public_key).map_err(|why| format!("entry {seq}: {why}"))?;
         if entry.seq != seq {
-            return Ok(Err(format!(
+            return Err(format!(
                 "entry stored at position {seq} says it is entry {}: reordered",
                 entry.seq
-            )));
+            ));
         }
         if entry.prev_hash != to_hex(&prev) {
-            return Ok(Err(format!(
+            return Err(format!(
                 "entry {seq} does not link to entry {}: reordered or replaced",
                 seq.wrapping_sub(1)
-            )));
+            ));
         }
         if entry.rdp.len() != n_orders || entry.rdp.iter().any(|r| !r.is_finite() || *r < 0.0) {
-            return Ok(Err(format!("entry {seq} has a malformed RDP curve")));
+            return Err(format!("entry {seq} has a malformed RDP curve"));
         }
         if let Err(e) = entry.cost.validate() {
-            return Ok(Err(format!("entry {seq} records invalid parameters: {e}")));
+            return Err(format!("entry {seq} records invalid parameters: {e}"));
         }
         if matches!(entry.cost, Spend::Training(_)) && entry.unit != PrivacyUnit::Record {
-            return Ok(Err(format!(
+            return Err(format!(
                 "entry {seq} records training under unit {}; training is record-level",
                 entry.unit
-            )));
+            ));
         }
         prev = hash;
         loaded.entries.push(entry);
         loaded.head_hash = hash;
     }
 
-    let head = match tree.get(HEAD_KEY)? {
-        Some(bytes) => match serde_json::from_slice::<Head>(&bytes) {
-            Ok(h) => h,
-            Err(e) => return Ok(Err(format!("the head record does not decode: {e}"))),
-        },
-        None => return Ok(Err("the signed head record is missing: deleted".into())),
+    let head = match head {
+        Some(bytes) => serde_json::from_slice::<Head>(bytes)
+            .map_err(|e| format!("the head record does not decode: {e}"))?,
+        None => return Err("the signed head record is missing: deleted".into()),
     };
     let sig = from_hex(&head.signature).unwrap_or_default();
     let Some(head_hash) = from_hex(&head.hash).and_then(|v| <[u8; 32]>::try_from(v).ok()) else {
-        return Ok(Err("the head's hash is malformed".into()));
+        return Err("the head's hash is malformed".into());
     };
     if !verify_signature(&public_key, &head_message(head.count, &head_hash), &sig) {
-        return Ok(Err("the head's signature does not verify".into()));
+        return Err("the head's signature does not verify".into());
     }
     let count = loaded.entries.len() as u64;
     if head.count != count || head_hash != prev {
-        return Ok(Err(format!(
+        return Err(format!(
             "the signed head says the chain has {} entries but {count} are stored and linked: \
              entries deleted",
             head.count
-        )));
+        ));
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Decodes and checks the signed metadata (its own key signs it).

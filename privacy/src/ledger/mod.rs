@@ -26,7 +26,7 @@ mod old_entries;
 mod spend;
 
 pub use budget::{Budget, BudgetCheck};
-pub use chain::ChainReport;
+pub use chain::{verify_raw, ChainReport};
 pub use entry::LedgerEntry;
 pub use key::{NodeKey, KEY_FILE};
 pub use spend::{Spend, TrainingCost};
@@ -510,15 +510,18 @@ fn entry_key(seq: u64) -> [u8; 10] {
 fn read_budget(tree: &sled::Tree) -> Result<Option<Budget>> {
     match tree.get(BUDGET_KEY)? {
         None => Ok(None),
-        Some(bytes) => {
-            let b: Budget =
-                serde_json::from_slice(&bytes).map_err(|e| PrivacyError::Malformed {
-                    what: "budget",
-                    reason: e.to_string(),
-                })?;
-            Budget::new(b.epsilon, b.delta).map(Some)
-        }
+        Some(bytes) => decode_budget(&bytes).map(Some),
     }
+}
+
+/// Decodes and validates the stored budget record (`m:budget`), as opening a ledger does;
+/// public so the record can be fuzzed and checked offline.
+pub fn decode_budget(bytes: &[u8]) -> Result<Budget> {
+    let b: Budget = serde_json::from_slice(bytes).map_err(|e| PrivacyError::Malformed {
+        what: "budget",
+        reason: e.to_string(),
+    })?;
+    Budget::new(b.epsilon, b.delta)
 }
 
 fn now_ms() -> u64 {
