@@ -124,6 +124,13 @@ pub struct StatusReport {
     /// "pre-training (cached)" or "resuming".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preparing: Option<String>,
+    /// How the last round this node joined summed its uploads: SecAgg's complete graph or
+    /// SecAgg+'s k neighbours, with the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<String>,
+    /// Bytes of checkpoints this node sent to members that asked for them, since it started.
+    #[serde(default)]
+    pub checkpoint_bytes_served: u64,
 }
 
 /// A peer and its capabilities, as `fedmmkt peers` reports it.

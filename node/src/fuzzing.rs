@@ -43,7 +43,8 @@ pub enum Target {
     Secagg,
     /// Election messages from frames and gossip, handled by an election machine.
     Election,
-    /// A host checkpoint replicated by a peer (postcard state and safetensors generator).
+    /// A host checkpoint replicated by a peer (postcard state and safetensors generator), and
+    /// the same bytes split into a base and a checkpoint delta applied to it.
     Checkpoint,
     /// An IDX data file, plain or gzip (`models::data::idx::parse_idx`).
     Idx,
@@ -102,6 +103,13 @@ pub fn run(target: Target, data: &[u8]) {
         Target::Checkpoint => {
             let pixels = CHECKPOINT_SIDE * CHECKPOINT_SIDE;
             let _ = crate::learn::synthesizer::decode_checkpoint(data, CHECKPOINT_CLASSES, pixels);
+            // The same bytes as a base and a delta from a peer: a 4-byte little-endian base
+            // length, the base, the delta.
+            if let Some((len, rest)) = data.split_first_chunk::<4>() {
+                let cut = (u32::from_le_bytes(*len) as usize).min(rest.len());
+                let (base, delta) = rest.split_at(cut);
+                let _ = crate::learn::synthesizer::apply_checkpoint_delta(base, delta);
+            }
         }
         Target::Idx => {
             let _ = models::data::idx::parse_idx(data);
@@ -206,6 +214,7 @@ fn election_target(data: &[u8]) {
             Announcement::Alive {
                 capability,
                 last_completed_round,
+                ..
             } => {
                 let _ = election.observe(&vec![2], capability, last_completed_round);
             }

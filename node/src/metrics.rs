@@ -27,11 +27,17 @@ pub enum RoundMetrics {
         mean_reward: f32,
         /// Wall seconds from sampling to the replicated checkpoint.
         seconds: f64,
-        /// Bytes the host sent and received for the round.
+        /// Bytes the host sent and received over the network for the round.
         bytes: u64,
+        /// Of those, the bytes it sent (offers, secure-aggregation messages, checkpoints).
+        #[serde(default)]
+        bytes_sent: u64,
+        /// Of those, the bytes it received (the clients' secure-aggregation messages).
+        #[serde(default)]
+        bytes_received: u64,
         /// Seconds spent in each phase.
         phase_seconds: BTreeMap<Phase, f64>,
-        /// Bytes sent and received in each phase.
+        /// Bytes sent and received over the network in each phase.
         phase_bytes: BTreeMap<Phase, u64>,
         /// SHA-256 of the round's checkpoint, hex.
         checkpoint: String,
@@ -97,6 +103,9 @@ mod tests {
             mean_reward: 0.7,
             seconds: 8.625,
             bytes: 2_523_904,
+            // Metrics written before the split read as zero.
+            bytes_sent: 0,
+            bytes_received: 0,
             phase_seconds: [
                 (Phase::Aggregate, 0.75),
                 (Phase::Generate, 2.5),
@@ -140,9 +149,13 @@ mod tests {
 
     #[test]
     fn the_json_keeps_every_old_key_and_value() {
-        // Same keys and values as before, whatever their order.
-        let new = serde_json::to_value(host()).unwrap();
+        // Same keys and values as before, whatever their order, and the split of the bytes
+        // into sent and received beside them.
+        let mut new = serde_json::to_value(host()).unwrap();
         let old: serde_json::Value = serde_json::from_str(OLD_HOST).unwrap();
+        let added = new.as_object_mut().unwrap();
+        assert_eq!(added.remove("bytes_sent"), Some(0.into()));
+        assert_eq!(added.remove("bytes_received"), Some(0.into()));
         assert_eq!(new, old);
         let client = RoundMetrics::Client {
             round: 3,

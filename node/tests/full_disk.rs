@@ -165,10 +165,13 @@ fn a_full_disk_stops_releases_and_rounds_but_not_the_node() {
         procs[h].child.try_wait().unwrap().is_none(),
         "the full host died"
     );
+    // No new round counts; a member that was not among the majority may still fetch the
+    // last completed round's checkpoint and catch up to it.
     let during: Vec<u64> = procs.iter().map(round_of).collect();
     assert_eq!(
-        during, rounds,
-        "a round counted while the host's disk was full"
+        during.iter().max(),
+        rounds.iter().max(),
+        "a round counted while the host's disk was full: {rounds:?} → {during:?}"
     );
     std::fs::remove_file(&filler).unwrap();
     let top = *rounds.iter().max().unwrap();

@@ -91,8 +91,8 @@ mod seeds {
     use privacy::secagg::shamir::SHARE_LEN;
     use protocol::election::{Capability, ElectionMessage};
     use protocol::wire::{
-        self, Announcement, CheckpointTransfer, Phase, Request, Response, SecAggPacket,
-        UploadPacket,
+        self, Announcement, CheckpointTransfer, FetchRequest, Phase, Request, Response,
+        SecAggPacket, UploadPacket,
     };
     use protocol::{AbstainReason, Refusal};
 
@@ -185,7 +185,25 @@ mod seeds {
                     term: 2,
                     round: 3,
                     hash: [7; 32],
+                    base: None,
                     bytes: vec![0; 16],
+                }),
+            ),
+            (
+                "checkpoint-delta",
+                Request::Checkpoint(CheckpointTransfer {
+                    term: 2,
+                    round: 4,
+                    hash: [8; 32],
+                    base: Some([7; 32]),
+                    bytes: vec![1; 16],
+                }),
+            ),
+            (
+                "fetch",
+                Request::Fetch(FetchRequest {
+                    want: [8; 32],
+                    have: Some([7; 32]),
                 }),
             ),
             (
@@ -218,6 +236,7 @@ mod seeds {
                 Announcement::Alive {
                     capability: Capability::new(true, 4096),
                     last_completed_round: 3,
+                    checkpoint: Some([7; 32]),
                 },
             ),
             (
@@ -349,6 +368,7 @@ mod seeds {
         let alive = Announcement::Alive {
             capability: Capability::new(true, 1),
             last_completed_round: 9,
+            checkpoint: None,
         };
         put(
             "election",
@@ -374,13 +394,37 @@ mod seeds {
         };
         let corpus: Vec<(usize, String)> = public.classes.iter().cloned().enumerate().collect();
         let encoder = std::sync::Arc::new(BowTextEncoder::new(4, 0, &corpus));
-        let cfg = SynthesizerConfig::default().tiny();
-        let host = node::learn::Synthesizer::new(cfg, encoder, &public, 1).expect("host");
+        // No critic: its task model needs larger images than the target's hosts have (the
+        // memory it would learn from still fills).
+        let cfg = SynthesizerConfig {
+            critic_steps: 0,
+            ..SynthesizerConfig::default().tiny()
+        };
+        let mut host = node::learn::Synthesizer::new(cfg, encoder, &public, 1).expect("host");
         let bytes = host.checkpoint().expect("checkpoint");
         let pixels = side * side;
         node::learn::synthesizer::decode_checkpoint(&bytes, classes, pixels)
             .expect("the seed checkpoint decodes");
         put("checkpoint", "fresh-host", &bytes);
+        // A round later: the delta from the fresh host's checkpoint, after the base and its
+        // length (how the target splits its input).
+        host.pretrain().expect("pre-training");
+        let start = host.start_round(1).expect("round");
+        let layout = protocol::UploadLayout::of(&start);
+        let sum = vec![0.5; layout.len()];
+        host.finish_round(&start, &sum).expect("finish");
+        let next = host.checkpoint().expect("checkpoint");
+        let delta = node::learn::synthesizer::checkpoint_delta(&bytes, &next)
+            .expect("delta")
+            .expect("a delta continues its base");
+        let applied = node::learn::synthesizer::apply_checkpoint_delta(&bytes, &delta);
+        assert_eq!(applied.expect("the seed delta applies"), next);
+        let len = (bytes.len() as u32).to_le_bytes();
+        put(
+            "checkpoint",
+            "base-and-delta",
+            &[&len[..], &bytes, &delta].concat(),
+        );
         put("checkpoint", "invalid-truncated", &bytes[..bytes.len() / 2]);
         put("checkpoint", "invalid-empty", b"");
     }

@@ -277,6 +277,8 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
         c.network.requests_per_second = RATE_LIMIT;
         c.round.stage_timeout_secs = STAGE_TIMEOUT_SECS;
         c.round.min_contributors = 3;
+        // The hostile member never contributes: the first round starts with the three others.
+        c.round.start_share = 0.75;
     };
     configure_with(&dirs[0], &ids, None, 1_000, tweak);
     let mut procs = vec![Proc::start(&dirs[0])];
@@ -329,6 +331,7 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
             term,
             round: round + 1,
             hash,
+            base: None,
             bytes,
         })
     };

@@ -315,6 +315,8 @@ fn admin_endpoint_round_trip() {
                 learn_seconds: 2.5,
             }),
             preparing: Some("pre-training (cached)".into()),
+            secure_aggregation: Some("SecAgg (complete graph, t = 3 of 4)".into()),
+            checkpoint_bytes_served: 1234,
         },
         peers: vec![PeerInfo {
             peer_id: "p1".into(),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProtocolError;
 
 /// Version of the wire format; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Most synthetic samples one round may carry.
 pub const MAX_SAMPLES: usize = 8192;

@@ -40,6 +40,13 @@ pub enum Refusal {
     /// A checkpoint whose bytes do not hash to its content address.
     #[error("checkpoint does not match its hash")]
     CheckpointHash,
+    /// A checkpoint delta whose base this node does not hold (the sender's view of it was
+    /// stale; not an offence: the sender falls back to another member or the full checkpoint).
+    #[error("this node does not hold the delta's base checkpoint")]
+    MissingBase,
+    /// A fetch for a checkpoint this node does not hold (the asker's view was stale).
+    #[error("this node does not hold that checkpoint")]
+    NotHeld,
     /// This node failed to act on a valid request (its store, its model); not the peer's fault.
     #[error("this node could not act on it: {0}")]
     Local(String),
@@ -48,7 +55,10 @@ pub enum Refusal {
 impl Refusal {
     /// True when the refusal is the sender's fault (what a per-peer offence count counts).
     pub fn is_offence(&self) -> bool {
-        !matches!(self, Refusal::Local(_) | Refusal::RateLimited)
+        !matches!(
+            self,
+            Refusal::Local(_) | Refusal::RateLimited | Refusal::MissingBase | Refusal::NotHeld
+        )
     }
 
     /// A local failure, with its message cut to [`MAX_DETAIL_CHARS`].

@@ -33,6 +33,8 @@ pub enum Kind {
     Checkpoint = 5,
     /// A client's upload in the clear (rounds with [`Aggregation::Plain`] only).
     Upload = 6,
+    /// A member asks a holder for a checkpoint by its hash.
+    Fetch = 7,
 }
 
 impl Kind {
@@ -45,18 +47,20 @@ impl Kind {
             4 => Kind::Abstain,
             5 => Kind::Checkpoint,
             6 => Kind::Upload,
+            7 => Kind::Fetch,
             _ => return None,
         })
     }
 
     /// Every kind, in tag order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Election,
         Kind::Offer,
         Kind::SecAgg,
         Kind::Abstain,
         Kind::Checkpoint,
         Kind::Upload,
+        Kind::Fetch,
     ];
 
     /// The largest body any kind accepts.
@@ -73,6 +77,7 @@ impl Kind {
             Kind::Abstain => 1 << 10,
             Kind::Checkpoint => 64 << 20,
             Kind::Upload => 16 << 20,
+            Kind::Fetch => 1 << 10,
         }
     }
 }
@@ -95,6 +100,21 @@ pub struct SecAggSpec {
     pub bound: f32,
     /// The encoding's headroom in clients.
     pub max_clients: u32,
+}
+
+impl SecAggSpec {
+    /// How a round of `n` participants is aggregated, in words for logs and `fedmmkt status`:
+    /// "SecAgg (complete graph, t = 3 of 4)" or "SecAgg+ (k = 30 neighbours, t = 16, N = 1000)".
+    pub fn describe(&self, n: u32) -> String {
+        if self.neighbors + 1 >= n {
+            format!("SecAgg (complete graph, t = {} of {n})", self.threshold)
+        } else {
+            format!(
+                "SecAgg+ (k = {} neighbours, t = {}, N = {n})",
+                self.neighbors, self.threshold
+            )
+        }
+    }
 }
 
 /// How a round's uploads are summed.
@@ -160,17 +180,34 @@ pub struct UploadPacket {
     pub values: Vec<f32>,
 }
 
-/// A host's generator checkpoint after a completed round, replicated so a successor resumes.
+/// A host's generator checkpoint after a completed round, replicated so a successor resumes:
+/// from the host to a majority, or from any holder to a member that asked for it
+/// ([`Request::Fetch`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointTransfer {
-    /// The host's term.
+    /// The host's term (the holder's own view of it, when a holder answers a fetch).
     pub term: u64,
     /// The round the checkpoint completes.
     pub round: u64,
-    /// SHA-256 of `bytes` (content address; verified on receipt).
+    /// SHA-256 of the full checkpoint (its content address; verified on receipt, after a
+    /// delta is applied).
     pub hash: [u8; 32],
-    /// The checkpoint.
+    /// `None`: `bytes` is the full checkpoint. `Some(base)`: `bytes` is a delta from the
+    /// checkpoint whose hash is `base` (what changed: the generator, the new memory rows).
+    pub base: Option<[u8; 32]>,
+    /// The checkpoint, or the delta.
     pub bytes: Vec<u8>,
+}
+
+/// A member asks a holder for the checkpoint with hash `want`; the holder answers with an
+/// acknowledgement and then sends it as a [`Request::Checkpoint`], as a delta from `have`
+/// when it holds that too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The content address of the checkpoint wanted.
+    pub want: [u8; 32],
+    /// The newest checkpoint the asking member holds, if any (the base of a delta).
+    pub have: Option<[u8; 32]>,
 }
 
 /// A directed request between members.
@@ -193,8 +230,11 @@ pub enum Request {
         /// Why.
         reason: AbstainReason,
     },
-    /// Host → members: the checkpoint of a completed round.
+    /// Host → a majority of the members, or a holder → a member that asked: the checkpoint
+    /// of a completed round.
     Checkpoint(CheckpointTransfer),
+    /// Member → a holder: send me this checkpoint.
+    Fetch(FetchRequest),
     /// Client → host: an upload in the clear (plain rounds only).
     Upload(UploadPacket),
 }
@@ -209,6 +249,7 @@ impl Request {
             Request::Abstain { .. } => Kind::Abstain,
             Request::Checkpoint(_) => Kind::Checkpoint,
             Request::Upload(_) => Kind::Upload,
+            Request::Fetch(_) => Kind::Fetch,
         }
     }
 }
@@ -305,6 +346,9 @@ pub enum Announcement {
         capability: crate::election::Capability,
         /// The last round whose checkpoint this node holds.
         last_completed_round: u64,
+        /// That checkpoint's hash (members fetch a checkpoint they miss from its holders;
+        /// the host's word says which hash the newest round has).
+        checkpoint: Option<[u8; 32]>,
     },
     /// An election broadcast (heartbeats, vote requests).
     Election(ElectionMessage<PeerBytes>),

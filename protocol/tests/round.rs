@@ -1075,6 +1075,7 @@ fn sample_requests() -> Vec<Request> {
             term: TERM,
             round: ROUND,
             hash: [0xab; 32],
+            base: Some([0xcd; 32]),
             bytes: vec![3; 5000],
         }),
         Request::Upload(protocol::wire::UploadPacket {
@@ -1083,6 +1084,10 @@ fn sample_requests() -> Vec<Request> {
             attempt: 0,
             values: vec![0.25; 10],
         }),
+        Request::Fetch(protocol::wire::FetchRequest {
+            want: [7; 32],
+            have: Some([6; 32]),
+        }),
     ]
 }
 
@@ -1090,7 +1095,7 @@ fn sample_requests() -> Vec<Request> {
 fn every_request_variant_round_trips_within_its_kind_limit() {
     let reqs = sample_requests();
     let kinds: BTreeSet<u8> = reqs.iter().map(|r| r.kind() as u8).collect();
-    assert_eq!(kinds, (1..=6).collect(), "every kind is covered");
+    assert_eq!(kinds, (1..=7).collect(), "every kind is covered");
     for req in &reqs {
         let kind = req.kind();
         assert_eq!(Kind::from_tag(kind as u8), Some(kind));
@@ -1112,7 +1117,7 @@ fn every_request_variant_round_trips_within_its_kind_limit() {
             );
         }
     }
-    assert_eq!(Kind::from_tag(7), None);
+    assert_eq!(Kind::from_tag(8), None);
     assert_eq!(Kind::from_tag(0), None);
     // Requests are larger than acknowledgements may be.
     assert!(Kind::Checkpoint.limit() > Kind::Offer.limit());

@@ -14,7 +14,7 @@ use privacy::secagg::{ClientMessage, ServerMessage};
 use protocol::round::client::ClientView;
 use protocol::round::{HostStage, RoundError, Sender, Unexpected};
 use protocol::session::{
-    ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, RoundPolicy,
+    ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, Replication, RoundPolicy,
 };
 use protocol::simnet::{SimNet, SimNetConfig, SimNetStats};
 use protocol::wire::{CheckpointTransfer, Participant, Request, Response, SecAggPacket};
@@ -588,8 +588,15 @@ impl Sim {
                     );
                     self.t.acks_at_completion += self.acks.len() as u64;
                     self.end(Outcome::Completed);
-                    self.nodes[0].last_completed = self.round;
-                    self.nodes[0].session.leave_round(self.round);
+                    // The host holds the checkpoint, and every live member the host did not
+                    // send it to fetches it from a holder (the node's catch-up, which this
+                    // harness does not play), and so leaves the round.
+                    for k in 0..self.n {
+                        if !self.net.is_crashed(&k) {
+                            self.nodes[k].last_completed = self.round;
+                            self.nodes[k].session.leave_round(self.round);
+                        }
+                    }
                 }
                 HostEffect::Abandoned { reason } => {
                     let replicating = self.replicating_since.is_some();
@@ -1033,14 +1040,19 @@ impl Sim {
                 term: TERM,
                 round: self.round,
                 hash: digest(&bytes),
+                base: None,
                 bytes,
             };
-            // The connected members, as the node sends to.
-            let members = (1..self.n)
+            // The connected members, as the node offers them.
+            let candidates = (1..self.n)
                 .filter(|k| !self.net.is_crashed(k))
-                .map(peer)
+                .map(|k| (peer(k), false))
                 .collect();
-            let effects = self.host.on_improved(t, members);
+            let effects = self.host.on_improved(Replication {
+                full: t,
+                delta: None,
+                candidates,
+            });
             assert_eq!(self.host.stage(), HostStage::Replicate);
             self.replicating_since = Some(self.now);
             self.host_effects(effects);
@@ -1148,6 +1160,7 @@ impl Sim {
                     term: TERM,
                     round: self.round,
                     hash: digest(&bytes),
+                    base: None,
                     bytes,
                 };
                 (
@@ -1399,15 +1412,17 @@ fn replays_of_the_previous_round_are_refused_and_never_change_the_sum() {
     }
 }
 
-/// The replication step as the node plays it, by hand: the checkpoint goes to some members;
-/// only their distinct acknowledgements make up the majority, and the deadline gives up.
+/// The replication step as the node plays it, by hand: the checkpoint goes to as many members
+/// as make a majority (a delta to those that hold the previous one); only their distinct
+/// acknowledgements (or announcements of holding it) count, a failed or silent one is replaced
+/// by a spare, and the deadline gives up.
 #[test]
 fn only_the_members_sent_the_checkpoint_make_up_its_majority() {
     let clean = Faults {
         inject: 0.0,
         ..Faults::clean()
     };
-    for deadline in [false, true] {
+    for end in ["spare", "deadline", "announced"] {
         // Five members: the host and two acknowledgements are a majority.
         let mut sim = Sim::new(3, 5, clean.clone());
         while sim.host.stage() == HostStage::Aggregate {
@@ -1417,46 +1432,95 @@ fn only_the_members_sent_the_checkpoint_make_up_its_majority() {
         assert_eq!(sim.host.stage(), HostStage::Improve);
         sim.improve_at = None;
         let bytes = vec![1; 16];
-        let t = CheckpointTransfer {
+        let full = CheckpointTransfer {
             term: TERM,
             round: 1,
             hash: digest(&bytes),
+            base: None,
             bytes,
         };
-        // Member 4 is not connected: the checkpoint goes to 1, 2 and 3.
-        let effects = sim
-            .host
-            .on_improved(t.clone(), vec![peer(1), peer(2), peer(3)]);
-        assert_eq!(effects.len(), 4, "a phase and three sends: {effects:?}");
-        assert_eq!(sim.host.on_improved(t, vec![peer(4)]), vec![], "sent once");
+        let delta = CheckpointTransfer {
+            base: Some([9; 32]),
+            bytes: vec![2; 4],
+            ..full.clone()
+        };
+        let replication = |candidates| Replication {
+            full: full.clone(),
+            delta: Some(delta.clone()),
+            candidates,
+        };
+        let send = |k, t: &CheckpointTransfer| HostEffect::Send {
+            to: peer(k),
+            request: Request::Checkpoint(t.clone()),
+        };
+        // Member 4 is not connected and 3 holds the previous checkpoint: 3 gets the delta and 1
+        // the full checkpoint (with the host, a majority); 2 is a spare.
+        let effects = sim.host.on_improved(replication(vec![
+            (peer(1), false),
+            (peer(2), false),
+            (peer(3), true),
+        ]));
+        assert!(
+            matches!(effects[0], HostEffect::Phase { .. }),
+            "{effects:?}"
+        );
+        assert_eq!(effects[1..], [send(3, &delta), send(1, &full)]);
+        assert_eq!(
+            sim.host.on_improved(replication(vec![(peer(4), false)])),
+            vec![],
+            "sent once"
+        );
         let stranger = Err(RoundError::WrongSender(Sender::CheckpointTarget));
         assert_eq!(sim.host.on_replica(&peer(5), TERM, 1), stranger, "outsider");
         assert_eq!(sim.host.on_replica(&peer(4), TERM, 1), stranger, "not sent");
-        assert_eq!(sim.host.on_replica(&peer(1), TERM, 1), Ok(vec![]));
-        assert_eq!(sim.host.on_replica(&peer(1), TERM, 1), Ok(vec![]), "one");
+        assert_eq!(sim.host.on_replica(&peer(2), TERM, 1), stranger, "a spare");
+        assert_eq!(sim.host.on_replica(&peer(3), TERM, 1), Ok(vec![]));
+        assert_eq!(sim.host.on_replica(&peer(3), TERM, 1), Ok(vec![]), "one");
         assert_eq!(
-            sim.host.on_replica(&peer(2), TERM, 0),
+            sim.host.on_replica(&peer(1), TERM, 0),
             Err(RoundError::WrongRound {
                 got: 0,
                 expected: 1
             })
         );
+        assert_eq!(sim.host.on_replica_failed(&peer(3)), vec![], "3 holds it");
         assert_eq!(sim.host.stage(), HostStage::Replicate);
-        if deadline {
+        if end == "announced" {
+            // 1's acknowledgement is lost, but 4 (never sent it) announces holding it: a
+            // holder is a replica whoever it got the checkpoint from.
+            assert_eq!(sim.host.on_holder(&peer(4), 0), vec![], "another round's");
+            let effects = sim.host.on_holder(&peer(4), 1);
+            assert_eq!(effects[0], HostEffect::Completed);
+            assert_eq!(sim.host.stage(), HostStage::Complete);
+        } else if end == "deadline" {
+            // 1 stays silent: at half the deadline the spare is sent the checkpoint too, and
+            // when both stay silent the round is given up.
+            let mut sent = Vec::new();
             for _ in 1..POLICY.replication_ticks() {
-                assert_eq!(sim.host.on_tick(), vec![]);
+                sent.extend(sim.host.on_tick());
             }
             let effects = sim.host.on_tick();
+            sent.extend(effects.iter().cloned());
+            assert!(sent.contains(&send(2, &full)), "{sent:?}");
             assert!(
-                matches!(effects[0], HostEffect::Abandoned { .. }),
+                effects
+                    .iter()
+                    .any(|e| matches!(e, HostEffect::Abandoned { .. })),
                 "{effects:?}"
             );
             assert_eq!(sim.host.stage(), HostStage::Abandoned);
             assert_eq!(
-                sim.host.on_replica(&peer(2), TERM, 1),
+                sim.host.on_replica(&peer(1), TERM, 1),
                 Err(RoundError::AlreadyDone(1))
             );
         } else {
+            // 1 refuses: the spare gets it, and its acknowledgement completes the majority.
+            assert_eq!(sim.host.on_replica_failed(&peer(1)), vec![send(2, &full)]);
+            assert_eq!(
+                sim.host.on_replica_failed(&peer(1)),
+                vec![],
+                "no spare left"
+            );
             let effects = sim.host.on_replica(&peer(2), TERM, 1).unwrap();
             assert_eq!(effects[0], HostEffect::Completed);
             assert_eq!(sim.host.stage(), HostStage::Complete);

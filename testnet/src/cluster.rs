@@ -32,6 +32,8 @@ pub struct NodeSettings {
     pub stage_timeout_secs: u64,
     /// The pre-training cache every node shares (absolute: nodes resolve it from their dir).
     pub cache_dir: PathBuf,
+    /// Share of the members the first round waits for (`round.start_share`).
+    pub start_share: f64,
 }
 
 /// One node process.
@@ -191,6 +193,7 @@ fn configure(
     cfg.round.seed = s.seed;
     cfg.round.stage_timeout_secs = s.stage_timeout_secs;
     cfg.round.round_interval_secs = 1;
+    cfg.round.start_share = s.start_share;
     cfg.privacy.unit = s.unit;
     if s.unit == privacy::PrivacyUnit::Record {
         // What `fedmmkt simulate` uses under record-level DP (chosen on the validation split).
@@ -258,7 +261,8 @@ impl Cluster {
     }
 
     /// Starts node 0, then every other member (and the intruder) with node 0 as bootstrap.
-    pub fn start_all(&mut self) -> anyhow::Result<()> {
+    /// Nodes in `later` are configured but left for [`Cluster::start`].
+    pub fn start_all(&mut self, later: &[usize]) -> anyhow::Result<()> {
         self.start(0)?;
         let boot = self.nodes[0]
             .addr
@@ -272,7 +276,9 @@ impl Cluster {
             cfg.network.bootstrap = vec![boot.clone()];
             cfg.network.members = members.clone();
             std::fs::write(&path, toml::to_string(&cfg)?)?;
-            spawn(&bin, n)?;
+            if !later.contains(&n.index) {
+                spawn(&bin, n)?;
+            }
         }
         Ok(())
     }

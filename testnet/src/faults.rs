@@ -24,6 +24,14 @@ pub enum Fault {
         /// The round.
         round: u64,
     },
+    /// Start node `node` only once round `round` is due (it is a member from the start, so
+    /// the first rounds start with the others): it must catch up on the checkpoints it missed.
+    Join {
+        /// Node index.
+        node: usize,
+        /// The round.
+        round: u64,
+    },
 }
 
 impl Fault {
@@ -32,7 +40,8 @@ impl Fault {
         match *self {
             Fault::KillHost { round }
             | Fault::Drop { round, .. }
-            | Fault::Restart { round, .. } => round,
+            | Fault::Restart { round, .. }
+            | Fault::Join { round, .. } => round,
         }
     }
 
@@ -42,6 +51,7 @@ impl Fault {
             Fault::KillHost { .. } => "kill-host",
             Fault::Drop { .. } => "drop",
             Fault::Restart { .. } => "restart",
+            Fault::Join { .. } => "join",
         }
     }
 }

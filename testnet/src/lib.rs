@@ -1,9 +1,11 @@
 //! The local fedmmkt testnet: N real `fedmmkt` node processes on loopback, with injected
-//! faults, invariant checks and a report (`fedmmkt-testnet up`).
+//! faults, invariant checks and a report (`fedmmkt-testnet up`), and the same run at several
+//! sizes (`fedmmkt-testnet scale`).
 
 pub mod cluster;
 pub mod evaluate;
 pub mod faults;
 pub mod record;
 pub mod report;
+pub mod scale;
 pub mod up;

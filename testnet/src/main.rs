@@ -25,10 +25,24 @@ enum Command {
     /// Start N nodes on loopback, run FedMMKT rounds (with DP and secure aggregation), inject
     /// faults, verify the invariants and write DIR/report.md + report.json + PNGs.
     Up(UpArgs),
+    /// Run `up` once per federation size (into OUT/n<N>) and write OUT/scale.md, scale.json,
+    /// scale.csv and charts: seconds per phase and the host's bytes per round against N.
+    Scale(ScaleArgs),
+}
+
+/// Arguments of `fedmmkt-testnet scale`.
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// Federation sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [4usize, 16, 32, 64])]
+    sizes: Vec<usize>,
+    /// Everything else, as for `up` (its --nodes is replaced by each size).
+    #[command(flatten)]
+    up: UpArgs,
 }
 
 /// Arguments of `fedmmkt-testnet up`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct UpArgs {
     /// Node processes (one is elected host; every node, the host too, contributes its own data; at least 3).
     #[arg(long, default_value_t = 4)]
@@ -68,6 +82,10 @@ struct UpArgs {
     /// SIGKILL node NODE during round R and restart it (NODE@R; repeatable).
     #[arg(long, value_name = "NODE@R")]
     restart: Vec<AtRound>,
+    /// Start node NODE (a member from the start) only when round R is due, so it must catch
+    /// up on the checkpoints it missed (NODE@R; repeatable; not node 0).
+    #[arg(long, value_name = "NODE@R")]
+    join: Vec<AtRound>,
     /// Start an extra node without the pre-shared key that tries to join.
     #[arg(long)]
     intruder: bool,
@@ -86,7 +104,8 @@ struct UpArgs {
     fedmmkt: Option<PathBuf>,
 }
 
-fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
+/// What `up` runs with these arguments.
+fn up_config(a: &UpArgs) -> anyhow::Result<UpConfig> {
     let mut faults = Vec::new();
     if let Some(round) = a.kill_host_at {
         anyhow::ensure!(round >= 1, "--kill-host-at: rounds start at 1");
@@ -100,8 +119,14 @@ fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         node: r.what,
         round: r.round,
     }));
+    faults.extend(a.join.iter().map(|r| Fault::Join {
+        node: r.what,
+        round: r.round,
+    }));
     let per_round = if a.tiny { 45 } else { 240 };
-    let cfg = UpConfig {
+    // Starting a node takes a few seconds of the shared cores.
+    let start = 120 + 5 * a.nodes as u64;
+    Ok(UpConfig {
         nodes: a.nodes,
         rounds: a.rounds,
         alpha: a.alpha,
@@ -113,12 +138,16 @@ fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         tiny: a.tiny,
         faults,
         intruder: a.intruder,
-        timeout: Duration::from_secs(a.timeout.unwrap_or(120 + per_round * a.rounds)),
-        bin: node_binary(a.fedmmkt, &std::env::current_exe()?)?,
+        timeout: Duration::from_secs(a.timeout.unwrap_or(start + per_round * a.rounds)),
+        bin: node_binary(a.fedmmkt.clone(), &std::env::current_exe()?)?,
         progress: true,
         baseline: a.baseline,
         tolerance: a.tolerance / 100.0,
-    };
+    })
+}
+
+fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let cfg = up_config(&a)?;
     install_signal_handlers();
     let report = up(&cfg)?;
     println!(
@@ -140,11 +169,48 @@ fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn scale(a: ScaleArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!a.sizes.is_empty(), "--sizes names no federation size");
+    install_signal_handlers();
+    let mut points = Vec::new();
+    for &nodes in &a.sizes {
+        let args = UpArgs {
+            nodes,
+            out: a.up.out.join(format!("n{nodes}")),
+            ..a.up.clone()
+        };
+        let cfg = up_config(&args)?;
+        eprintln!(
+            "{nodes} nodes, {} rounds ({})",
+            cfg.rounds,
+            cfg.out.display()
+        );
+        let report = up(&cfg)?;
+        println!(
+            "{nodes} nodes: {} of {} rounds in {:.1} s: {}",
+            report.rounds_completed,
+            report.rounds_requested,
+            report.wall_seconds,
+            if report.ok { "OK" } else { "FAILED" }
+        );
+        points.push(testnet::scale::summarize(&report));
+    }
+    testnet::scale::write(&a.up.out, &points)?;
+    println!("{}", testnet::scale::markdown(&points));
+    println!("scale report: {}", a.up.out.join("scale.md").display());
+    Ok(if points.iter().all(|p| p.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     node::logging::init("warn");
     let result = match cli.command {
         Command::Up(args) => run(args),
+        Command::Scale(args) => scale(args),
     };
     match result {
         Ok(code) => code,

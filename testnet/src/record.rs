@@ -28,6 +28,9 @@ pub struct NodeSummary {
     pub restarts: usize,
     /// Still running at the end.
     pub running_at_end: bool,
+    /// Bytes of checkpoints it sent to members that asked for them (its last process).
+    #[serde(default)]
+    pub checkpoint_bytes_served: u64,
 }
 
 /// Who hosted a term.
@@ -83,8 +86,14 @@ pub struct RoundRecord {
     pub mean_reward: f64,
     /// Wall seconds of the round at the host (sampling to replicated checkpoint).
     pub seconds: f64,
-    /// Bytes the host sent and received for the round.
+    /// Bytes the host sent and received over the network for the round.
     pub bytes: u64,
+    /// Of those, the bytes it sent (its egress).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Of those, the bytes it received (its ingress).
+    #[serde(default)]
+    pub bytes_received: u64,
     /// Seconds per phase (generate, learn, aggregate, improve, replicate), keyed by name.
     pub phase_seconds: BTreeMap<Phase, f64>,
     /// Bytes per phase, keyed by name.

@@ -404,7 +404,7 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
     } else {
         let _ = writeln!(
             s,
-            "| round | term | host | participants | client acc mean | client acc worst | local only mean | generator oracle acc | Fréchet | seconds | MB | kept |\n\
+            "| round | term | host | participants | client acc mean | client acc worst | local only mean | generator oracle acc | Fréchet | seconds | host MB out / in | kept |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for x in &r.rounds {
@@ -424,7 +424,7 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} / {:.2} | {} |",
                 x.round,
                 x.term,
                 host,
@@ -435,7 +435,8 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
                 opt_pct(x.gen_oracle_acc),
                 opt_f2(x.gen_frechet),
                 x.seconds,
-                mb(x.bytes),
+                mb(x.bytes_sent),
+                mb(x.bytes_received),
                 x.kept
             );
         }
@@ -523,7 +524,7 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
         );
         let _ = writeln!(
             s,
-            "| node | peer id | images | client acc | local only | gain | kills | restarts | running at end |\n|---|---|---|---|---|---|---|---|---|"
+            "| node | peer id | images | client acc | local only | gain | kills | restarts | running at end | checkpoints served MB |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for p in &r.peers {
             let last = r
@@ -544,13 +545,14 @@ fn render(r: &TestnetReport, class_names: &[String], grid_rounds: &[u64]) -> Str
             };
             let _ = writeln!(
                 s,
-                "| n{} | `{}` | {} | {acc} | {local} | {gain} | {} | {} | {} |",
+                "| n{} | `{}` | {} | {acc} | {local} | {gain} | {} | {} | {} | {:.2} |",
                 p.index,
                 short_peer(&p.peer_id),
                 p.images,
                 p.kills,
                 p.restarts,
-                yes_no(p.running_at_end)
+                yes_no(p.running_at_end),
+                mb(p.checkpoint_bytes_served)
             );
         }
     }
@@ -686,6 +688,7 @@ mod tests {
                 kills: usize::from(i == 0),
                 restarts: 0,
                 running_at_end: i != 0,
+                checkpoint_bytes_served: 0,
             })
             .collect();
         let rounds = (1..=3u64)
@@ -714,6 +717,8 @@ mod tests {
                     mean_reward: 0.7,
                     seconds: 10.0 + round as f64,
                     bytes: 2_500_000,
+                    bytes_sent: 2_000_000,
+                    bytes_received: 500_000,
                     phase_seconds: HOST_PHASES.iter().map(|&p| (p, 1.25)).collect(),
                     phase_bytes: HOST_PHASES.iter().map(|&p| (p, 500_000)).collect(),
                     epsilon: (0..4).map(|n| (n, 0.5 * round as f64)).collect(),
@@ -870,9 +875,9 @@ mod tests {
             "{md}"
         );
         // Round 3: mean 80.0%, worst 70.0%, local only 55.0%, generator 60.0%, Fréchet 17.00,
-        // 13.00 s, 2.50 MB.
+        // 13.00 s, 2.00 MB out and 0.50 MB in.
         assert!(
-            md.contains("| 3 | 2 | n1 | 3 (n0, n2, n3) | 80.0% | 70.0% | 55.0% | 60.0% | 17.00 | 13.00 | 2.50 | 50 |"),
+            md.contains("| 3 | 2 | n1 | 3 (n0, n2, n3) | 80.0% | 70.0% | 55.0% | 60.0% | 17.00 | 13.00 | 2.00 / 0.50 | 50 |"),
             "{md}"
         );
         assert!(md.contains("| intruder refused | yes | ✓ |"), "{md}");

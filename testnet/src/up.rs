@@ -92,6 +92,8 @@ struct Armed {
     reelection: Option<f64>,
     /// Kill-host: seconds until the next completed round.
     recovery: Option<f64>,
+    /// Join: the newest round completed when the late member started (what it catches up to).
+    caught_up_to: u64,
 }
 
 /// Everything observed while the nodes run.
@@ -136,6 +138,14 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             anyhow::ensure!(
                 *node < cfg.nodes,
                 "--restart names node {node} of {}",
+                cfg.nodes
+            );
+        }
+        if let Fault::Join { node, .. } = f {
+            anyhow::ensure!(
+                (1..cfg.nodes).contains(node),
+                "--join names node {node}: it must be one of 1..{} (node 0 is every node's \
+                 bootstrap peer)",
                 cfg.nodes
             );
         }
@@ -205,7 +215,23 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     } else {
         None
     };
+    // Nodes that join late are members from the start: the first round waits for the others.
+    let late: Vec<usize> = cfg
+        .faults
+        .iter()
+        .filter_map(|f| match *f {
+            Fault::Join { node, .. } => Some(node),
+            _ => None,
+        })
+        .collect();
+    anyhow::ensure!(
+        cfg.nodes - late.len() >= protocol::round::MIN_CONTRIBUTORS,
+        "--join leaves {} nodes for the first round; it needs {}",
+        cfg.nodes - late.len(),
+        protocol::round::MIN_CONTRIBUTORS
+    );
     let settings = NodeSettings {
+        start_share: (cfg.nodes - late.len()) as f64 / cfg.nodes as f64,
         rounds: cfg.rounds,
         epsilon: cfg.epsilon,
         delta: cfg.delta,
@@ -218,7 +244,13 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         },
         seed: cfg.seed,
         tiny: cfg.tiny,
-        stage_timeout_secs: if cfg.tiny { 5 } else { 20 },
+        // Every node shares this machine's cores: with many nodes each one reads its requests
+        // later, and a request not read within half the request timeout counts as stalled.
+        stage_timeout_secs: if cfg.tiny {
+            (cfg.nodes as u64 / 4).max(5)
+        } else {
+            (cfg.nodes as u64 / 2).max(20)
+        },
         cache_dir: std::path::absolute(out.join("cache"))?,
     };
     bar.set_message("initialising nodes");
@@ -231,7 +263,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         &settings,
     )?;
     bar.set_message("starting nodes");
-    cluster.start_all()?;
+    cluster.start_all(&late)?;
     let ids: Vec<String> = cluster.nodes.iter().map(|n| n.peer_id.clone()).collect();
     let index_of = |peer: &str| ids.iter().position(|p| p == peer);
 
@@ -247,6 +279,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             done: false,
             reelection: None,
             recovery: None,
+            caught_up_to: 0,
         })
         .collect();
     let mut seen = Observed::default();
@@ -335,6 +368,10 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             kills: n.kills,
             restarts: n.restarts,
             running_at_end: running.get(i).copied().unwrap_or(false),
+            checkpoint_bytes_served: statuses
+                .get(i)
+                .and_then(|s| s.as_ref())
+                .map_or(0, |s| s.checkpoint_bytes_served),
         });
     }
 
@@ -554,6 +591,8 @@ impl Observed {
             mean_reward,
             seconds,
             bytes,
+            bytes_sent,
+            bytes_received,
             phase_seconds,
             phase_bytes,
             checkpoint,
@@ -588,6 +627,8 @@ impl Observed {
             mean_reward: f64::from(*mean_reward),
             seconds: *seconds,
             bytes: *bytes,
+            bytes_sent: *bytes_sent,
+            bytes_received: *bytes_received,
             phase_seconds: phase_seconds.clone(),
             phase_bytes: phase_bytes.clone(),
             epsilon,
@@ -679,6 +720,9 @@ fn step_fault(
         .and_then(|s| s.phase);
     let in_round =
         completed + 1 == round && matches!(host_phase, Some(Phase::Learn | Phase::Aggregate));
+    if let Fault::Join { node, .. } = a.fault {
+        return step_join(a, cluster, node, statuses, completed, t0);
+    }
     match a.fired_at {
         None => {
             if !in_round {
@@ -722,6 +766,8 @@ fn step_fault(
                     cluster.start(node)?;
                     tracing::info!(node, round, "fault: SIGKILL and restart");
                 }
+                // Handled by `step_join` before this match.
+                Fault::Join { .. } => return Ok(()),
             }
             a.fired_at = Some(Instant::now());
             a.record = Some(FaultRecord {
@@ -798,9 +844,53 @@ fn step_fault(
                 }
                 Ok(())
             }
-            Fault::Restart { .. } => Ok(()),
+            Fault::Restart { .. } | Fault::Join { .. } => Ok(()),
         },
     }
+}
+
+/// A late member: started once its round is due; done when it holds the checkpoint of the
+/// newest round completed when it started.
+fn step_join(
+    a: &mut Armed,
+    cluster: &mut Cluster,
+    node: usize,
+    statuses: &[Option<StatusReport>],
+    completed: u64,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let round = a.fault.round();
+    let Some(fired) = a.fired_at else {
+        if completed + 1 >= round {
+            cluster.start(node)?;
+            tracing::info!(node, round, "fault: a late member joins");
+            a.fired_at = Some(Instant::now());
+            a.record = Some(FaultRecord {
+                kind: a.fault.kind().into(),
+                round,
+                nodes: vec![node],
+                at_seconds: t0.elapsed().as_secs_f64(),
+                outcome: format!("joined after round {completed}"),
+            });
+            a.caught_up_to = completed;
+        }
+        return Ok(());
+    };
+    let held = statuses
+        .get(node)
+        .and_then(|s| s.as_ref())
+        .map_or(0, |s| s.round);
+    if held >= a.caught_up_to {
+        a.done = true;
+        let secs = fired.elapsed().as_secs_f64();
+        if let Some(r) = a.record.as_mut() {
+            r.outcome = format!(
+                "joined after round {}; held its checkpoint {secs:.1} s after starting",
+                a.caught_up_to
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -81,6 +81,8 @@ pub fn offline_report(data: &DataDir) -> anyhow::Result<StatusReport> {
         private_training: None,
         last_metrics: store.metrics()?,
         preparing: None,
+        secure_aggregation: None,
+        checkpoint_bytes_served: 0,
     })
 }
 
@@ -132,6 +134,7 @@ fn print_report(r: &StatusReport) {
                 }
             ),
         ),
+        ("secagg", r.secure_aggregation.clone().unwrap_or_else(dash)),
         (
             "metrics",
             r.last_metrics

@@ -101,7 +101,8 @@ models::knobs! {
         /// PeerId allowlist; empty admits any holder of the PSK. When non-empty it is also the
         /// election membership.
         pub members: Vec<String>,
-        /// Most connections in total.
+        /// Most connections in total (a member may hold a TCP and a QUIC connection to each
+        /// other member: 64 members need up to 126).
         pub max_connections: u32,
         /// Most connections per peer.
         pub max_connections_per_peer: u32,
@@ -135,7 +136,7 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: false,
             members: Vec::new(),
-            max_connections: 64,
+            max_connections: 256,
             max_connections_per_peer: 2,
             requests_per_second: 50,
             ban_after_offences: 20,
@@ -200,6 +201,12 @@ models::knobs! {
         pub stage_timeout_secs: u64,
         /// Seconds between the end of one round and the start of the next.
         pub round_interval_secs: u64,
+        /// Share of the members (in (0, 1]; 1 = all) that must be live before the host starts
+        /// the federation's first round; later rounds invite every live member.
+        pub start_share: f64,
+        /// Seconds the host waits for `start_share` of the members before a majority (and at
+        /// least `min_contributors`) is enough to start the first round.
+        pub start_timeout_secs: u64,
         /// Seed of the federation's random draws.
         pub seed: u64,
     }
@@ -212,6 +219,8 @@ impl Default for RoundConfig {
             min_contributors: 3,
             stage_timeout_secs: 30,
             round_interval_secs: 2,
+            start_share: 1.0,
+            start_timeout_secs: 60,
             seed: 0,
         }
     }
@@ -460,6 +469,11 @@ impl NodeConfig {
             },
         )?;
         ensure(
+            r.start_share > 0.0 && r.start_share <= 1.0,
+            "round.start_share",
+            || format!("must lie in (0, 1], got {}", r.start_share),
+        )?;
+        ensure(
             r.stage_timeout_secs >= 1,
             "round.stage_timeout_secs",
             || "must be at least 1".into(),
@@ -678,6 +692,9 @@ mod tests {
             |c| c.network.bootstrap = vec!["/ip4/1.2.3.4/tcp/x".into()],
             |c| c.network.members = vec!["12D3KooWnotapeer".into()],
             |c| c.round.min_contributors = 2,
+            |c| c.round.start_share = 0.0,
+            |c| c.round.start_share = f64::NAN,
+            |c| c.round.start_share = 1.5,
             |c| c.node.gpu = "cuda".into(),
             |c| c.model.host.keep_threshold = 1.5,
             |c| c.model.host.flow.hidden = 0,

@@ -22,11 +22,179 @@ use rand_chacha::ChaCha8Rng;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct HostCheckpoint {
     generator: Vec<u8>,
+    /// Classes of the teacher rows (the width of a memory row's teacher).
+    classes: u32,
+    /// Rows the critic memory has dropped from its front since the federation began: the
+    /// memory holds rows `memory_start..memory_start + n` of one append-only history, which
+    /// is what lets a delta carry only the new rows.
+    memory_start: u64,
     memory_images: Vec<u8>,
     memory_teacher: Vec<f32>,
     teacher: Option<TeacherTargets>,
     rng_seed: u64,
     moments: Option<LatentMoments>,
+}
+
+impl HostCheckpoint {
+    fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let state: Self = postcard::from_bytes(bytes)?;
+        let c = state.classes as usize;
+        if c == 0 || !state.memory_teacher.len().is_multiple_of(c) {
+            return Err(CheckpointError::Shape(format!(
+                "{} teacher values are no whole number of rows of {c} classes",
+                state.memory_teacher.len()
+            )));
+        }
+        let rows = state.memory_teacher.len() / c;
+        if (rows == 0 && !state.memory_images.is_empty())
+            || (rows > 0 && !state.memory_images.len().is_multiple_of(rows))
+        {
+            return Err(CheckpointError::Shape(format!(
+                "{} image bytes are no whole number of {rows} rows",
+                state.memory_images.len()
+            )));
+        }
+        Ok(state)
+    }
+
+    fn rows(&self) -> usize {
+        self.memory_teacher.len() / (self.classes as usize).max(1)
+    }
+
+    /// Image bytes per memory row (0 for an empty memory).
+    fn pixels(&self) -> usize {
+        self.memory_images
+            .len()
+            .checked_div(self.rows())
+            .unwrap_or(0)
+    }
+}
+
+/// What changed from one checkpoint of a federation's history to a later one: the generator,
+/// the critic memory's new rows and how many old ones it dropped, and the small state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HostCheckpointDelta {
+    generator: Vec<u8>,
+    memory_start: u64,
+    /// Rows the memory holds after the delta.
+    memory_rows: u64,
+    new_images: Vec<u8>,
+    new_teacher: Vec<f32>,
+    teacher: Option<TeacherTargets>,
+    rng_seed: u64,
+    moments: Option<LatentMoments>,
+}
+
+/// Why a checkpoint or a delta could not be decoded or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Not a checkpoint (or delta) of this format.
+    #[error("not a checkpoint: {0}")]
+    Decode(#[from] postcard::Error),
+    /// The memory's rows do not fit its declared widths.
+    #[error("checkpoint memory is malformed: {0}")]
+    Shape(String),
+    /// The delta does not continue the base it is applied to.
+    #[error("the delta does not apply to this base: {0}")]
+    Base(String),
+}
+
+/// The delta that turns checkpoint `base` into checkpoint `full` of the same history, or
+/// `None` when `full` does not continue `base` (a host that restored without its memory, a
+/// memory that dropped every row `base` holds): then only the full checkpoint will do.
+pub fn checkpoint_delta(base: &[u8], full: &[u8]) -> Result<Option<Vec<u8>>, CheckpointError> {
+    let (b, f) = (HostCheckpoint::decode(base)?, HostCheckpoint::decode(full)?);
+    let c = f.classes as usize;
+    let Some(skip) = f.memory_start.checked_sub(b.memory_start) else {
+        return Ok(None);
+    };
+    let (rows_b, rows_f) = (b.rows(), f.rows());
+    let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+    if b.classes != f.classes || skip > rows_b || (rows_b > 0 && b.pixels() != f.pixels()) {
+        return Ok(None);
+    }
+    let kept = rows_b - skip;
+    let p = f.pixels();
+    // The kept rows must be the same rows, not rows that happen to share their numbers.
+    if kept > rows_f
+        || b.memory_teacher[skip * c..] != f.memory_teacher[..kept * c]
+        || b.memory_images[skip * p..] != f.memory_images[..kept * p]
+    {
+        return Ok(None);
+    }
+    let delta = HostCheckpointDelta {
+        generator: f.generator,
+        memory_start: f.memory_start,
+        memory_rows: rows_f as u64,
+        new_images: f.memory_images[kept * p..].to_vec(),
+        new_teacher: f.memory_teacher[kept * c..].to_vec(),
+        teacher: f.teacher,
+        rng_seed: f.rng_seed,
+        moments: f.moments,
+    };
+    Ok(Some(postcard::to_allocvec(&delta)?))
+}
+
+/// The full checkpoint that `delta` (from [`checkpoint_delta`]) makes of `base`; the caller
+/// checks its hash against the content address it expects.
+pub fn apply_checkpoint_delta(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+    let b = HostCheckpoint::decode(base)?;
+    let d: HostCheckpointDelta = postcard::from_bytes(delta)?;
+    let c = b.classes as usize;
+    let bad = |m: String| Err(CheckpointError::Base(m));
+    if !d.new_teacher.len().is_multiple_of(c) {
+        return bad(format!(
+            "{} new teacher values for {c} classes",
+            d.new_teacher.len()
+        ));
+    }
+    let added = d.new_teacher.len() / c;
+    let p = match (b.rows(), added) {
+        (0, 0) => 0,
+        (0, a) => d.new_images.len() / a,
+        _ => b.pixels(),
+    };
+    if d.new_images.len() != added * p {
+        return bad(format!(
+            "{} new image bytes for {added} rows",
+            d.new_images.len()
+        ));
+    }
+    let skip = match d.memory_start.checked_sub(b.memory_start) {
+        Some(s) if s <= b.rows() as u64 => s as usize,
+        _ => {
+            return bad(format!(
+                "it starts its memory at row {}, the base holds rows {}..{}",
+                d.memory_start,
+                b.memory_start,
+                b.memory_start + b.rows() as u64
+            ))
+        }
+    };
+    if (b.rows() - skip + added) as u64 != d.memory_rows {
+        return bad(format!(
+            "{} kept and {added} new rows are not the {} it declares",
+            b.rows() - skip,
+            d.memory_rows
+        ));
+    }
+    let mut memory_images = b.memory_images;
+    memory_images.drain(..skip * p);
+    memory_images.extend_from_slice(&d.new_images);
+    let mut memory_teacher = b.memory_teacher;
+    memory_teacher.drain(..skip * c);
+    memory_teacher.extend_from_slice(&d.new_teacher);
+    let full = HostCheckpoint {
+        generator: d.generator,
+        classes: b.classes,
+        memory_start: d.memory_start,
+        memory_images,
+        memory_teacher,
+        teacher: d.teacher,
+        rng_seed: d.rng_seed,
+        moments: d.moments,
+    };
+    Ok(postcard::to_allocvec(&full)?)
 }
 
 /// A host checkpoint decoded and checked by [`decode_checkpoint`], not yet applied to a host.
@@ -44,12 +212,10 @@ pub fn decode_checkpoint(
     classes: usize,
     pixels: usize,
 ) -> anyhow::Result<DecodedCheckpoint> {
-    let state: HostCheckpoint = postcard::from_bytes(bytes)?;
+    let state = HostCheckpoint::decode(bytes)?;
     let c = classes;
-    let n = state.memory_teacher.len() / c.max(1);
-    if state.memory_teacher.len() != n.saturating_mul(c)
-        || state.memory_images.len() != n.saturating_mul(pixels)
-    {
+    let n = state.rows();
+    if state.classes as usize != c || state.memory_images.len() != n.saturating_mul(pixels) {
         anyhow::bail!("checkpoint memory does not fit {c} classes of {pixels}-pixel images");
     }
     // Refuse a generator that is not safetensors before any of the host's state changes.
@@ -187,6 +353,8 @@ pub struct Synthesizer {
     public: WeightedSet,
     teacher: Option<TeacherTargets>,
     critic: Option<TaskModel>,
+    /// Rows dropped from the memory's front so far ([`HostCheckpoint::memory_start`]).
+    memory_start: u64,
     memory_images: Vec<u8>,
     memory_teacher: Vec<f32>,
     moments: Option<LatentMoments>,
@@ -221,6 +389,7 @@ impl Synthesizer {
             },
             teacher: None,
             critic: None,
+            memory_start: 0,
             memory_images: Vec::new(),
             memory_teacher: Vec::new(),
             moments: None,
@@ -327,6 +496,7 @@ impl Synthesizer {
             let drop = n - self.cfg.critic_memory;
             self.memory_images.drain(..drop * p);
             self.memory_teacher.drain(..drop * classes);
+            self.memory_start += drop as u64;
         }
         let n = self.memory_teacher.len() / classes;
         if n == 0 || self.cfg.critic_steps == 0 {
@@ -366,6 +536,8 @@ impl Synthesizer {
         self.generator.save(&path)?;
         let state = HostCheckpoint {
             generator: std::fs::read(&path)?,
+            classes: self.classes.len() as u32,
+            memory_start: self.memory_start,
             memory_images: self.memory_images.clone(),
             memory_teacher: self.memory_teacher.clone(),
             teacher: self.teacher.clone(),
@@ -390,8 +562,12 @@ impl Synthesizer {
         self.memory_teacher.clear();
         self.rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
         self.critic = None;
+        self.memory_start = state.memory_start;
         if self.cfg.improve_generator && n > 0 {
             self.train_critic(&state.memory_images, &state.memory_teacher, c)?;
+        } else {
+            // The memory starts afresh after every row the checkpoint held.
+            self.memory_start += n as u64;
         }
         Ok(())
     }
@@ -647,5 +823,90 @@ mod tests {
             ..config()
         });
         assert!(frozen.start_round(1).unwrap().latent.is_none());
+    }
+
+    /// Checkpoints of rounds 1..=4 of a host whose critic memory holds six rows (four judged
+    /// samples join it each round, so it drops rows from round 2 on: it holds rows 0..4,
+    /// 2..8, 6..12, 10..16).
+    fn history() -> Vec<Vec<u8>> {
+        let mut host = tiny_host(SynthesizerConfig {
+            critic_memory: 6,
+            moment_strength: 0.0,
+            ..config()
+        });
+        let rows = [[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.1, 0.9]];
+        let mut sum: Vec<f64> = rows.iter().flatten().copied().collect();
+        sum.extend([1.0, 1.0]);
+        (1..=4)
+            .map(|round| {
+                let start = host.start_round(round).unwrap();
+                assert_eq!(host.finish_round(&start, &sum).unwrap().kept, 2);
+                host.checkpoint().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_checkpoint_plus_deltas_is_the_later_checkpoint_to_the_byte() {
+        let h = history();
+        let sha = crate::store::sha256;
+        // Round 2's memory holds rows 2..8, round 3's rows 6..12: two kept, four new.
+        let delta = checkpoint_delta(&h[1], &h[2]).unwrap().expect("a delta");
+        assert_eq!(
+            sha(&apply_checkpoint_delta(&h[1], &delta).unwrap()),
+            sha(&h[2])
+        );
+        let generator = HostCheckpoint::decode(&h[2]).unwrap().generator.len();
+        assert!(
+            delta.len() < h[2].len() && delta.len() > generator,
+            "the delta carries the generator and the new rows: {} of {} bytes",
+            delta.len(),
+            h[2].len()
+        );
+        // Catching up over two rounds: round 1's checkpoint plus deltas 1→2 and 2→3.
+        let two = checkpoint_delta(&h[0], &h[1]).unwrap().expect("a delta");
+        let mut held = apply_checkpoint_delta(&h[0], &two).unwrap();
+        held = apply_checkpoint_delta(&held, &delta).unwrap();
+        assert_eq!(sha(&held), sha(&h[2]));
+        // Every row round 1 held is gone by round 3, so only the full checkpoint will do;
+        // nor does a delta run backwards.
+        assert!(checkpoint_delta(&h[0], &h[2]).unwrap().is_none());
+        assert!(checkpoint_delta(&h[2], &h[1]).unwrap().is_none());
+        // A restored host goes on with the same history.
+        let mut resumed = tiny_host(SynthesizerConfig {
+            critic_memory: 6,
+            moment_strength: 0.0,
+            ..config()
+        });
+        resumed.restore(&h[2]).unwrap();
+        let r = HostCheckpoint::decode(&resumed.checkpoint().unwrap()).unwrap();
+        assert_eq!((r.memory_start, r.rows()), (6, 6));
+    }
+
+    #[test]
+    fn a_tampered_or_misplaced_delta_never_yields_the_checkpoint() {
+        let h = history();
+        let sha = crate::store::sha256;
+        let delta = checkpoint_delta(&h[1], &h[2]).unwrap().unwrap();
+        // Every single-byte change is refused or gives bytes that miss the content address.
+        for i in (0..delta.len()).step_by(97) {
+            let mut bad = delta.clone();
+            bad[i] ^= 0x41;
+            if let Ok(full) = apply_checkpoint_delta(&h[1], &bad) {
+                assert_ne!(sha(&full), sha(&h[2]), "byte {i} changed nothing");
+            }
+        }
+        // On the wrong base: round 3's delta from round 2 applied to round 1's checkpoint.
+        match apply_checkpoint_delta(&h[0], &delta) {
+            Err(CheckpointError::Base(_)) => {}
+            Ok(full) => assert_ne!(sha(&full), sha(&h[2])),
+            Err(e) => panic!("{e}"),
+        }
+        // A delta whose memory starts past the base's rows says so.
+        let far = checkpoint_delta(&h[2], &h[3]).unwrap().unwrap();
+        let e = apply_checkpoint_delta(&h[0], &far).unwrap_err();
+        assert!(e.to_string().contains("starts its memory at row"), "{e}");
+        assert!(apply_checkpoint_delta(&h[0], b"junk").is_err());
+        assert!(apply_checkpoint_delta(b"junk", &far).is_err());
     }
 }

@@ -9,7 +9,7 @@ use protocol::election::Election;
 use protocol::round::client::ClientView;
 use protocol::session::release::Release;
 use protocol::session::ClientEffect;
-use protocol::wire::{CheckpointTransfer, Kind, Phase, RoundOffer, SecAggPacket};
+use protocol::wire::{Kind, Phase, RoundOffer, SecAggPacket};
 use protocol::{AbstainReason, Refusal};
 
 use super::ml::Job;
@@ -17,7 +17,7 @@ use super::{Node, LEDGER_WRITE_BYTES};
 use crate::store::NodeStore;
 
 /// What an offer or checkpoint is checked against: this node, its election's view, its store.
-fn client_view<'a>(
+pub(super) fn client_view<'a>(
     me: &'a [u8],
     election: &'a Election<Vec<u8>>,
     store: &NodeStore,
@@ -62,6 +62,8 @@ impl Node {
             .answered(offer.term, offer.start.round, offer.attempt)
             .map_err(Refusal::local)?;
         let view = client_view(&self.me_bytes, &self.election, &self.store)?;
+        let aggregation = offer.secagg.describe(offer.participants.len() as u32);
+        let round = offer.start.round;
         let effects = self.client.on_offer(
             &peer.to_bytes(),
             offer,
@@ -70,6 +72,10 @@ impl Node {
             &self.signing,
             &mut rand::rng(),
         )?;
+        if !effects.is_empty() {
+            tracing::info!(round, "joining the round: {aggregation}");
+            self.secure_aggregation = Some(aggregation);
+        }
         self.client_effects(effects).map_err(Refusal::local)
     }
 
@@ -147,43 +153,6 @@ impl Node {
             }
         };
         self.client_effects(effects)
-    }
-
-    /// The host's checkpoint of a completed round: verify, keep, and count the round.
-    pub(super) fn on_checkpoint(
-        &mut self,
-        peer: PeerId,
-        t: CheckpointTransfer,
-    ) -> Result<(), Refusal> {
-        if self.host.is_some() {
-            return Err(Refusal::WrongRole(Kind::Checkpoint));
-        }
-        let view = client_view(&self.me_bytes, &self.election, &self.store)?;
-        self.client
-            .check_checkpoint(&peer.to_bytes(), t.term, t.round, view)?;
-        if crate::store::sha256(&t.bytes) != t.hash {
-            return Err(Refusal::CheckpointHash);
-        }
-        let stored = self
-            .store
-            .put_checkpoint(t.round, &t.bytes)
-            .map_err(Refusal::local)?;
-        if stored != t.hash {
-            return Err(Refusal::local("stored checkpoint does not match its hash"));
-        }
-        self.store
-            .set_last_completed_round(t.round)
-            .map_err(Refusal::local)?;
-        self.election.set_last_completed_round(t.round);
-        tracing::info!(
-            round = t.round,
-            bytes = t.bytes.len(),
-            "checkpoint replicated: round complete"
-        );
-        self.set_phase(t.term, t.round, Phase::Complete, "client")
-            .map_err(Refusal::local)?;
-        self.client.leave_round(t.round);
-        Ok(())
     }
 
     /// Leaves the attempt in progress (its spend, if any, stays in the ledger).

@@ -4,26 +4,32 @@
 //! effects.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use protocol::session::{HostEffect, HostSession, OpenRound, RoundPolicy};
+use protocol::session::{HostEffect, HostSession, OpenRound, Replication, RoundPolicy, StartRule};
 use protocol::wire::{
     Aggregation, CheckpointTransfer, Participant, Phase, Request, SecAggPacket, UploadPacket,
 };
 use protocol::{Refusal, RoundStart};
+use rand::seq::SliceRandom;
 use rand::RngCore;
+
+use crate::learn::synthesizer::checkpoint_delta;
 
 use super::ml::{Job, Outcome};
 use super::{Node, Pending, TICK};
 
-/// Seconds and bytes of a round, per phase as the host sees it.
+/// Seconds and bytes of a round, per phase as the host sees it (bytes over the network
+/// only: what the host's own client side exchanges with it never leaves the process).
 #[derive(Debug, Clone)]
 struct PhaseClock {
     phase: Phase,
     since: Instant,
     seconds: BTreeMap<Phase, f64>,
     bytes: BTreeMap<Phase, u64>,
+    sent: u64,
+    received: u64,
 }
 
 impl PhaseClock {
@@ -35,6 +41,8 @@ impl PhaseClock {
             since: Instant::now(),
             seconds,
             bytes: BTreeMap::new(),
+            sent: 0,
+            received: 0,
         }
     }
 
@@ -45,9 +53,14 @@ impl PhaseClock {
         self.since = Instant::now();
     }
 
-    /// Counts `n` bytes sent or received in the current phase.
-    fn count(&mut self, n: usize) {
+    /// Counts `n` bytes sent (`sent`) or received in the current phase.
+    fn count(&mut self, n: usize, sent: bool) {
         *self.bytes.entry(self.phase).or_default() += n as u64;
+        if sent {
+            self.sent += n as u64;
+        } else {
+            self.received += n as u64;
+        }
     }
 
     fn total_bytes(&self) -> u64 {
@@ -75,6 +88,13 @@ pub(super) struct HostSide {
     /// Seconds the last synthetic set took to sample.
     generated_in: f64,
     ready: bool,
+    /// When the generator became ready: the first round's wait for the members runs from here.
+    ready_at: Option<Instant>,
+    /// This host is to start the federation's first round: it waits for the members
+    /// ([`StartRule`]) until its first offer goes out.
+    first_round: bool,
+    /// What the next round waits for, while it waits (for `status` and the testnet's line).
+    pub(super) waiting: Option<String>,
     busy: bool,
     next_start: Instant,
     round: Option<ActiveRound>,
@@ -87,6 +107,9 @@ impl Node {
             Some((round, hash)) => Some((round, self.store.get_checkpoint(&hash)?)),
             None => None,
         };
+        // No round was ever tried here: this host starts the federation. A host elected after
+        // a failover, or after a first attempt, has a phase on record and goes with who is live.
+        let first_round = self.store.last_completed_round()? == 0 && self.store.phase()?.is_none();
         if let Some((round, _)) = &checkpoint {
             tracing::info!(
                 term,
@@ -99,6 +122,9 @@ impl Node {
             attempts: 0,
             generated_in: 0.0,
             ready: false,
+            ready_at: None,
+            first_round,
+            waiting: None,
             busy: true,
             next_start: Instant::now(),
             round: None,
@@ -149,8 +175,61 @@ impl Node {
         self.host.as_mut().and_then(|h| h.round.as_mut())
     }
 
-    fn round_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.cfg.round.round_interval_secs)
+    fn round_interval(&self) -> Duration {
+        Duration::from_secs(self.cfg.round.round_interval_secs)
+    }
+
+    /// Whether `live` contributors (this node included) may start the next round: at least
+    /// `round.min_contributors`, and for the federation's first round the start rule's share
+    /// of the members. While they may not, says what the round waits for, in the log now and
+    /// then and in `status` at once.
+    fn enough_contributors(&mut self, live: usize) -> bool {
+        let members = self.election.members().len();
+        let rule = self.start_rule();
+        let floor = self.min_contributors();
+        let mut min = floor;
+        let log_now = self.ticks.is_multiple_of(50);
+        let Some(host) = self.host.as_mut() else {
+            return false;
+        };
+        let waited = host.ready_at.map_or(Duration::ZERO, |t| t.elapsed());
+        if host.first_round {
+            min = min.max(rule.needed(members, waited));
+        }
+        if live >= min {
+            if host.waiting.take().is_some() {
+                tracing::info!(live, members, "starting: {live} of {members} members live");
+                self.publish_admin();
+            }
+            return true;
+        }
+        let line = if host.first_round && waited < rule.timeout {
+            format!(
+                "waiting for members: {live} of {members} live, the first round starts at {min} \
+                 (or a majority, {}, after {} s)",
+                rule.needed(members, rule.timeout).max(floor),
+                rule.timeout.as_secs()
+            )
+        } else {
+            format!("waiting for members: {live} of {members} live, a round needs {min}")
+        };
+        let changed = host.waiting.as_ref() != Some(&line);
+        if log_now || host.waiting.is_none() {
+            tracing::info!(live, members, min, "{line}");
+        }
+        if changed {
+            host.waiting = Some(line);
+            self.publish_admin();
+        }
+        false
+    }
+
+    /// When the federation's first round starts (`round.start_share`, `round.start_timeout_secs`).
+    fn start_rule(&self) -> StartRule {
+        StartRule {
+            share: self.cfg.round.start_share,
+            timeout: Duration::from_secs(self.cfg.round.start_timeout_secs),
+        }
     }
 
     /// The protocol's round policy with this node's clock, clip and noise.
@@ -181,21 +260,12 @@ impl Node {
             return Ok(());
         }
         let live = self.live_contributors().len();
-        let min = self.min_contributors();
+        if !self.enough_contributors(live) {
+            return Ok(());
+        }
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
-        if live < min {
-            if self.ticks.is_multiple_of(50) {
-                tracing::info!(
-                    live,
-                    min,
-                    "waiting for enough contributors (this node and {} other members)",
-                    min - 1
-                );
-            }
-            return Ok(());
-        }
         host.busy = true;
         let term = host.term;
         self.set_phase(term, last + 1, Phase::Generate, "host")?;
@@ -218,6 +288,7 @@ impl Node {
             } => {
                 tracing::info!(resumed_from, cached, seconds, "generator ready");
                 host.ready = true;
+                host.ready_at = Some(Instant::now());
                 host.busy = false;
                 host.next_start = Instant::now() + interval;
                 Ok(())
@@ -246,23 +317,19 @@ impl Node {
         let interval = self.round_interval();
         let policy = self.policy();
         let clients = self.live_contributors();
-        let min = self.min_contributors();
+        // Members may have gone (or, on a loaded machine, fallen silent) while it sampled.
+        let enough = self.enough_contributors(clients.len());
         let members = self.election.members().len();
         let host_bytes = self.me_bytes.clone();
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
         host.busy = false;
-        if clients.len() < min {
-            tracing::info!(
-                round = start.round,
-                live = clients.len(),
-                min,
-                "waiting for enough contributors"
-            );
-            host.next_start = Instant::now() + interval.max(std::time::Duration::from_secs(1));
+        if !enough {
+            host.next_start = Instant::now() + interval.max(Duration::from_secs(1));
             return Ok(());
         }
+        host.first_round = false;
         let participants: Vec<Participant> = clients
             .iter()
             .map(|(peer, identity)| Participant {
@@ -286,7 +353,13 @@ impl Node {
             aggregation: Aggregation::Secure,
         };
         let (session, effects) = HostSession::open(open, policy)?;
-        tracing::info!(term, round, participants = clients.len(), "round offered");
+        tracing::info!(
+            term,
+            round,
+            participants = clients.len(),
+            "round offered: {}",
+            session.aggregation()
+        );
         host.round = Some(ActiveRound {
             session,
             started: Instant::now(),
@@ -314,11 +387,14 @@ impl Node {
         packet: SecAggPacket,
         size: usize,
     ) -> Result<(), Refusal> {
+        let remote = peer != self.me;
         let Some(active) = self.active_mut() else {
             return Err(Refusal::NoRound);
         };
         let effects = active.session.on_secagg(&peer.to_bytes(), packet)?;
-        active.clock.count(size);
+        if remote {
+            active.clock.count(size, false);
+        }
         self.host_effects(effects).map_err(Refusal::local)
     }
 
@@ -401,12 +477,25 @@ impl Node {
             Ok(hash) => hash,
             Err(why) => return self.checkpoint_not_stored(round, &why),
         };
-        let targets: Vec<Vec<u8>> = self
+        // The delta from the previous round's checkpoint, for the members that hold that one.
+        let previous = self.store.checkpoint_hash(round.saturating_sub(1))?;
+        let delta = previous.and_then(|base| {
+            let bytes = self.store.get_checkpoint(&base).ok()?;
+            let delta = checkpoint_delta(&bytes, &checkpoint).ok()??;
+            Some((base, delta))
+        });
+        let mut candidates: Vec<(Vec<u8>, bool)> = self
             .swarm
             .connected_peers()
             .filter(|p| self.is_member(p))
-            .map(|p| p.to_bytes())
+            .map(|p| {
+                let holds =
+                    previous.is_some() && self.peers.get(p).and_then(|s| s.checkpoint) == previous;
+                (p.to_bytes(), holds)
+            })
             .collect();
+        // Spread the replicas (and so the later fetches) over the members.
+        candidates.shuffle(&mut rand::rng());
         let Some(host) = self.host.as_mut() else {
             return Ok(());
         };
@@ -414,16 +503,63 @@ impl Node {
         let Some(active) = host.round.as_mut() else {
             return Ok(());
         };
-        let transfer = CheckpointTransfer {
-            term: active.session.term(),
+        let term = active.session.term();
+        let full = CheckpointTransfer {
+            term,
             round,
             hash,
+            base: None,
             bytes: checkpoint,
         };
-        let effects = active.session.on_improved(transfer, targets);
+        let delta = delta.map(|(base, bytes)| CheckpointTransfer {
+            term,
+            round,
+            hash,
+            base: Some(base),
+            bytes,
+        });
+        tracing::info!(
+            round,
+            full = full.bytes.len(),
+            delta = delta.as_ref().map(|d| d.bytes.len()),
+            "replicating the checkpoint to a majority"
+        );
+        let effects = active.session.on_improved(Replication {
+            full,
+            delta,
+            candidates,
+        });
         if !effects.is_empty() {
             active.checkpoint = Some((hash, kept, mean_reward));
         }
+        self.host_effects(effects)
+    }
+
+    /// A replica target could not take the checkpoint: a spare member gets it.
+    pub(super) fn host_replica_failed(&mut self, peer: PeerId) -> anyhow::Result<()> {
+        let Some(active) = self.active_mut() else {
+            return Ok(());
+        };
+        let effects = active.session.on_replica_failed(&peer.to_bytes());
+        self.host_effects(effects)
+    }
+
+    /// A member announced the checkpoint it holds: if that is the one this host replicates,
+    /// it counts as a replica.
+    pub(super) fn host_holder(
+        &mut self,
+        peer: PeerId,
+        round: u64,
+        checkpoint: Option<[u8; 32]>,
+    ) -> anyhow::Result<()> {
+        let Some(active) = self.active_mut() else {
+            return Ok(());
+        };
+        let replicating = active.checkpoint.map(|(hash, _, _)| hash);
+        if checkpoint.is_none() || checkpoint != replicating || round != active.session.round() {
+            return Ok(());
+        }
+        let effects = active.session.on_holder(&peer.to_bytes(), round);
         self.host_effects(effects)
     }
 
@@ -459,10 +595,10 @@ impl Node {
         for effect in effects {
             match effect {
                 HostEffect::Send { to, request } => {
-                    if let Some(active) = self.active_mut() {
-                        active
-                            .clock
-                            .count(protocol::wire::encoded_len(&request).unwrap_or(0));
+                    let me = self.me_bytes.as_slice() == to.as_slice();
+                    if let (Some(active), false) = (self.active_mut(), me) {
+                        let size = protocol::wire::encoded_len(&request).unwrap_or(0);
+                        active.clock.count(size, true);
                     }
                     let Ok(peer) = PeerId::from_bytes(&to) else {
                         continue;
@@ -545,6 +681,8 @@ impl Node {
             mean_reward,
             seconds,
             bytes,
+            bytes_sent: active.clock.sent,
+            bytes_received: active.clock.received,
             phase_seconds: active.clock.seconds,
             phase_bytes: active.clock.bytes,
             checkpoint: crate::store::to_hex(&hash),

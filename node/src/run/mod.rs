@@ -4,6 +4,7 @@
 //! Everything a peer sends is checked by the sans-IO machines in `protocol` (election, round)
 //! before it touches state; anything refused is answered with a reason and logged.
 
+mod checkpoints;
 mod client;
 mod peers;
 mod requests;
@@ -105,8 +106,21 @@ pub struct Node {
     ledger_view: LedgerView,
     /// How the last round's learning used the private records.
     private_use: Option<crate::learn::PrivateUse>,
+    /// How the last round this node joined is securely aggregated (for `status`).
+    secure_aggregation: Option<String>,
+    /// Fetching checkpoints this node was not sent.
+    catch_up: protocol::session::CatchUp,
+    /// Members this node is sending a checkpoint they asked for (one at a time each).
+    serving: HashSet<PeerId>,
+    /// Bytes of checkpoints sent to members that asked, since this process started.
+    served_bytes: u64,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
+}
+
+/// How long a request may take to be answered: two round stages (at least 10 s).
+fn request_timeout(cfg: &NodeConfig) -> Duration {
+    Duration::from_secs(cfg.round.stage_timeout_secs.max(5) * 2)
 }
 
 /// Memory of this machine in MiB (for the host election's ranking).
@@ -222,7 +236,7 @@ pub async fn run(
         mdns: cfg.network.mdns,
         max_connections: cfg.network.max_connections,
         max_connections_per_peer: cfg.network.max_connections_per_peer,
-        request_timeout: Duration::from_secs(cfg.round.stage_timeout_secs.max(5) * 2),
+        request_timeout: request_timeout(&cfg),
         max_inflight_bytes: (cfg.network.max_inflight_mb as usize).saturating_mul(1 << 20),
         memory,
     };
@@ -365,6 +379,7 @@ pub async fn run(
         privacy::PrivacyUnit::Client => releaser.aggregate_noise_multiplier()?,
         privacy::PrivacyUnit::Record => 0.0,
     };
+    let catch_up = protocol::session::CatchUp::new(checkpoints::catch_up_policy(&cfg));
     let mut node = Node {
         swarm,
         me,
@@ -392,6 +407,10 @@ pub async fn run(
         last_metrics: None,
         ledger_view: LedgerView::default(),
         private_use: None,
+        secure_aggregation: None,
+        catch_up,
+        serving: HashSet::new(),
+        served_bytes: 0,
         bootstrap,
         ticks: 0,
     };
@@ -446,12 +465,15 @@ impl Node {
         let actions = self.election.tick();
         self.apply(actions)?;
         self.host_tick()?;
+        self.catch_up_tick()?;
         if self.ticks.is_multiple_of(10) {
             self.expire_bans()?;
             self.publish_admin();
+            let round = self.election.last_completed_round();
             let alive = Announcement::Alive {
                 capability: self.capability,
-                last_completed_round: self.election.last_completed_round(),
+                last_completed_round: round,
+                checkpoint: self.store.checkpoint_hash(round)?,
             };
             self.publish(&alive);
         }

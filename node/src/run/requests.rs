@@ -17,6 +17,14 @@ pub(super) enum Pending {
         term: u64,
         round: u64,
     },
+    /// This node asked `peer` for a checkpoint.
+    Fetch {
+        peer: PeerId,
+    },
+    /// This node sends `peer` the checkpoint it asked for.
+    Served {
+        peer: PeerId,
+    },
     Other,
 }
 
@@ -169,6 +177,7 @@ impl Node {
                 ..
             } => self.host_abstain(peer, term, round, attempt),
             Request::Checkpoint(transfer) => self.on_checkpoint(peer, transfer),
+            Request::Fetch(fetch) => self.serve_fetch(peer, fetch),
         };
         match result {
             Ok(()) => self.respond(channel, Response::Ack),
@@ -205,6 +214,22 @@ impl Node {
         match (pending, response) {
             (Pending::Checkpoint { peer, term, round }, Response::Ack) => {
                 self.host_replica(peer, term, round)
+            }
+            (Pending::Checkpoint { peer, .. }, Response::Rejected(reason)) => {
+                tracing::info!(peer = %peer, "a replica target did not take the checkpoint: {reason}");
+                self.host_replica_failed(peer)
+            }
+            (Pending::Fetch { peer }, Response::Rejected(reason)) => {
+                tracing::info!(peer = %peer, "a holder did not serve the checkpoint: {reason}");
+                self.catch_up.on_failed(&peer.to_bytes());
+                Ok(())
+            }
+            (Pending::Served { peer }, response) => {
+                self.serving.remove(&peer);
+                if let Response::Rejected(reason) = response {
+                    tracing::info!(peer = %peer, "the checkpoint served was refused: {reason}");
+                }
+                Ok(())
             }
             (
                 Pending::Offer {

@@ -106,7 +106,10 @@ impl Node {
             epsilon_budget: self.ledger_view.budget,
             delta,
             last_metrics: self.last_metrics.clone(),
-            preparing: self.ml.preparing().map(|p| p.label().to_string()),
+            preparing: (self.ml.preparing().map(|p| p.label().to_string()))
+                .or_else(|| self.host.as_ref().and_then(|h| h.waiting.clone())),
+            secure_aggregation: self.secure_aggregation.clone(),
+            checkpoint_bytes_served: self.served_bytes,
         };
         let _ = self.admin.send(AdminState {
             status,

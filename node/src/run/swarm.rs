@@ -121,7 +121,11 @@ impl Node {
                     Ok(Announcement::Alive {
                         capability,
                         last_completed_round,
-                    }) => self.on_alive(source, capability, last_completed_round)?,
+                        checkpoint,
+                    }) => {
+                        self.on_alive(source, capability, last_completed_round)?;
+                        self.note_held_checkpoint(source, last_completed_round, checkpoint)?;
+                    }
                     Ok(Announcement::Round { .. }) => {}
                     Err(e) => {
                         tracing::warn!(peer = %source, "bad announcement: {e}");
@@ -148,14 +152,9 @@ impl Node {
             }) => {
                 let pending = self.pending.remove(&request_id);
                 tracing::debug!(peer = %peer, "request failed: {error}");
-                if let Some(Pending::Offer {
-                    peer,
-                    term,
-                    round,
-                    attempt,
-                }) = pending
-                {
-                    self.offer_refused(peer, term, round, attempt, &error.to_string())?;
+                if let Some(pending) = pending {
+                    let failed = Response::Rejected(Refusal::local(error));
+                    self.settle(peer, pending, failed)?;
                 }
             }
             BehaviourEvent::Rr(request_response::Event::InboundFailure { peer, error, .. }) => {

@@ -4,10 +4,18 @@
 //! securely aggregated exactly as between nodes, otherwise summed in the clear by the same
 //! sessions (the simulation's cheaper stand-in, which models the sum secure aggregation
 //! would release).
+//!
+//! A client may [drop out](Federation::drop_out) mid-round (it goes silent: nothing reaches
+//! it, nothing it would send leaves it); the stages that wait for it then close on their
+//! deadline, one tick per pass once nothing is in flight and no one is left to release. The
+//! federation also keeps per-party accounts ([`Usage`]): time inside each session's calls and
+//! bytes each way.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use protocol::round::client::ClientView;
+use protocol::round::HostStage;
 use protocol::session::release::Release;
 use protocol::session::{
     ClientEffect, ClientSession, HostEffect, HostSession, OpenRound, ReleasePlan, RoundPolicy,
@@ -29,6 +37,24 @@ pub struct Bytes {
     /// Clients → host.
     pub up: usize,
 }
+
+/// What one party spent in a round: wall time inside its session's calls, and bytes by
+/// direction (a request discarded because its sender or receiver dropped out counts nowhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Wall time inside the party's session calls (a client's `on_offer`, `on_secagg`,
+    /// `on_released` and `sit_out`; the host's `open`, `on_secagg`, `on_upload`,
+    /// `on_abstain` and `on_tick`).
+    pub time: Duration,
+    /// Bytes the party sent, by their wire encoding.
+    pub sent: usize,
+    /// Bytes the party received, by their wire encoding.
+    pub received: usize,
+}
+
+/// Most clock ticks a round may take to close its stages once only dropped clients are
+/// left to hear from (each stage lasts at most a few ticks; this only stops a runaway loop).
+const MAX_SETTLE_TICKS: u32 = 1_000;
 
 /// How a round's host session ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +88,16 @@ pub struct Federation {
     end: Option<RoundEnd>,
     bytes: Bytes,
     attempts: u32,
+    /// Per client: asked to learn this round and its release not yet in.
+    awaiting: Vec<bool>,
+    /// Per client: silent for the rest of this round ([`Federation::drop_out`]).
+    dropped: Vec<bool>,
+    /// Per client: this round's time and bytes.
+    usage: Vec<Usage>,
+    /// Time inside the host session's calls this round.
+    host_time: Duration,
+    /// How this round sums the uploads, in words ([`HostSession::aggregation`]).
+    described: String,
 }
 
 impl Federation {
@@ -115,8 +151,8 @@ impl Federation {
             } else {
                 Aggregation::Plain
             },
-            // One tick per delivery pass; the in-memory transport loses nothing, so no stage
-            // ever waits for its deadline.
+            // One tick per delivery pass; the in-memory transport loses nothing, so a stage
+            // waits for its deadline only when a client dropped out (`drop_out`).
             policy: RoundPolicy {
                 stage_ticks: 1,
                 clip,
@@ -129,12 +165,17 @@ impl Federation {
             end: None,
             bytes: Bytes::default(),
             attempts: 0,
+            awaiting: vec![false; n],
+            dropped: vec![false; n],
+            usage: vec![Usage::default(); n],
+            host_time: Duration::ZERO,
+            described: String::new(),
         })
     }
 
     /// Opens a round: the host's offer reaches every client (and, with secure aggregation,
     /// the key exchange runs up to where the clients must learn). Returns the clients that
-    /// were asked to learn, in order.
+    /// were asked to learn, in order. Dropouts, usage and bytes of the last round are cleared.
     pub fn open(&mut self, start: RoundStart) -> anyhow::Result<Vec<usize>> {
         let mut graph_seed = [0u8; 32];
         self.rng.fill_bytes(&mut graph_seed);
@@ -152,11 +193,69 @@ impl Federation {
         self.bytes = Bytes::default();
         self.end = None;
         self.learning.clear();
+        self.awaiting.fill(false);
+        self.dropped.fill(false);
+        self.usage.fill(Usage::default());
+        self.host_time = Duration::ZERO;
+        let t = Instant::now();
         let (session, effects) = HostSession::open(open, self.policy)?;
+        self.host_time += t.elapsed();
+        self.described = session.aggregation().to_string();
         self.session = Some(session);
         self.host_effects(effects);
         self.run()?;
-        Ok(std::mem::take(&mut self.learning))
+        let learning = std::mem::take(&mut self.learning);
+        for &k in &learning {
+            self.awaiting[k] = true;
+        }
+        Ok(learning)
+    }
+
+    /// Client `k` goes silent for the rest of the round, as a crashed node does: nothing sent
+    /// to it is delivered, it sends nothing more and releases nothing. Called after [`open`]
+    /// (which ran the key exchange), it is secure aggregation's worst case: its keys and
+    /// shares are out but its masked input never comes. The stages waiting for it close on
+    /// their deadline once nothing else is in flight and every other client has released.
+    ///
+    /// [`open`]: Federation::open
+    pub fn drop_out(&mut self, k: usize) -> anyhow::Result<()> {
+        let Some(dropped) = self.dropped.get_mut(k) else {
+            anyhow::bail!("no client {k}");
+        };
+        *dropped = true;
+        self.awaiting[k] = false;
+        self.settle()
+    }
+
+    /// Whether client `k` dropped out of this round.
+    pub fn is_dropped(&self, k: usize) -> bool {
+        self.dropped.get(k).copied().unwrap_or(false)
+    }
+
+    /// How the last opened round sums the uploads, in words (e.g. "SecAgg+ (k = 18
+    /// neighbours, t = 10, N = 40)"); empty before the first round.
+    pub fn aggregation(&self) -> &str {
+        &self.described
+    }
+
+    /// The host's timing, quorum and encoding policy.
+    pub fn policy(&self) -> RoundPolicy {
+        self.policy
+    }
+
+    /// What each client spent in the round so far, by client index.
+    pub fn client_usage(&self) -> &[Usage] {
+        &self.usage
+    }
+
+    /// What the host spent in the round so far: its time, and every byte it sent to or got
+    /// from a client.
+    pub fn host_usage(&self) -> Usage {
+        Usage {
+            time: self.host_time,
+            sent: self.bytes.down,
+            received: self.bytes.up,
+        }
     }
 
     /// What client `k`'s release this round must fit.
@@ -183,12 +282,17 @@ impl Federation {
             .clients
             .get_mut(k)
             .ok_or_else(|| anyhow::anyhow!("no client {k}"))?;
+        anyhow::ensure!(!self.dropped[k], "client {k} dropped out of the round");
+        self.awaiting[k] = false;
+        let t = Instant::now();
         let effects = match release {
-            Release::Noised(values) => client.on_released(plan, &values)?,
-            Release::BudgetExhausted => client.sit_out(plan, AbstainReason::BudgetExhausted),
+            Release::Noised(values) => client.on_released(plan, &values),
+            Release::BudgetExhausted => Ok(client.sit_out(plan, AbstainReason::BudgetExhausted)),
         };
-        self.client_effects(k, effects);
-        self.run()
+        self.usage[k].time += t.elapsed();
+        self.client_effects(k, effects?);
+        self.run()?;
+        self.settle()
     }
 
     /// How the round ended, once every client answered; `None` while it is still open.
@@ -208,18 +312,51 @@ impl Federation {
         self.bytes
     }
 
-    /// Delivers everything in flight, and what it causes, in order.
+    /// Once nothing is in flight and no client is left to release, ticks the host's clock
+    /// (one tick per pass, delivering what each tick causes) until the round ends: the
+    /// stages waiting for dropped clients close on their deadline. Without dropouts the
+    /// round has ended by then and this does nothing.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        let mut ticks = 0;
+        while self.end.is_none() && self.wire.is_empty() && !self.awaiting.contains(&true) {
+            let Some(session) = self.session.as_mut() else {
+                return Ok(());
+            };
+            if !matches!(session.stage(), HostStage::Aggregate) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                ticks < MAX_SETTLE_TICKS,
+                "the round's stages did not close within {MAX_SETTLE_TICKS} ticks"
+            );
+            ticks += 1;
+            let t = Instant::now();
+            let effects = session.on_tick();
+            self.host_time += t.elapsed();
+            self.host_effects(effects);
+            self.run()?;
+        }
+        Ok(())
+    }
+
+    /// Delivers everything in flight, and what it causes, in order; what a dropped client
+    /// would send or receive is discarded.
     fn run(&mut self) -> anyhow::Result<()> {
         while let Some((from, to, request)) = self.wire.pop_front() {
+            if [from, to].into_iter().flatten().any(|k| self.dropped[k]) {
+                continue;
+            }
             let size = wire::encoded_len(&request)?;
             match to {
                 None => {
                     self.bytes.up += size;
                     let Some(k) = from else { continue };
+                    self.usage[k].sent += size;
                     let sender = self.peers[k].clone();
                     let Some(session) = self.session.as_mut() else {
                         continue;
                     };
+                    let t = Instant::now();
                     let effects = match request {
                         Request::SecAgg(p) => session.on_secagg(&sender, p),
                         Request::Upload(p) => session.on_upload(&sender, p),
@@ -230,12 +367,15 @@ impl Federation {
                             ..
                         } => session.on_abstain(&sender, term, round, attempt),
                         other => anyhow::bail!("the host got a {:?} request", other.kind()),
-                    }
-                    .map_err(|e| anyhow::anyhow!("the host refused client {k}: {e}"))?;
+                    };
+                    self.host_time += t.elapsed();
+                    let effects =
+                        effects.map_err(|e| anyhow::anyhow!("the host refused client {k}: {e}"))?;
                     self.host_effects(effects);
                 }
                 Some(k) => {
                     self.bytes.down += size;
+                    self.usage[k].received += size;
                     let view = ClientView {
                         me: &self.peers[k],
                         leader: Some(&self.host),
@@ -243,6 +383,7 @@ impl Federation {
                         last_completed: 0,
                     };
                     let client = &mut self.clients[k];
+                    let t = Instant::now();
                     let effects = match request {
                         Request::Offer(offer) => client.on_offer(
                             &self.host,
@@ -254,8 +395,10 @@ impl Federation {
                         ),
                         Request::SecAgg(p) => client.on_secagg(&self.host, p),
                         other => anyhow::bail!("client {k} got a {:?} request", other.kind()),
-                    }
-                    .map_err(|e| anyhow::anyhow!("client {k} refused the host: {e}"))?;
+                    };
+                    self.usage[k].time += t.elapsed();
+                    let effects =
+                        effects.map_err(|e| anyhow::anyhow!("client {k} refused the host: {e}"))?;
                     self.client_effects(k, effects);
                 }
             }
@@ -367,6 +510,81 @@ mod tests {
         }
         assert!(plain_bytes.down > 0 && plain_bytes.up > 0);
         assert!(secure_bytes.up > plain_bytes.up && secure_bytes.down > plain_bytes.down);
+    }
+
+    #[test]
+    fn clients_that_drop_after_the_key_exchange_are_left_out_once_the_stages_time_out() {
+        let n = 6;
+        let mut fed = Federation::new(n, true, 1.0, 0.0, 3).unwrap();
+        assert_eq!(fed.open(start()).unwrap(), (0..n).collect::<Vec<_>>());
+        assert!(
+            fed.aggregation().starts_with("SecAgg (complete graph"),
+            "{}",
+            fed.aggregation()
+        );
+        let after_keys = fed.client_usage().to_vec();
+        let plans: Vec<ReleasePlan> = (0..n).map(|k| fed.plan(k).unwrap()).collect();
+        fed.drop_out(1).unwrap();
+        fed.drop_out(4).unwrap();
+        assert!(fed.is_dropped(1) && !fed.is_dropped(0));
+        assert!(fed.drop_out(n).is_err());
+        assert!(fed
+            .released(1, &plans[1], Release::Noised(upload(1)))
+            .is_err());
+        let survivors = [0, 2, 3, 5];
+        for &k in &survivors {
+            assert!(
+                fed.end().is_none(),
+                "the round ended before client {k} released"
+            );
+            fed.released(k, &plans[k], Release::Noised(upload(k)))
+                .unwrap();
+        }
+        let Some(RoundEnd::Sum { sum, included }) = fed.end() else {
+            panic!("no sum");
+        };
+        assert_eq!(included, survivors.len());
+        for (j, s) in sum.iter().enumerate() {
+            let want: f64 = survivors.iter().map(|&k| f64::from(upload(k)[j])).sum();
+            assert!((s - want).abs() < 1e-5, "coordinate {j}: {s} vs {want}");
+        }
+        // Per-party accounts add up to the host's, and the dropped clients stopped at the
+        // key exchange.
+        let usage = fed.client_usage();
+        let host = fed.host_usage();
+        assert_eq!(usage.iter().map(|u| u.sent).sum::<usize>(), host.received);
+        assert_eq!(usage.iter().map(|u| u.received).sum::<usize>(), host.sent);
+        assert_eq!(
+            (host.sent, host.received),
+            (fed.bytes().down, fed.bytes().up)
+        );
+        for k in [1, 4] {
+            assert_eq!(usage[k], after_keys[k], "client {k} kept talking");
+            assert!(usage[k].sent > 0 && usage[k].received > 0);
+        }
+        for &k in &survivors {
+            assert!(
+                usage[k].sent > after_keys[k].sent && usage[k].received > after_keys[k].received
+            );
+            assert!(usage[k].time > after_keys[k].time);
+        }
+        assert!(host.time > Duration::ZERO);
+    }
+
+    #[test]
+    fn too_many_dropouts_abandon_a_secure_round_on_the_deadline() {
+        let n = 5;
+        let mut fed = Federation::new(n, true, 1.0, 0.0, 3).unwrap();
+        fed.open(start()).unwrap();
+        for k in 0..3 {
+            fed.drop_out(k).unwrap();
+        }
+        for k in 3..n {
+            let plan = fed.plan(k).unwrap();
+            fed.released(k, &plan, Release::Noised(upload(k))).unwrap();
+        }
+        let end = fed.end();
+        assert!(matches!(end, Some(RoundEnd::Abandoned(_))), "{end:?}");
     }
 
     #[test]

@@ -380,6 +380,18 @@ impl NodeStore {
             .transpose()
     }
 
+    /// The round of the kept checkpoint with SHA-256 `hash`, if this node holds it (a member
+    /// serves fetches by content address).
+    pub fn checkpoint_round(&self, hash: &[u8; 32]) -> Result<Option<u64>> {
+        for kv in self.checkpoints.iter().rev() {
+            let (k, v) = kv?;
+            if decode_hash(&v)? == *hash {
+                return Ok(Some(decode_u64(&k, "checkpoint round")?));
+            }
+        }
+        Ok(None)
+    }
+
     /// Path of the checkpoint file with SHA-256 `hash`.
     pub fn checkpoint_path(&self, hash: &[u8; 32]) -> PathBuf {
         self.checkpoint_dir.join(format!("{}.bin", to_hex(hash)))
@@ -520,6 +532,8 @@ mod tests {
             mean_reward: 0.625,
             seconds: 9.5,
             bytes: 1 << 20,
+            bytes_sent: 3 << 18,
+            bytes_received: 1 << 18,
             phase_seconds: [(Phase::Learn, 4.0), (Phase::Replicate, 0.5)].into(),
             phase_bytes: [(Phase::Aggregate, 1 << 19), (Phase::Replicate, 1 << 19)].into(),
             checkpoint: to_hex(&sha256(b"generator weights")),
@@ -563,6 +577,8 @@ mod tests {
         );
         assert_eq!(s.metrics().unwrap(), Some(metrics));
         assert_eq!(s.latest_checkpoint().unwrap(), Some((3, hash)));
+        assert_eq!(s.checkpoint_round(&hash).unwrap(), Some(3));
+        assert_eq!(s.checkpoint_round(&[0; 32]).unwrap(), None);
         assert_eq!(s.get_checkpoint(&hash).unwrap(), b"generator weights");
         assert_eq!(to_hex(&hash), to_hex(&sha256(b"generator weights")));
     }

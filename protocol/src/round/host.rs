@@ -186,6 +186,23 @@ impl HostRound {
         }
     }
 
+    /// Sends the checkpoint to one more member (a spare, when a target failed or is silent).
+    pub fn add_replica_target(&mut self, target: PeerBytes) {
+        if self.stage == HostStage::Replicate {
+            self.replica_targets.insert(target);
+        }
+    }
+
+    /// Acknowledgements still missing before the round counts.
+    pub fn replicas_missing(&self) -> usize {
+        self.replicas_needed.saturating_sub(self.replicas.len())
+    }
+
+    /// Whether `peer` already acknowledged holding the checkpoint.
+    pub fn is_replica(&self, peer: &[u8]) -> bool {
+        self.replicas.contains(peer)
+    }
+
     /// A member acknowledged holding the checkpoint; true when the round just became complete.
     /// Only a member the checkpoint was sent to counts toward the majority.
     pub fn replica(&mut self, from: &[u8], term: u64, round: u64) -> Result<bool, RoundError> {

@@ -51,6 +51,42 @@ pub enum HostEffect {
     },
 }
 
+/// The improved generator's checkpoint, as the host replicates it: to a majority only (the
+/// other members fetch it from any holder), as a delta to members that hold the previous
+/// round's checkpoint and in full to the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replication {
+    /// The full checkpoint.
+    pub full: CheckpointTransfer,
+    /// The delta from the previous round's checkpoint, when the host holds that.
+    pub delta: Option<CheckpointTransfer>,
+    /// Connected members to choose the replicas from, each with whether it holds the delta's
+    /// base; the holders are chosen first, in the order given.
+    pub candidates: Vec<(PeerBytes, bool)>,
+}
+
+/// What replication holds while it waits for the majority.
+struct Replicating {
+    full: CheckpointTransfer,
+    delta: Option<CheckpointTransfer>,
+    /// Members not yet sent it, in order of preference.
+    spares: std::collections::VecDeque<(PeerBytes, bool)>,
+    /// Ticks since the checkpoint went out (silent targets get spares at half the deadline).
+    ticks: u64,
+    topped_up: bool,
+}
+
+impl Replicating {
+    /// The request that gives `holds_base`'s member the checkpoint: the delta when it can
+    /// apply it.
+    fn request(&self, holds_base: bool) -> Request {
+        match (&self.delta, holds_base) {
+            (Some(delta), true) => Request::Checkpoint(delta.clone()),
+            _ => Request::Checkpoint(self.full.clone()),
+        }
+    }
+}
+
 /// Everything a host fixes when it opens a round attempt.
 #[derive(Debug, Clone)]
 pub struct OpenRound {
@@ -96,6 +132,10 @@ pub struct HostSession {
     /// What the released sum must fit; `contributors` and `noise_sd` are filled in from
     /// who is in it (`noise_sd` holds one contributor's noise until then).
     sum_check: SumCheck,
+    /// How the uploads are summed, in words ([`crate::wire::SecAggSpec::describe`]).
+    described: String,
+    /// The checkpoint on its way to a majority.
+    replicating: Option<Replicating>,
 }
 
 impl HostSession {
@@ -124,6 +164,10 @@ impl HostSession {
             Summer::Plain(_) => policy.ticks(AggregatorStage::CollectMaskedInputs),
         };
         let (threshold, dim) = (spec.threshold, spec.dim as usize);
+        let described = match open.aggregation {
+            Aggregation::Secure => spec.describe(n),
+            Aggregation::Plain => format!("plain sum of {n} uploads"),
+        };
         let host_contributes = open.participants.iter().any(|p| p.peer == open.host);
         let shares = noise_shares(open.aggregation, threshold, host_contributes, n).max(1);
         let sum_check = SumCheck {
@@ -172,8 +216,15 @@ impl HostSession {
             policy,
             included: Vec::new(),
             sum_check,
+            described,
+            replicating: None,
         };
         Ok((session, effects))
+    }
+
+    /// How this attempt sums the uploads, in words (for logs and status).
+    pub fn aggregation(&self) -> &str {
+        &self.described
     }
 
     /// The term of this attempt.
@@ -289,9 +340,16 @@ impl HostSession {
     /// One clock tick: a stage whose deadline passed closes with whoever was heard;
     /// replication that ran out of time gives the round up.
     pub fn on_tick(&mut self) -> Vec<HostEffect> {
+        let mut effects = self.top_up();
         if !self.round.tick() {
-            return Vec::new();
+            return effects;
         }
+        effects.extend(self.on_deadline());
+        effects
+    }
+
+    /// A stage's deadline passed.
+    fn on_deadline(&mut self) -> Vec<HostEffect> {
         match self.round.stage() {
             HostStage::Aggregate => self.advance(),
             HostStage::Replicate => self.abandon("too few members acknowledged the checkpoint"),
@@ -299,31 +357,109 @@ impl HostSession {
         }
     }
 
-    /// The generator was improved and its checkpoint stored: send it to `members` and wait
-    /// for a majority to hold it.
-    pub fn on_improved(
-        &mut self,
-        checkpoint: CheckpointTransfer,
-        members: Vec<PeerBytes>,
-    ) -> Vec<HostEffect> {
-        if self.round.stage() != HostStage::Improve || checkpoint.round != self.round.round() {
+    /// The generator was improved and its checkpoint stored: send it to as many members as
+    /// make a majority with the host (holders of the delta's base first) and wait for them.
+    pub fn on_improved(&mut self, replication: Replication) -> Vec<HostEffect> {
+        let Replication {
+            full,
+            delta,
+            mut candidates,
+        } = replication;
+        if self.round.stage() != HostStage::Improve || full.round != self.round.round() {
             return Vec::new();
         }
-        self.round
-            .replicating(self.policy.replication_ticks(), members.iter().cloned());
+        let delta = delta.filter(|d| d.round == full.round && d.hash == full.hash);
+        // Holders of the base first (a stable sort keeps the caller's order within each).
+        candidates.sort_by_key(|(_, holds_base)| !holds_base);
+        let needed = self.round.replicas_missing();
+        let spares = candidates.split_off(needed.min(candidates.len()));
+        let state = Replicating {
+            full,
+            delta,
+            spares: spares.into(),
+            ticks: 0,
+            topped_up: false,
+        };
         let mut effects = vec![HostEffect::Phase {
             phase: Phase::Replicate,
             participants: self.included.len() as u32,
         }];
-        let request = Request::Checkpoint(checkpoint);
-        effects.extend(members.into_iter().map(|to| HostEffect::Send {
-            to,
-            request: request.clone(),
-        }));
+        for (to, holds_base) in &candidates {
+            effects.push(HostEffect::Send {
+                to: to.clone(),
+                request: state.request(*holds_base),
+            });
+        }
+        self.round.replicating(
+            self.policy.replication_ticks(),
+            candidates.into_iter().map(|(p, _)| p),
+        );
+        self.replicating = Some(state);
         if self.round.stage() == HostStage::Complete {
             effects.extend(self.completed());
         }
         effects
+    }
+
+    /// A replica target could not take the checkpoint (it refused, or the request failed):
+    /// the next spare member gets it instead.
+    pub fn on_replica_failed(&mut self, peer: &[u8]) -> Vec<HostEffect> {
+        if self.round.stage() != HostStage::Replicate || self.round.is_replica(peer) {
+            return Vec::new();
+        }
+        self.send_to_spares(1)
+    }
+
+    /// At half the replication deadline, members that are still silent are replaced by as
+    /// many spares.
+    fn top_up(&mut self) -> Vec<HostEffect> {
+        let half = self.policy.replication_ticks().div_ceil(2);
+        let Some(r) = self.replicating.as_mut() else {
+            return Vec::new();
+        };
+        if self.round.stage() != HostStage::Replicate || r.topped_up {
+            return Vec::new();
+        }
+        r.ticks += 1;
+        if r.ticks < half {
+            return Vec::new();
+        }
+        r.topped_up = true;
+        let missing = self.round.replicas_missing();
+        self.send_to_spares(missing)
+    }
+
+    fn send_to_spares(&mut self, count: usize) -> Vec<HostEffect> {
+        let Some(r) = self.replicating.as_mut() else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        for _ in 0..count {
+            let Some((to, holds_base)) = r.spares.pop_front() else {
+                break;
+            };
+            self.round.add_replica_target(to.clone());
+            effects.push(HostEffect::Send {
+                request: r.request(holds_base),
+                to,
+            });
+        }
+        effects
+    }
+
+    /// A member announced that it holds this round's checkpoint (the node checked the hash):
+    /// it counts toward the majority like an acknowledgement, whoever sent it the checkpoint
+    /// (an acknowledgement lost or late on a loaded network).
+    pub fn on_holder(&mut self, from: &[u8], round: u64) -> Vec<HostEffect> {
+        if self.round.stage() != HostStage::Replicate || round != self.round.round() {
+            return Vec::new();
+        }
+        self.round.add_replica_target(from.to_vec());
+        let term = self.round.term();
+        match self.round.replica(from, term, round) {
+            Ok(true) => self.completed(),
+            _ => Vec::new(),
+        }
     }
 
     /// A member acknowledged holding the checkpoint of (`term`, `round`); only the members
@@ -350,6 +486,7 @@ impl HostSession {
             return Vec::new();
         }
         self.round.abandon();
+        self.replicating = None;
         vec![
             HostEffect::Abandoned {
                 reason: reason.to_string(),
@@ -380,6 +517,7 @@ impl HostSession {
     }
 
     fn completed(&mut self) -> Vec<HostEffect> {
+        self.replicating = None;
         vec![
             HostEffect::Completed,
             HostEffect::Phase {
