@@ -116,6 +116,13 @@ impl Node {
         Ok((full, t.hash))
     }
 
+    /// The delta that turns the stored checkpoint `base` into `full`, when this node holds
+    /// `base` and `full` continues it (what the host replicates and a holder serves).
+    pub(super) fn delta_from(&self, base: [u8; 32], full: &[u8]) -> Option<Vec<u8>> {
+        let base = self.store.get_checkpoint(&base).ok()?;
+        checkpoint_delta(&base, full).ok()?
+    }
+
     /// Keeps a verified checkpoint of `round`; this node now holds that round.
     fn hold_checkpoint(&mut self, round: u64, full: &[u8], hash: [u8; 32]) -> Result<(), Refusal> {
         self.room_for(full.len() as u64)
@@ -166,8 +173,7 @@ impl Node {
         };
         let full = self.store.get_checkpoint(&f.want).map_err(Refusal::local)?;
         let delta = f.have.filter(|have| *have != f.want).and_then(|have| {
-            let base = self.store.get_checkpoint(&have).ok()?;
-            let delta = checkpoint_delta(&base, &full).ok()??;
+            let delta = self.delta_from(have, &full)?;
             (delta.len() < full.len()).then_some((have, delta))
         });
         let (base, bytes) = match delta {

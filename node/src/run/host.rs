@@ -15,8 +15,6 @@ use protocol::{Refusal, RoundStart};
 use rand::seq::SliceRandom;
 use rand::RngCore;
 
-use crate::learn::synthesizer::checkpoint_delta;
-
 use super::ml::{Job, Outcome};
 use super::{Node, Pending, TICK};
 
@@ -479,11 +477,7 @@ impl Node {
         };
         // The delta from the previous round's checkpoint, for the members that hold that one.
         let previous = self.store.checkpoint_hash(round.saturating_sub(1))?;
-        let delta = previous.and_then(|base| {
-            let bytes = self.store.get_checkpoint(&base).ok()?;
-            let delta = checkpoint_delta(&bytes, &checkpoint).ok()??;
-            Some((base, delta))
-        });
+        let delta = previous.and_then(|base| Some((base, self.delta_from(base, &checkpoint)?)));
         let mut candidates: Vec<(Vec<u8>, bool)> = self
             .swarm
             .connected_peers()
