@@ -41,7 +41,8 @@ pub enum Target {
     Wire,
     /// Secure-aggregation client and server messages (`privacy::secagg::messages`).
     Secagg,
-    /// Election messages from frames and gossip, handled by an election machine.
+    /// Election messages from request frames, and liveness announcements, handled by an
+    /// election machine.
     Election,
     /// A host checkpoint replicated by a peer (postcard state and safetensors generator), and
     /// the same bytes split into a base and a checkpoint delta applied to it.
@@ -210,7 +211,6 @@ fn election_target(data: &[u8]) {
             return;
         };
         match announcement {
-            Announcement::Election(msg) => handle_election(&mut election, msg),
             Announcement::Alive {
                 capability,
                 last_completed_round,

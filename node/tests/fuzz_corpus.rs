@@ -248,10 +248,6 @@ mod seeds {
                     participants: 3,
                 },
             ),
-            (
-                "election",
-                Announcement::Election(election_messages().remove(2)),
-            ),
         ];
         for (name, a) in announcements {
             put(
@@ -355,8 +351,6 @@ mod seeds {
             let frame = request_frame(Request::Election(m.clone()));
             put("election", &format!("frame-{i}"), &frame);
             all.extend(frame);
-            let gossip = wire::encode(&Announcement::Election(m.clone())).expect("gossip");
-            put("election", &format!("gossip-{i}"), &gossip);
         }
         put("election", "frames-all", &all);
         // A vote request, a heartbeat of the next term, then a stale vote.

@@ -36,6 +36,11 @@ const STAGE_TIMEOUT_SECS: u64 = 4;
 const RATE_LIMIT: u32 = 20;
 /// Each offending attack sends this many messages to every honest node.
 const REPEAT: usize = THRESHOLD as usize + 2;
+/// A stall on a connection that carries nothing else: what a partition looks like.
+const SILENT_STALL: &str = "stall just under the largest limit, 40 streams, link otherwise silent";
+/// The same stall while the connection carries a harmless request a second: deliberate.
+const TALKING_STALL: &str =
+    "stall just under the largest limit, 40 streams, while the link carries other requests";
 /// Resident memory an honest node may gain over the whole attack run (its in-flight bound is
 /// 256 MiB; stalls must cost far less, since bodies are read in reserved 64 KiB chunks).
 const RSS_BOUND_MB: u64 = 128;
@@ -260,7 +265,7 @@ fn bans(dir: &Path, peer: &str) -> bool {
 }
 
 #[test]
-fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
+fn a_hostile_member_is_banned_for_every_offence_and_the_federation_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let psk = tmp.path().join("psk.hex");
     std::fs::write(&psk, PSK).unwrap();
@@ -335,6 +340,25 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
             bytes,
         })
     };
+    // A length just under the largest limit, 1000 bytes, then nothing, on 40 streams.
+    let stalls: Vec<Raw> = (0..40)
+        .map(|_| Raw {
+            bytes: frame(
+                Kind::Checkpoint as u8,
+                Kind::largest_limit() as u32 - 1,
+                &[7; 1000],
+            ),
+            stall: Duration::from_secs(3 * STAGE_TIMEOUT_SECS),
+        })
+        .collect();
+    // A harmless request (a refused pre-vote answer), for attacks that keep the link busy.
+    let harmless = raw(request_frame(&Request::Election(
+        ElectionMessage::PreVoteReply {
+            term: 1,
+            voter: me.clone(),
+            granted: false,
+        },
+    )));
     // (attack, what it sends to every honest node, or None for gossip / a flood).
     let attacks: Vec<(&str, Option<Vec<Raw>>)> = vec![
         (
@@ -349,21 +373,8 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
                 &[],
             )])),
         ),
-        (
-            "stall just under the largest limit, 40 streams",
-            Some(
-                (0..40)
-                    .map(|_| Raw {
-                        bytes: frame(
-                            Kind::Checkpoint as u8,
-                            Kind::largest_limit() as u32 - 1,
-                            &[7; 1000],
-                        ),
-                        stall: Duration::from_secs(3 * STAGE_TIMEOUT_SECS),
-                    })
-                    .collect(),
-            ),
-        ),
+        (SILENT_STALL, Some(stalls.clone())),
+        (TALKING_STALL, Some(stalls)),
         (
             "random bodies",
             Some(repeat(
@@ -465,15 +476,8 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
                 }
             }
             (_, None) => {
-                // 200 harmless requests a second (a refused pre-vote answer) until banned:
-                // each second over the rate limit counts one offence.
-                let harmless = raw(request_frame(&Request::Election(
-                    ElectionMessage::PreVoteReply {
-                        term: 1,
-                        voter: me.clone(),
-                        granted: false,
-                    },
-                )));
+                // 200 harmless requests a second until banned: each second over the rate
+                // limit counts one offence.
                 // Until every node banned it: a loaded node reads fewer of them a second (it
                 // drops streams over its 64 concurrent), and only what it reads counts.
                 while t0.elapsed() < Duration::from_secs(30)
@@ -484,14 +488,27 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
                 }
             }
         }
-        // Every honest node bans it (stalls need the honest side's request timeout first).
-        let deadline = Duration::from_secs(4 * STAGE_TIMEOUT_SECS + 20);
+        // Every honest node bans it (stalls need the honest side's idle deadline first),
+        // except for a stall on a connection that carries nothing else: from the receiving
+        // side that is a partition, and it only times out.
+        let expect_ban = name != SILENT_STALL;
+        let deadline = Duration::from_secs(if expect_ban {
+            4 * STAGE_TIMEOUT_SECS + 20
+        } else {
+            // Past the total deadline (2 × the idle one) and a second more.
+            2 * STAGE_TIMEOUT_SECS + 1
+        });
         let mut banned_after = vec![None; n];
-        while banned_after.iter().any(Option::is_none) && t0.elapsed() < deadline {
+        let mut talked = Instant::now();
+        while (!expect_ban || banned_after.iter().any(Option::is_none)) && t0.elapsed() < deadline {
             for (i, d) in dirs.iter().enumerate() {
                 if banned_after[i].is_none() && bans(d, &hostile_id) {
                     banned_after[i] = Some(t0.elapsed());
                 }
+            }
+            if name == TALKING_STALL && talked.elapsed() >= Duration::from_secs(1) {
+                hostile.send_all(std::slice::from_ref(&harmless));
+                talked = Instant::now();
             }
             rt.block_on(hostile.run_for(Duration::from_millis(100)));
         }
@@ -500,6 +517,26 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
                 p.child.try_wait().unwrap().is_none(),
                 "honest node {i} died during '{name}'"
             );
+        }
+        if !expect_ban {
+            assert!(
+                banned_after.iter().all(Option::is_none),
+                "'{name}': banned by {banned_after:?}"
+            );
+            table.push((
+                name,
+                banned_after,
+                (rounds_at, round_of(&procs[0])),
+                (
+                    rss_at,
+                    procs
+                        .iter()
+                        .map(|p| rss_mb(p.child.id()))
+                        .max()
+                        .unwrap_or(0),
+                ),
+            ));
+            continue;
         }
         assert!(
             banned_after.iter().all(Option::is_some),
@@ -563,7 +600,7 @@ fn a_hostile_member_is_banned_for_every_attack_and_the_federation_goes_on() {
     for (name, after, (r0, r1), (m0, m1)) in &table {
         let secs: Vec<String> = after
             .iter()
-            .map(|d| format!("{:.1}", d.unwrap_or_default().as_secs_f64()))
+            .map(|d| d.map_or("not banned".into(), |d| format!("{:.1}", d.as_secs_f64())))
             .collect();
         eprintln!(
             "| {name} | {} | {r0} → {r1} | {m0} → {m1} |",

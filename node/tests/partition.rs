@@ -188,6 +188,24 @@ impl Views<'_> {
             .then_some((host, first.term))
     }
 
+    /// Each node's term, host, round, phase and connected peers, one line each (for failures).
+    fn describe(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| match self.of(i) {
+                Some(s) => format!(
+                    "node {i}: term {} host {:?} round {} phase {:?} peers {}",
+                    s.term,
+                    s.host.as_deref().map(|h| self.index_of(h)),
+                    s.round,
+                    s.phase,
+                    s.peers.len()
+                ),
+                None => format!("node {i}: no status"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn index_of(&self, id: &str) -> usize {
         self.nodes.iter().position(|n| n.id == id).unwrap()
     }
@@ -208,7 +226,8 @@ fn majority_goes_on(
     while done.is_none() {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
-            "the majority {majority:?} did not go on"
+            "the majority {majority:?} did not go on; what each node reports:\n{}",
+            v.describe()
         );
         for (k, &i) in cut_off.iter().enumerate() {
             let r = v.round(i);

@@ -337,7 +337,8 @@ impl std::str::FromStr for Phase {
     }
 }
 
-/// Small announcements over gossip: liveness, election broadcasts and round notices.
+/// Small announcements over gossip, best effort: liveness and round notices. (Election
+/// messages go to each member as requests: they must not be lost silently.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Announcement {
     /// Every node, every second: what it offers as a host and the last round it holds.
@@ -350,8 +351,6 @@ pub enum Announcement {
         /// the host's word says which hash the newest round has).
         checkpoint: Option<[u8; 32]>,
     },
-    /// An election broadcast (heartbeats, vote requests).
-    Election(ElectionMessage<PeerBytes>),
     /// The host's round progress.
     Round {
         /// The host's term.

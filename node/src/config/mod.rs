@@ -109,9 +109,10 @@ models::knobs! {
         /// Per-peer rate limit on inbound requests; a peer above it is refused (and each second
         /// it floods counts as one offence).
         pub requests_per_second: u32,
-        /// Offences (requests refused for the sender's fault, undecodable or stalled bodies,
-        /// bad election messages or announcements, flooding) within `offence_window_secs` that
-        /// get a member disconnected and banned.
+        /// Offences (requests refused for the sender's fault, undecodable bodies, bodies stalled
+        /// while their connection carried other requests, bad election messages or
+        /// announcements, flooding) within `offence_window_secs` that get a member
+        /// disconnected and banned.
         pub ban_after_offences: u32,
         /// How far back offences count, in seconds.
         pub offence_window_secs: u64,

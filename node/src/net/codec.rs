@@ -1,15 +1,19 @@
 //! Request-response framing: a kind tag and a length before each body, so the receiver
 //! rejects an oversized message of any kind before reading it, then reads the body in chunks
-//! reserved from the node's [`InflightBudget`], within a deadline.
+//! reserved from the node's [`InflightBudget`], while bytes keep arriving.
 //!
 //! A frame that is not a valid request (unknown kind, length over the limit, truncated,
-//! stalled past the deadline, undecodable, mislabelled) is read as [`Framed::Invalid`], not as
-//! an error: libp2p drops a failed read without saying whose stream it was, and the node must
-//! refuse it and count the offence against the peer that sent it.
+//! undecodable, mislabelled) is read as [`Framed::Invalid`], not as an error: libp2p drops a
+//! failed read without saying whose stream it was, and the node must refuse it and count the
+//! offence against the peer that sent it. A request whose bytes stop arriving is read as
+//! [`Framed::Stalled`]: whether that was the sender or the network is for the node to judge.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
@@ -17,7 +21,7 @@ use protocol::wire::{self, Kind, Request, Response, MAX_RESPONSE_BYTES};
 
 use super::inflight::{InflightBudget, Reservation};
 
-/// Default deadline for reading one inbound request.
+/// Default time an inbound request may go without a byte arriving before it is given up.
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The fedmmkt request-response codec (postcard bodies in the versioned envelope); its clones
@@ -25,7 +29,10 @@ pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct WireCodec {
     budget: Arc<InflightBudget>,
-    deadline: Duration,
+    /// Longest wait for the next byte of a request.
+    idle: Duration,
+    /// Longest a request may take to read in all, however its bytes trickle in.
+    total: Duration,
 }
 
 impl Default for WireCodec {
@@ -35,9 +42,14 @@ impl Default for WireCodec {
 }
 
 impl WireCodec {
-    /// A codec whose inbound bodies share `budget`, each read within `deadline`.
-    pub fn new(budget: Arc<InflightBudget>, deadline: Duration) -> Self {
-        Self { budget, deadline }
+    /// A codec whose inbound bodies share `budget`; a request is given up when no byte of it
+    /// arrives for `idle`, or when reading it takes twice that in all.
+    pub fn new(budget: Arc<InflightBudget>, idle: Duration) -> Self {
+        Self {
+            budget,
+            idle,
+            total: idle.saturating_mul(2),
+        }
     }
 }
 
@@ -48,6 +60,37 @@ pub enum Framed {
     Valid(Request),
     /// A frame that is not one, and why; never sent, only read.
     Invalid(String),
+    /// A request whose bytes stopped arriving (or trickled past the total deadline), given up
+    /// `idle` after its last byte; never sent, only read. A partition or a dead link looks
+    /// the same as a sender that stalls on purpose, so this is not by itself an offence.
+    Stalled {
+        /// How long before the reader gave up the last byte of it arrived (or it opened).
+        idle: Duration,
+    },
+}
+
+/// A reader that notes when it last delivered a byte, in milliseconds after `start`.
+struct Watched<'a, T> {
+    io: &'a mut T,
+    start: Instant,
+    last_byte_ms: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            if *n > 0 {
+                let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.last_byte_ms.store(ms, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -158,15 +201,29 @@ impl request_response::Codec for WireCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let deadline = self.deadline;
-        let read = read_request(io, &self.budget);
+        use libp2p::futures::future::{select, Either};
+        let start = Instant::now();
+        let last_byte_ms = AtomicU64::new(0);
+        let mut watched = Watched {
+            io,
+            start,
+            last_byte_ms: &last_byte_ms,
+        };
+        let read = read_request(&mut watched, &self.budget);
         libp2p::futures::pin_mut!(read);
-        match libp2p::futures::future::select(read, futures_timer::Delay::new(deadline)).await {
-            libp2p::futures::future::Either::Left((framed, _)) => framed,
-            libp2p::futures::future::Either::Right(_) => Ok(Framed::Invalid(format!(
-                "the request stalled: not read within {} s",
-                deadline.as_secs()
-            ))),
+        loop {
+            let elapsed = start.elapsed();
+            let last_byte = Duration::from_millis(last_byte_ms.load(Ordering::Relaxed));
+            let idle = elapsed.saturating_sub(last_byte);
+            let left = self.total.saturating_sub(elapsed);
+            if idle >= self.idle || left.is_zero() {
+                return Ok(Framed::Stalled { idle });
+            }
+            let wait = (self.idle - idle).min(left);
+            match select(read.as_mut(), futures_timer::Delay::new(wait)).await {
+                Either::Left((framed, _)) => return framed,
+                Either::Right(_) => {}
+            }
         }
     }
 
@@ -225,6 +282,7 @@ mod tests {
     use libp2p::futures::io::Cursor;
     use protocol::wire::SecAggPacket;
     use request_response::Codec;
+    use std::future::Future;
 
     fn packet(len: usize) -> Request {
         Request::SecAgg(SecAggPacket {
@@ -257,7 +315,7 @@ mod tests {
     fn invalid_reason(bytes: &[u8]) -> String {
         match read(bytes).unwrap() {
             Framed::Invalid(why) => why,
-            Framed::Valid(req) => panic!("read as valid: {req:?}"),
+            other => panic!("not read as invalid: {other:?}"),
         }
     }
 
@@ -297,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_body_is_invalid_after_the_deadline() {
+    fn a_body_with_no_new_bytes_is_stalled_after_the_idle_deadline() {
         let mut stalled = vec![Kind::Offer as u8];
         stalled.extend((Kind::Offer.limit() as u32).to_le_bytes());
         stalled.extend([1u8; 10]);
@@ -311,10 +369,70 @@ mod tests {
         .unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(200));
         assert!(
-            matches!(&got, Framed::Invalid(why) if why.contains("stalled")),
+            matches!(got, Framed::Stalled { idle } if idle >= Duration::from_millis(200)),
             "{got:?}"
         );
         assert_eq!(budget.used(), 0, "the stalled body's chunks are released");
+    }
+
+    /// A reader that gives one byte per `every`, waiting in between (a slow link or a drip).
+    struct Trickle {
+        bytes: Cursor<Vec<u8>>,
+        every: Duration,
+        wait: Option<futures_timer::Delay>,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let every = self.every;
+            let wait = self
+                .wait
+                .get_or_insert_with(|| futures_timer::Delay::new(every));
+            if Pin::new(wait).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+            let one = buf.len().min(1);
+            Pin::new(&mut self.bytes).poll_read(cx, &mut buf[..one])
+        }
+    }
+
+    fn trickle(frame: Vec<u8>, every: Duration, idle: Duration) -> (Framed, Duration) {
+        let started = std::time::Instant::now();
+        let got = block_on(WireCodec::new(Arc::default(), idle).read_request(
+            &crate::net::RR_PROTOCOL,
+            &mut Trickle {
+                bytes: Cursor::new(frame),
+                every,
+                wait: None,
+            },
+        ))
+        .unwrap();
+        (got, started.elapsed())
+    }
+
+    #[test]
+    fn slow_bytes_keep_a_request_alive_until_the_total_deadline() {
+        let idle = Duration::from_millis(400);
+        // Bytes that keep coming, each well inside the idle deadline, are read in full even
+        // when the whole takes longer than the idle deadline (a slow link).
+        let frame = frame_of(packet(3));
+        let every = idle.mul_f64(1.5) / frame.len() as u32;
+        let (got, took) = trickle(frame, every, idle);
+        assert!(took > idle, "{took:?}");
+        assert_eq!(got, Framed::Valid(packet(3)));
+        // A drip that would take longer than the total deadline (2 × idle) is given up there,
+        // its last byte recent.
+        let (got, took) = trickle(frame_of(packet(40)), idle / 4, idle);
+        assert!(took >= 2 * idle && took < 3 * idle, "{took:?}");
+        assert!(
+            matches!(got, Framed::Stalled { idle: since } if since < idle),
+            "{got:?}"
+        );
     }
 
     #[test]

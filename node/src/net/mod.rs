@@ -49,7 +49,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Liveness of connections.
     pub ping: ping::Behaviour,
-    /// Announcements: election broadcasts and round progress.
+    /// Announcements: liveness and round progress.
     pub gossipsub: gossipsub::Behaviour,
     /// Discovery across subnets from one bootstrap address.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -75,7 +75,8 @@ pub struct NetConfig {
     /// Most established connections per peer.
     pub max_connections_per_peer: u32,
     /// How long a request may take before it fails (bulk payloads are large); an inbound
-    /// request must be read within half of it, or it is refused as stalled.
+    /// request is given up as stalled when no byte of it arrives for half of it, or when
+    /// reading it takes all of it.
     pub request_timeout: Duration,
     /// Most inbound request bytes being read at once, across every peer and stream.
     pub max_inflight_bytes: usize,
@@ -196,8 +197,9 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
             } else {
                 None
             };
-            // A body must be read well inside the request timeout, so a stall is refused (and
-            // counted against its sender) before libp2p drops the stream without saying whose.
+            // A body must keep arriving, and be read within the request timeout, so a stall is
+            // refused (and judged against its sender) before libp2p drops the stream without
+            // saying whose.
             let codec = WireCodec::new(
                 Arc::new(inflight::InflightBudget::new(cfg.max_inflight_bytes)),
                 cfg.request_timeout / 2,

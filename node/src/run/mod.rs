@@ -25,7 +25,7 @@ use anyhow::Context;
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use privacy::ledger::Ledger;
 use protocol::election::{

@@ -20,6 +20,9 @@ pub(super) struct Peer {
     pub(super) window: RateWindow,
     /// Its offences and ban.
     pub(super) offences: OffenceRecord,
+    /// When each of its open connections last delivered a whole request frame: a request
+    /// that stalls while its connection carries others is the sender's doing, not the link's.
+    pub(super) frames: HashMap<ConnectionId, Instant>,
 }
 
 impl Peer {
@@ -35,7 +38,56 @@ impl Peer {
             last_seen: None,
             window: RateWindow::new(Instant::now()),
             offences: OffenceRecord::default(),
+            frames: HashMap::new(),
         }
+    }
+}
+
+/// One line for an election message in the debug log (ids shortened to their PeerId's tail).
+fn describe(msg: &ElectionMessage<Vec<u8>>) -> String {
+    let who = |id: &Vec<u8>| {
+        PeerId::from_bytes(id).map_or_else(
+            |_| "?".into(),
+            |p| {
+                let s = p.to_string();
+                s.get(s.len().saturating_sub(6)..).unwrap_or(&s).to_string()
+            },
+        )
+    };
+    match msg {
+        ElectionMessage::PreVote {
+            term,
+            candidate,
+            last_completed_round,
+            ..
+        } => format!(
+            "pre-vote for {} in term {term} (round {last_completed_round})",
+            who(candidate)
+        ),
+        ElectionMessage::PreVoteReply {
+            term,
+            voter,
+            granted,
+        } => format!(
+            "pre-vote reply from {} in term {term}: granted {granted}",
+            who(voter)
+        ),
+        ElectionMessage::RequestVote {
+            term,
+            candidate,
+            last_completed_round,
+            ..
+        } => format!(
+            "vote request from {} in term {term} (round {last_completed_round})",
+            who(candidate)
+        ),
+        ElectionMessage::Vote {
+            term,
+            voter,
+            granted,
+        } => format!("vote from {} in term {term}: granted {granted}", who(voter)),
+        ElectionMessage::Heartbeat { term, .. } => format!("heartbeat of term {term}"),
+        ElectionMessage::HeartbeatAck { term, .. } => format!("heartbeat ack of term {term}"),
     }
 }
 
@@ -221,6 +273,12 @@ impl Node {
         if let Some((cap, round)) = msg.advertised() {
             self.note_peer(from, cap, round)?;
         }
+        if !matches!(
+            msg,
+            ElectionMessage::Heartbeat { .. } | ElectionMessage::HeartbeatAck { .. }
+        ) {
+            tracing::debug!(peer = %from, role = ?self.election.role(), "election: {}", describe(&msg));
+        }
         match self.election.handle(&from.to_bytes(), msg) {
             Ok(actions) => self.apply(actions),
             Err(e) => {
@@ -265,7 +323,12 @@ impl Node {
                         self.request(peer, Request::Election(msg), Pending::Other);
                     }
                 }
-                Action::Broadcast(msg) => self.broadcast(msg),
+                Action::Broadcast(msg) => {
+                    if !matches!(msg, ElectionMessage::Heartbeat { .. }) {
+                        tracing::debug!("election: broadcasting {}", describe(&msg));
+                    }
+                    self.broadcast(msg)
+                }
                 Action::BecameLeader { term } => {
                     tracing::info!(term, "elected generator host");
                     self.store.record_host(term, &self.me.to_string())?;

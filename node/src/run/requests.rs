@@ -128,12 +128,19 @@ impl Node {
     pub(super) fn on_request(
         &mut self,
         peer: PeerId,
+        connection: ConnectionId,
         request: Framed,
         channel: ResponseChannel<Response>,
     ) -> anyhow::Result<()> {
+        let now = Instant::now();
         let request = match request {
-            Framed::Valid(request) => request,
+            Framed::Stalled { idle } => return self.on_stalled(peer, connection, idle, channel),
+            Framed::Valid(request) => {
+                self.peer_mut(peer).frames.insert(connection, now);
+                request
+            }
             Framed::Invalid(why) => {
+                self.peer_mut(peer).frames.insert(connection, now);
                 tracing::warn!(peer = %peer, "invalid request frame refused: {why}");
                 self.respond(channel, Response::Rejected(Refusal::Invalid(why.clone())));
                 return self.offence(peer, &format!("invalid request frame: {why}"));
@@ -191,6 +198,40 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// A request from `peer` whose bytes stopped arriving `idle` ago. It counts as an offence
+    /// only when the same connection delivered another whole request since: the link was up
+    /// and the sender held this one back. A partition, a dead link or a starved sender stalls
+    /// every stream of the connection alike, and is no one's offence.
+    fn on_stalled(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        idle: Duration,
+        channel: ResponseChannel<Response>,
+    ) -> anyhow::Result<()> {
+        let secs = idle.as_secs_f64();
+        let why = format!("the request stalled: no byte of it for {secs:.1} s");
+        self.respond(channel, Response::Rejected(Refusal::Invalid(why.clone())));
+        let last_byte = Instant::now().checked_sub(idle);
+        let moving = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.frames.get(&connection))
+            .is_some_and(|frame| last_byte.is_none_or(|t| *frame > t));
+        if !moving {
+            tracing::debug!(
+                peer = %peer,
+                "{why}, and its connection carried nothing else meanwhile: the link, not counted"
+            );
+            return Ok(());
+        }
+        tracing::warn!(peer = %peer, "{why} while its connection carried other requests");
+        self.offence(
+            peer,
+            &format!("{why} while its connection carried other requests"),
+        )
     }
 
     pub(super) fn on_response(

@@ -29,9 +29,16 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.frames.remove(&connection_id);
+                }
+                if num_established > 0 {
+                    return Ok(());
+                }
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     p.connected = false;
                 }
@@ -117,7 +124,6 @@ impl Node {
                     &message.data,
                     protocol::wire::MAX_ANNOUNCEMENT_BYTES,
                 ) {
-                    Ok(Announcement::Election(msg)) => self.on_election(source, msg)?,
                     Ok(Announcement::Alive {
                         capability,
                         last_completed_round,
@@ -133,17 +139,19 @@ impl Node {
                     }
                 }
             }
-            BehaviourEvent::Rr(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => self.on_request(peer, request, channel)?,
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => self.on_response(peer, request_id, response)?,
-                }
-            }
+            BehaviourEvent::Rr(request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_request(peer, connection_id, request, channel)?,
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(peer, request_id, response)?,
+            },
             BehaviourEvent::Rr(request_response::Event::OutboundFailure {
                 peer,
                 request_id,
@@ -182,20 +190,12 @@ impl Node {
         }
     }
 
-    /// Sends an election broadcast over gossip, falling back to direct requests when gossip
-    /// has no subscribed peers yet.
+    /// Sends an election broadcast to every connected member, each as its own request. Not
+    /// over gossip: gossip is best effort, and after a partition heals it can go on dropping a
+    /// peer's messages for minutes, so a healed member missed every heartbeat, stood for
+    /// election again and again, and refused the live host's offers. A request goes over
+    /// whichever connection is up, and a lost one fails alone.
     pub(super) fn broadcast(&mut self, msg: ElectionMessage<Vec<u8>>) {
-        let ann = Announcement::Election(msg.clone());
-        let sent = protocol::wire::encode(&ann).ok().and_then(|bytes| {
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .publish(self.topic.clone(), bytes)
-                .ok()
-        });
-        if sent.is_some() {
-            return;
-        }
         let targets: Vec<PeerId> = self
             .peers
             .iter()

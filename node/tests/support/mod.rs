@@ -84,13 +84,17 @@ impl Proc {
     }
 
     /// Starts `fedmmkt run` through `launcher` (the binary itself, or `ip netns exec NS` with
-    /// the binary as its next argument) and waits for its first listen address.
+    /// the binary as its next argument) and waits for its first listen address. The node logs
+    /// at `info` unless `FEDMMKT_TEST_LOG` gives another filter (e.g. `debug,libp2p=warn`).
     pub fn start_with(dir: &Path, mut launcher: Command) -> Proc {
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
         let mut child = launcher
             .args(["run", "--gpu", "off", "--data-dir"])
             .arg(dir)
-            .env("RUST_LOG", "info,libp2p=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FEDMMKT_TEST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
