@@ -133,22 +133,34 @@ pub fn markdown(points: &[ScalePoint]) -> String {
                     .map_or("–".into(), |v| format!("{v:.2}"))
             })
             .collect();
+        // Means over no completed rounds are not numbers.
+        let mean = |v: f64, digits: usize| {
+            if x.rounds_completed == 0 {
+                "–".to_string()
+            } else {
+                format!("{v:.digits$}")
+            }
+        };
         let _ = writeln!(
             s,
-            "| {} | {}/{} | {} | {:.1} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} |",
             x.nodes,
             x.rounds_completed,
             x.rounds_requested,
             x.round1_participants.map_or("–".into(), |p| p.to_string()),
-            x.participants_mean,
+            mean(x.participants_mean, 1),
             cells.join(" | "),
-            x.round_seconds,
-            mb(x.host_bytes_sent),
-            mb(x.host_bytes_received),
-            mb(x.host_checkpoint_bytes),
+            mean(x.round_seconds, 2),
+            mean(mb(x.host_bytes_sent), 3),
+            mean(mb(x.host_bytes_received), 3),
+            mean(mb(x.host_checkpoint_bytes), 3),
             mb(x.max_checkpoint_bytes_served as f64),
             x.double_counted_rounds,
-            if x.ledgers_verified { "verified" } else { "FAILED" },
+            if x.ledgers_verified {
+                "verified"
+            } else {
+                "FAILED"
+            },
             if x.ok { "yes" } else { "no" },
         );
     }
