@@ -1,14 +1,8 @@
 //! `fedmmkt bench dp-sgd`: the JSON schema, and the exit code of a bad batch.
 
-use std::process::{Command, Output};
+mod support;
 
-fn fedmmkt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the fedmmkt binary runs")
-}
+use support::fedmmkt;
 
 #[test]
 fn json_has_one_finite_result_per_arch() {

@@ -2,7 +2,9 @@
 //! release exactly the survivors' sum under SecAgg+ with dropouts, per-client traffic grows
 //! with the neighbourhood rather than with N, and the command's JSON and usage errors.
 
-use std::process::{Command, Output};
+mod support;
+
+use support::fedmmkt;
 
 use node::cli::bench::{bench_round, round_layout, RoundBench, RoundReport};
 use node::simulate::federation::{Federation, RoundEnd};
@@ -188,14 +190,6 @@ fn per_client_bytes_grow_with_the_neighbourhood_not_with_n() {
     );
     // The host's traffic is the clients' together, so it grows with N.
     assert!(b.host_bytes_in > a.host_bytes_in * 2);
-}
-
-fn fedmmkt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the fedmmkt binary runs")
 }
 
 #[test]

@@ -1,17 +1,11 @@
 //! `fedmmkt privacy canary-audit` end to end: the bound respects a DP claim, finds a leak
 //! without noise, and bad arguments exit 2.
 
-use std::process::{Command, Output};
+mod support;
+
+use support::fedmmkt;
 
 use serde_json::Value;
-
-fn fedmmkt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the fedmmkt binary runs")
-}
 
 /// A small audit (200 random-pixel canaries, 300 real records) of `epochs` epochs.
 fn audit(epochs: &str, extra: &[&str]) -> Value {

@@ -1,8 +1,11 @@
 //! The node's data directory from the command line: `fedmmkt init`, `status`, `peers`, the
 //! admin endpoint, and `privacy audit` on an initialised node's ledger.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+use support::fedmmkt;
 
 use libp2p::PeerId;
 use node::admin::{self, AdminState, PeerInfo, StatusReport};
@@ -14,14 +17,6 @@ use protocol::wire::Phase;
 use serde_json::Value;
 
 const HEX: &str = "5f3c1a9e0b7d2468ace013579bdf02468ace013579bdf02468ace013579bdf01";
-
-fn fedmmkt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the fedmmkt binary runs")
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")

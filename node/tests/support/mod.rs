@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use node::admin::{self, StatusReport};
@@ -23,6 +23,15 @@ pub const OTHER_PSK: &str = "00112233445566778899aabbccddeeff0011223344556677889
 /// The `fedmmkt` binary under test.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fedmmkt"))
+}
+
+/// `fedmmkt ARGS` run to completion, logging warnings only (for one-shot commands).
+pub fn fedmmkt(args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the fedmmkt binary runs")
 }
 
 /// `fedmmkt init` with a PSK; returns the peer id.
