@@ -22,7 +22,7 @@ use protocol::wire::{
     self, Announcement, Request, Response, MAX_ANNOUNCEMENT_BYTES, MAX_RESPONSE_BYTES,
 };
 
-use crate::admin::{AdminState, PeerInfo, StatusReport, MAX_REQUEST};
+use crate::admin::{http::MAX_HEAD, Access, AdminState, PeerInfo, StatusReport};
 use crate::net::codec::{Framed, WireCodec};
 use crate::net::RR_PROTOCOL;
 
@@ -55,7 +55,8 @@ pub enum Target {
     Ledger,
     /// A pre-shared key file.
     Psk,
-    /// A request line on the local admin endpoint.
+    /// An HTTP request to the admin endpoint (its head as hyper would read it), routed with
+    /// and without a token in force; and the same bytes as the CLI reads an answer.
     Admin,
 }
 
@@ -276,17 +277,35 @@ fn admin_state() -> &'static AdminState {
             ..PeerInfo::default()
         }],
         audit: Some(serde_json::json!({ "entries": 0, "valid": true })),
+        ..AdminState::default()
     })
 }
 
 fn admin_target(data: &[u8]) {
-    // The endpoint reads at most `MAX_REQUEST + 1` bytes, up to and including a newline.
-    let window = &data[..data.len().min(MAX_REQUEST + 1)];
-    let request = match window.iter().position(|&b| b == b'\n') {
-        Some(end) => &window[..=end],
-        None => window,
+    crate::admin::parse_reply_for_fuzzing(data);
+    let data = &data[..data.len().min(MAX_HEAD)];
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(data), Ok(httparse::Status::Complete(_))) {
+        return;
+    }
+    let mut builder = hyper::Request::builder()
+        .method(req.method.unwrap_or("GET"))
+        .uri(req.path.unwrap_or("/"));
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
     };
-    let _ = crate::admin::answer(request, admin_state()).to_string();
+    let parts = request.into_parts().0;
+    let guarded = Access {
+        token: Some("f".repeat(64)),
+        metrics_need_token: true,
+    };
+    for access in [Access::default(), guarded] {
+        let _ = crate::admin::http::node_route(&parts, &access, admin_state());
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,18 @@ impl RoundMetrics {
     }
 }
 
+/// One round of a node's history, as its live page charts it: the ε it had spent once the
+/// round's charges were recorded, and its accuracy after learning in the round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundPoint {
+    /// Round number.
+    pub round: u64,
+    /// ε spent (at the node's δ) after the round's ledger entries, when it recorded any.
+    pub epsilon_spent: Option<f64>,
+    /// Test accuracy after learning in the round, when it learned.
+    pub test_acc: Option<f64>,
+}
+
 /// What `complete_round` wrote before this type: a `json!` object, keys sorted, the `f32`
 /// mean reward widened to `f64`.
 #[cfg(test)]

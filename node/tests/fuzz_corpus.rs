@@ -595,10 +595,31 @@ mod seeds {
     }
 
     fn admin_seeds() {
-        put("admin", "status", b"status\n");
-        put("admin", "peers", b"peers\r\n");
-        put("admin", "audit", b"audit");
-        put("admin", "invalid-unknown", b"shutdown\n");
+        put(
+            "admin",
+            "status",
+            b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        );
+        put(
+            "admin",
+            "metrics-bearer",
+            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer ffff\r\n\r\n",
+        );
+        put(
+            "admin",
+            "page-token",
+            b"GET /?token=ffff&x=1 HTTP/1.1\r\n\r\n",
+        );
+        put(
+            "admin",
+            "reply",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+        );
+        put(
+            "admin",
+            "invalid-method",
+            b"DELETE /status HTTP/1.1\r\n\r\n",
+        );
         put("admin", "invalid-utf8", b"\xff\xfe\n");
     }
 

@@ -324,6 +324,7 @@ fn admin_endpoint_round_trip() {
             ..PeerInfo::default()
         }],
         audit: None,
+        ..AdminState::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tx, rx) = tokio::sync::watch::channel(state.clone());
@@ -332,7 +333,7 @@ fn admin_endpoint_round_trip() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     admin::write_addr(tmp.path(), addr).unwrap();
-    let server = rt.spawn(admin::serve(listener, rx));
+    let server = rt.spawn(admin::http::serve(listener, admin::Access::default(), rx));
 
     let got = admin::query(tmp.path(), "status").unwrap().unwrap();
     let got: StatusReport = serde_json::from_value(got).unwrap();
@@ -353,7 +354,9 @@ fn admin_endpoint_round_trip() {
     assert_eq!(v["private_training"], "budget-spent");
     let text = stdout(&fedmmkt(&["status", "--data-dir", path(tmp.path())]));
     assert!(
-        text.contains("record-level") && text.contains("synthetic samples only"),
+        text.contains("record-level")
+            && text.contains("synthetic samples only")
+            && text.contains(&format!("admin    http://{addr}/")),
         "{text}"
     );
     let p = json(&["peers", "--data-dir", path(tmp.path()), "--json"]);
@@ -364,7 +367,7 @@ fn admin_endpoint_round_trip() {
     assert_eq!(admin::query_status(tmp.path()).unwrap().unwrap().round, 6);
     assert!(matches!(
         admin::query(tmp.path(), "reboot"),
-        Err(admin::AdminError::Remote(_))
+        Err(admin::AdminError::Remote { status: 404, .. })
     ));
 
     // Clean shutdown: sender dropped, server ends, address removed, status reads the store.
@@ -409,7 +412,7 @@ fn privacy_audit_of_an_initialised_node() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     admin::write_addr(tmp.path(), listener.local_addr().unwrap()).unwrap();
-    let server = rt.spawn(admin::serve(listener, rx));
+    let server = rt.spawn(admin::http::serve(listener, admin::Access::default(), rx));
     let from_node = json(&[
         "privacy",
         "audit",

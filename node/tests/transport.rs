@@ -24,6 +24,7 @@ fn config(psk: Option<[u8; 32]>, members: Vec<PeerId>, quic: bool) -> NetConfig 
         request_timeout: Duration::from_secs(5),
         max_inflight_bytes: node::net::inflight::DEFAULT_INFLIGHT_BYTES,
         memory: false,
+        traffic: Default::default(),
     }
 }
 

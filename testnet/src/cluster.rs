@@ -34,6 +34,8 @@ pub struct NodeSettings {
     pub cache_dir: PathBuf,
     /// Share of the members the first round waits for (`round.start_share`).
     pub start_share: f64,
+    /// Seconds the first round waits for that share (`round.start_timeout_secs`).
+    pub start_timeout_secs: u64,
 }
 
 /// One node process.
@@ -194,6 +196,7 @@ fn configure(
     cfg.round.stage_timeout_secs = s.stage_timeout_secs;
     cfg.round.round_interval_secs = 1;
     cfg.round.start_share = s.start_share;
+    cfg.round.start_timeout_secs = s.start_timeout_secs;
     cfg.privacy.unit = s.unit;
     if s.unit == privacy::PrivacyUnit::Record {
         // What `fedmmkt simulate` uses under record-level DP (chosen on the validation split).
@@ -270,6 +273,7 @@ impl Cluster {
             .ok_or_else(|| anyhow::anyhow!("node 0 has no address"))?;
         let members: Vec<String> = self.nodes.iter().map(|n| n.peer_id.clone()).collect();
         let bin = self.bin.clone();
+        let mut starting = Vec::new();
         for n in self.nodes.iter_mut().skip(1).chain(self.intruder.as_mut()) {
             let path = n.dir.join("config.toml");
             let mut cfg = NodeConfig::load(&path)?;
@@ -277,10 +281,27 @@ impl Cluster {
             cfg.network.members = members.clone();
             std::fs::write(&path, toml::to_string(&cfg)?)?;
             if !later.contains(&n.index) {
-                spawn(&bin, n)?;
+                starting.push(n);
             }
         }
-        Ok(())
+        // All at once: one after another, each start waits on the cores the running nodes
+        // keep busy (at 64 tiny nodes on 2 cores the last one listened 6.5 min after the first).
+        // The processes are spawned from this thread (their parent-death signal fires when
+        // the spawning thread ends); only the waits for their addresses run in parallel.
+        let launched = starting
+            .into_iter()
+            .map(|n| launch(&bin, n).map(|child| (n, child)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = launched
+                .into_iter()
+                .map(|(n, child)| scope.spawn(move || await_listening(n, child)))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("waiting for a node's address panicked"))?
+            })
+        })
     }
 
     /// Starts (or restarts) member `i`.
@@ -306,6 +327,12 @@ impl Cluster {
 
 /// Spawns `fedmmkt run` for `n`, logging to its log file, and waits for its TCP address.
 fn spawn(bin: &Path, n: &mut NodeProc) -> anyhow::Result<()> {
+    let child = launch(bin, n)?;
+    await_listening(n, child)
+}
+
+/// Spawns `fedmmkt run` for `n`, logging to its log file.
+fn launch(bin: &Path, n: &NodeProc) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -328,9 +355,12 @@ fn spawn(bin: &Path, n: &mut NodeProc) -> anyhow::Result<()> {
             });
         }
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// Waits (60 s at most) for the node `child` of `n` to print its TCP address.
+fn await_listening(n: &mut NodeProc, mut child: Child) -> anyhow::Result<()> {
     let stdout = child
         .stdout
         .take()

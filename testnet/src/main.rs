@@ -89,9 +89,13 @@ struct UpArgs {
     /// Start an extra node without the pre-shared key that tries to join.
     #[arg(long)]
     intruder: bool,
-    /// Give up after this many seconds (default: from the rounds and model size).
+    /// Give up after this many seconds (default: from the nodes, rounds and model size).
     #[arg(long)]
     timeout: Option<u64>,
+    /// Serve a live page of the whole testnet while it runs, and print its URL (on ADDR, a
+    /// loopback ip:port; default 127.0.0.1 with a free port).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    dashboard: Option<std::net::SocketAddr>,
     /// Run the same config without faults first (into OUT/baseline) and check that the final
     /// accuracies agree within --tolerance.
     #[arg(long)]
@@ -123,7 +127,14 @@ fn up_config(a: &UpArgs) -> anyhow::Result<UpConfig> {
         node: r.what,
         round: r.round,
     }));
-    let per_round = if a.tiny { 45 } else { 240 };
+    // Each round's learning shares this machine's cores among all N nodes, and its stages
+    // last longer with N (see `up`): at 64 tiny nodes on 2 cores rounds took 149–231 s.
+    let n = a.nodes as u64;
+    let per_round = if a.tiny {
+        45 + 5 * n
+    } else {
+        (30 * n).max(240)
+    };
     // Starting a node takes a few seconds of the shared cores.
     let start = 120 + 5 * a.nodes as u64;
     Ok(UpConfig {
@@ -143,6 +154,7 @@ fn up_config(a: &UpArgs) -> anyhow::Result<UpConfig> {
         progress: true,
         baseline: a.baseline,
         tolerance: a.tolerance / 100.0,
+        dashboard: a.dashboard,
     })
 }
 

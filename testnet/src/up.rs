@@ -18,6 +18,7 @@ use protocol::wire::Phase;
 use rand::RngCore;
 
 use crate::cluster::{Cluster, NodeSettings};
+use crate::dashboard::{Dashboard, NodeView, RoundView, View};
 use crate::evaluate::{local_only_all, Evaluator};
 use crate::faults::Fault;
 use crate::record::{Baseline, FaultRecord, NodeSummary, RoundRecord, TermRecord, TestnetReport};
@@ -56,6 +57,8 @@ pub struct UpConfig {
     pub progress: bool,
     /// Also run the same config without faults (into `out/baseline`) and compare.
     pub baseline: bool,
+    /// Serve a live page of the whole testnet on this (loopback) address while it runs.
+    pub dashboard: Option<std::net::SocketAddr>,
     /// Largest difference of final accuracies (fraction) that counts as noise.
     pub tolerance: f64,
 }
@@ -161,6 +164,7 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             faults: Vec::new(),
             intruder: false,
             baseline: false,
+            dashboard: None,
             out: cfg.out.join("baseline"),
             ..cfg.clone()
         };
@@ -190,6 +194,11 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    let dashboard = cfg.dashboard.map(Dashboard::start).transpose()?;
+    if let Some(d) = &dashboard {
+        // Printed whether or not the progress bar draws (it is hidden off a terminal).
+        bar.suspend(|| eprintln!("dashboard: {}", d.url));
+    }
 
     // Data: one Dirichlet shard per node, written as a dataset directory it loads like any lab's.
     bar.set_message("partitioning the data");
@@ -232,6 +241,8 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     );
     let settings = NodeSettings {
         start_share: (cfg.nodes - late.len()) as f64 / cfg.nodes as f64,
+        // N processes on one machine take a while to all be up and heard from.
+        start_timeout_secs: (2 * cfg.nodes as u64).max(60),
         rounds: cfg.rounds,
         epsilon: cfg.epsilon,
         delta: cfg.delta,
@@ -246,9 +257,10 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         tiny: cfg.tiny,
         // Every node shares this machine's cores: with many nodes each one is scheduled less,
         // and the host's offers and each stage's messages take longer to go round (at 64 tiny
-        // nodes on 2 cores the offers alone took 19 s to reach every member).
+        // nodes on 2 cores the offers alone took 19 s to reach every member, and 32 s unmask
+        // stages closed with 8 of the 10 shares a client needed).
         stage_timeout_secs: if cfg.tiny {
-            (cfg.nodes as u64 / 2).max(5)
+            (cfg.nodes as u64).max(5)
         } else {
             (cfg.nodes as u64 / 2).max(20)
         },
@@ -292,7 +304,19 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
         observe(&mut seen, &statuses, &cluster, out, &index_of)?;
         let completed = seen.rounds.keys().copied().max().unwrap_or(0);
         bar.set_position(completed.min(cfg.rounds));
-        bar.set_message(progress_line(&statuses, &seen, &index_of));
+        let progress = progress_line(&statuses, &seen, &index_of);
+        if let Some(d) = &dashboard {
+            d.show(view(
+                &statuses,
+                &seen,
+                &cluster,
+                &index_of,
+                progress.clone(),
+                cfg,
+                t0,
+            ));
+        }
+        bar.set_message(progress);
         if completed >= cfg.rounds && armed.iter().all(|a| a.done) {
             break;
         }
@@ -332,6 +356,20 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     let running: Vec<bool> = cluster.nodes.iter_mut().map(|n| n.running()).collect();
     bar.set_message("stopping nodes");
     cluster.shutdown();
+    if let Some(d) = &dashboard {
+        let mut last = view(
+            &statuses,
+            &seen,
+            &cluster,
+            &index_of,
+            String::new(),
+            cfg,
+            t0,
+        );
+        last.progress = "the nodes have stopped; the report follows".into();
+        last.finished = true;
+        d.show(last);
+    }
 
     // Ledgers, read from disk now that the nodes are down.
     let mut peers = Vec::new();
@@ -663,22 +701,10 @@ fn progress_line(
                 .or_else(|| s.phase.map(|p| p.to_string()))
         })
         .unwrap_or_else(|| "–".into());
-    // One letter per node: H the host, then the client's phase; x down.
     let nodes: String = statuses
         .iter()
         .enumerate()
-        .map(|(i, s)| match s {
-            None => 'x',
-            Some(_) if Some(i) == h => 'H',
-            Some(s) => match s.phase {
-                Some(Phase::Learn) => 'l',
-                Some(Phase::Judge) => 'j',
-                Some(Phase::Aggregate) => 'a',
-                Some(Phase::Complete) => 'c',
-                Some(Phase::Abandoned) => '!',
-                _ => '.',
-            },
-        })
+        .map(|(i, s)| letter(s.as_ref(), Some(i) == h))
         .collect();
     let eps = statuses
         .iter()
@@ -699,6 +725,83 @@ fn progress_line(
         last.map(|r| format!(" · last round {:.1} s", r.seconds))
             .unwrap_or_default()
     )
+}
+
+/// A node's letter in the progress line and on the dashboard: H the host, then the client's
+/// phase; x down.
+fn letter(status: Option<&StatusReport>, is_host: bool) -> char {
+    match status {
+        None => 'x',
+        Some(_) if is_host => 'H',
+        Some(s) => match s.phase {
+            Some(Phase::Learn) => 'l',
+            Some(Phase::Judge) => 'j',
+            Some(Phase::Aggregate) => 'a',
+            Some(Phase::Complete) => 'c',
+            Some(Phase::Abandoned) => '!',
+            _ => '.',
+        },
+    }
+}
+
+/// What the dashboard shows of the testnet now.
+fn view(
+    statuses: &[Option<StatusReport>],
+    seen: &Observed,
+    cluster: &Cluster,
+    index_of: &dyn Fn(&str) -> Option<usize>,
+    progress: String,
+    cfg: &UpConfig,
+    t0: Instant,
+) -> View {
+    let host = statuses
+        .iter()
+        .flatten()
+        .find_map(|s| s.host.as_deref())
+        .and_then(index_of);
+    View {
+        rounds_requested: cfg.rounds,
+        progress,
+        elapsed_seconds: t0.elapsed().as_secs_f64(),
+        host,
+        nodes: cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let s = statuses.get(i).and_then(Option::as_ref);
+                NodeView {
+                    index: i,
+                    peer_id: n.peer_id.clone(),
+                    letter: letter(s, host == Some(i)),
+                    round: s.map_or(0, |s| s.round),
+                    epsilon_spent: s.map_or(0.0, |s| s.epsilon_spent),
+                    epsilon_budget: s.map_or(cfg.epsilon, |s| s.epsilon_budget),
+                }
+            })
+            .collect(),
+        rounds: seen
+            .rounds
+            .values()
+            .map(|r| {
+                let accs = seen.client_acc.get(&r.round);
+                let mean = accs
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.values().sum::<f64>() / m.len() as f64);
+                let min = accs.and_then(|m| m.values().copied().reduce(f64::min));
+                RoundView {
+                    round: r.round,
+                    participants: r.participants,
+                    client_acc_mean: r.client_acc_mean.or(mean),
+                    client_acc_min: r.client_acc_min.or(min),
+                    kept: r.kept,
+                    mean_reward: r.mean_reward,
+                    seconds: r.seconds,
+                }
+            })
+            .collect(),
+        finished: false,
+    }
 }
 
 /// Fires a fault when its round is in progress, and restarts what it killed when due.

@@ -31,6 +31,7 @@ fn a_host_kill_and_an_intruder_leave_every_invariant_intact() {
         progress: false,
         baseline: false,
         tolerance: 0.05,
+        dashboard: None,
     };
     let report = up(&cfg).unwrap();
     assert!(report.ok, "{:?}", report.failures);

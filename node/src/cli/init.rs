@@ -1,5 +1,5 @@
 //! `fedmmkt init`: creates a node's data directory (identity, config, PSK, privacy ledger with
-//! its budget, node store); see [`crate::store`] for the layout.
+//! its budget, node store, admin token); see [`crate::store`] for the layout.
 //!
 //! Exit codes: 0 success; 1 runtime error (I/O, storage, ...); 2 bad arguments or the
 //! directory is already initialised.
@@ -33,7 +33,8 @@ pub struct InitArgs {
     /// δ of the budget, in (0, 1) [default: the config's, 1e-5].
     #[arg(long, allow_negative_numbers = true)]
     pub delta: Option<f64>,
-    /// Print one JSON object: {"peer_id", "data_dir", "config", "psk_fingerprint"}.
+    /// Print one JSON object: {"peer_id", "data_dir", "config", "psk_fingerprint",
+    /// "admin_token"} (the token's path).
     #[arg(long)]
     pub json: bool,
 }
@@ -116,6 +117,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     ledger.set_budget(budget)?;
     drop(ledger);
     NodeStore::open(root)?.flush()?;
+    let token = crate::admin::token::generate(root)?;
 
     let fingerprint = psk.map(|k| k.fingerprint().to_string());
     if args.json {
@@ -126,6 +128,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
                 "data_dir": root.display().to_string(),
                 "config": data.config().display().to_string(),
                 "psk_fingerprint": fingerprint,
+                "admin_token": token.display().to_string(),
             })
         );
     } else {
@@ -140,6 +143,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             ),
             None => eprintln!("  psk       none (any peer may connect; see network.members)"),
         }
+        eprintln!(
+            "  admin     {} (bearer token of the HTTP admin endpoint off loopback; mode 0600)",
+            token.display()
+        );
         eprintln!(
             "  ledger    {} (budget ε ≤ {} at δ = {:e}; audit: fedmmkt privacy audit --data-dir {})",
             ledger_dir.display(),

@@ -39,6 +39,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
+        if report.running {
+            if let Ok(addr) = std::fs::read_to_string(data.admin_addr()) {
+                println!(
+                    "{:<8} http://{}/ (live page, /metrics)",
+                    "admin",
+                    addr.trim()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

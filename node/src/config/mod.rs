@@ -83,6 +83,55 @@ models::knobs! {
         /// Local resources: GPU, dataset and cache.
         #[knob(table)]
         pub node: NodeSettings,
+        /// The HTTP admin endpoint: status, Prometheus metrics and the live page.
+        #[knob(table)]
+        pub admin: AdminConfig,
+    }
+}
+
+models::knobs! {
+    /// `[admin]`: the HTTP admin endpoint (`/status`, `/peers`, `/audit`, `/history`,
+    /// `/metrics`, `/grid.png` and the live page `/`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct AdminConfig {
+        /// Address it listens on, `ip:port` (port 0 picks a free one; the address is written
+        /// to `admin.addr`). Any address but loopback requires the bearer token in
+        /// `admin.token` on every request.
+        pub listen: String,
+        /// Require the bearer token even on loopback.
+        pub require_token: bool,
+        /// Whether `/metrics` needs the token too when one is required (Prometheus sends it
+        /// with `authorization: { credentials_file: ... }`).
+        pub metrics_token: bool,
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            require_token: false,
+            metrics_token: true,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address to listen on (validated by [`NodeConfig::validate`]).
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                field: "admin.listen".into(),
+                reason: format!("not an ip:port address: {:?}", self.listen),
+            })
+    }
+
+    /// Whether requests need the bearer token: off loopback always, else when asked.
+    pub fn token_required(&self) -> bool {
+        self.require_token || self.listen_addr().map_or(true, |a| !a.ip().is_loopback())
     }
 }
 
@@ -437,6 +486,7 @@ impl NodeConfig {
                 "must not be empty (remove the line for no PSK)".into()
             })?;
         }
+        self.admin.listen_addr()?;
         let p = &self.privacy;
         ensure(
             p.epsilon.is_finite() && p.epsilon > 0.0,
@@ -705,6 +755,8 @@ mod tests {
             |c| c.network.ban_after_offences = 0,
             |c| c.network.offence_window_secs = 0,
             |c| c.network.max_inflight_mb = 64,
+            |c| c.admin.listen = "localhost".into(),
+            |c| c.admin.listen = "127.0.0.1".into(),
         ];
         for (i, f) in bad.into_iter().enumerate() {
             let mut c = NodeConfig::default();
@@ -712,6 +764,16 @@ mod tests {
             assert!(c.validate().is_err(), "case {i} accepted");
         }
         let mut c = NodeConfig::default();
+        assert!(
+            !c.admin.token_required(),
+            "loopback needs no token by default"
+        );
+        c.admin.listen = "0.0.0.0:9100".into();
+        assert!(c.admin.token_required(), "off loopback it does");
+        c.admin.listen = "[::1]:0".into();
+        assert!(!c.admin.token_required());
+        c.admin.require_token = true;
+        assert!(c.admin.token_required());
         c.network.members = vec![PeerId::random().to_string()];
         c.validate().unwrap();
         assert_eq!(c.member_ids().unwrap().len(), 1);

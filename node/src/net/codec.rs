@@ -24,11 +24,32 @@ use super::inflight::{InflightBudget, Reservation};
 /// Default time an inbound request may go without a byte arriving before it is given up.
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Bytes this node's request-response streams carried since it started, both ways (what the
+/// admin endpoint's `fedmmkt_bytes_total` counts).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Traffic {
+    /// Bytes written: requests and responses, framing included.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read: requests and responses, framing included.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
 /// The fedmmkt request-response codec (postcard bodies in the versioned envelope); its clones
-/// (one per connection and stream) share one inbound byte budget.
+/// (one per connection and stream) share one inbound byte budget and one [`Traffic`] count.
 #[derive(Debug, Clone)]
 pub struct WireCodec {
     budget: Arc<InflightBudget>,
+    traffic: Arc<Traffic>,
     /// Longest wait for the next byte of a request.
     idle: Duration,
     /// Longest a request may take to read in all, however its bytes trickle in.
@@ -37,16 +58,18 @@ pub struct WireCodec {
 
 impl Default for WireCodec {
     fn default() -> Self {
-        Self::new(Arc::default(), DEFAULT_READ_DEADLINE)
+        Self::new(Arc::default(), DEFAULT_READ_DEADLINE, Arc::default())
     }
 }
 
 impl WireCodec {
     /// A codec whose inbound bodies share `budget`; a request is given up when no byte of it
-    /// arrives for `idle`, or when reading it takes twice that in all.
-    pub fn new(budget: Arc<InflightBudget>, idle: Duration) -> Self {
+    /// arrives for `idle`, or when reading it takes twice that in all. Bytes both ways are
+    /// added to `traffic`.
+    pub fn new(budget: Arc<InflightBudget>, idle: Duration, traffic: Arc<Traffic>) -> Self {
         Self {
             budget,
+            traffic,
             idle,
             total: idle.saturating_mul(2),
         }
@@ -69,11 +92,13 @@ pub enum Framed {
     },
 }
 
-/// A reader that notes when it last delivered a byte, in milliseconds after `start`.
+/// A reader that notes when it last delivered a byte, in milliseconds after `start`, and
+/// counts what it delivers.
 struct Watched<'a, T> {
     io: &'a mut T,
     start: Instant,
     last_byte_ms: &'a AtomicU64,
+    received: &'a AtomicU64,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
@@ -87,6 +112,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
             if *n > 0 {
                 let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
                 self.last_byte_ms.store(ms, Ordering::Relaxed);
+                self.received.fetch_add(*n as u64, Ordering::Relaxed);
             }
         }
         polled
@@ -208,6 +234,7 @@ impl request_response::Codec for WireCodec {
             io,
             start,
             last_byte_ms: &last_byte_ms,
+            received: &self.traffic.received,
         };
         let read = read_request(&mut watched, &self.budget);
         libp2p::futures::pin_mut!(read);
@@ -234,6 +261,9 @@ impl request_response::Codec for WireCodec {
         let mut tag = [0u8; 1];
         io.read_exact(&mut tag).await?;
         let body = read_body(io, MAX_RESPONSE_BYTES, &self.budget).await?;
+        self.traffic
+            .received
+            .fetch_add(5 + body.len() as u64, Ordering::Relaxed);
         wire::decode(&body, MAX_RESPONSE_BYTES).map_err(invalid)
     }
 
@@ -258,7 +288,11 @@ impl request_response::Codec for WireCodec {
                 kind.limit()
             )));
         }
-        write_body(io, kind as u8, &body).await
+        write_body(io, kind as u8, &body).await?;
+        self.traffic
+            .sent
+            .fetch_add(5 + body.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -271,7 +305,11 @@ impl request_response::Codec for WireCodec {
         T: AsyncWrite + Unpin + Send,
     {
         let body = wire::encode(&res).map_err(invalid)?;
-        write_body(io, 0, &body).await
+        write_body(io, 0, &body).await?;
+        self.traffic
+            .sent
+            .fetch_add(5 + body.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -324,18 +362,25 @@ mod tests {
         let proto = crate::net::RR_PROTOCOL;
         let buf = frame_of(packet(100_000));
         let budget = Arc::new(InflightBudget::new(100_000));
-        let mut codec = WireCodec::new(budget.clone(), DEFAULT_READ_DEADLINE);
+        let mut codec = WireCodec::new(budget.clone(), DEFAULT_READ_DEADLINE, Arc::default());
         let err = block_on(codec.read_request(&proto, &mut Cursor::new(&buf))).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
         assert_eq!(budget.used(), 0);
+        let traffic = Arc::new(Traffic::default());
         let mut codec = WireCodec::new(
             Arc::new(InflightBudget::new(300_000)),
             DEFAULT_READ_DEADLINE,
+            traffic.clone(),
         );
         assert_eq!(
             block_on(codec.read_request(&proto, &mut Cursor::new(&buf))).unwrap(),
             Framed::Valid(packet(100_000))
         );
+        // Every byte read is counted once, framing included; writing a response counts too.
+        assert_eq!(traffic.received(), buf.len() as u64);
+        let mut out = Cursor::new(Vec::new());
+        block_on(codec.write_response(&proto, &mut out, Response::Ack)).unwrap();
+        assert_eq!(traffic.sent(), out.into_inner().len() as u64);
     }
 
     /// A reader that yields its bytes, then never completes (a peer that stalls mid-body).
@@ -360,7 +405,7 @@ mod tests {
         stalled.extend((Kind::Offer.limit() as u32).to_le_bytes());
         stalled.extend([1u8; 10]);
         let budget = Arc::new(InflightBudget::default());
-        let mut codec = WireCodec::new(budget.clone(), Duration::from_millis(200));
+        let mut codec = WireCodec::new(budget.clone(), Duration::from_millis(200), Arc::default());
         let t0 = std::time::Instant::now();
         let got = block_on(codec.read_request(
             &crate::net::RR_PROTOCOL,
@@ -403,14 +448,16 @@ mod tests {
 
     fn trickle(frame: Vec<u8>, every: Duration, idle: Duration) -> (Framed, Duration) {
         let started = std::time::Instant::now();
-        let got = block_on(WireCodec::new(Arc::default(), idle).read_request(
-            &crate::net::RR_PROTOCOL,
-            &mut Trickle {
-                bytes: Cursor::new(frame),
-                every,
-                wait: None,
-            },
-        ))
+        let got = block_on(
+            WireCodec::new(Arc::default(), idle, Arc::default()).read_request(
+                &crate::net::RR_PROTOCOL,
+                &mut Trickle {
+                    bytes: Cursor::new(frame),
+                    every,
+                    wait: None,
+                },
+            ),
+        )
         .unwrap();
         (got, started.elapsed())
     }

@@ -83,6 +83,8 @@ pub struct NetConfig {
     /// Connect over in-process memory channels (`/memory/N` addresses) instead of TCP/QUIC:
     /// several nodes in one process, for tests without sockets.
     pub memory: bool,
+    /// Where the request-response streams count their bytes.
+    pub traffic: Arc<codec::Traffic>,
 }
 
 /// A boxed error from building the stack.
@@ -203,6 +205,7 @@ pub fn build_swarm(key: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, Bu
             let codec = WireCodec::new(
                 Arc::new(inflight::InflightBudget::new(cfg.max_inflight_bytes)),
                 cfg.request_timeout / 2,
+                cfg.traffic.clone(),
             );
             let rr = request_response::Behaviour::with_codec(
                 codec,

@@ -12,6 +12,18 @@ pub fn write_grid(
     side: usize,
     scale: usize,
 ) -> anyhow::Result<()> {
+    std::fs::write(path, encode_grid(pixels, labels, classes, side, scale)?)?;
+    Ok(())
+}
+
+/// [`write_grid`]'s PNG, in memory.
+pub fn encode_grid(
+    pixels: &[u8],
+    labels: &[u8],
+    classes: usize,
+    side: usize,
+    scale: usize,
+) -> anyhow::Result<Vec<u8>> {
     let n = labels.len();
     anyhow::ensure!(
         pixels.len() == n * side * side,
@@ -42,10 +54,10 @@ pub fn write_grid(
             }
         }
     }
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
     enc.set_color(png::ColorType::Grayscale);
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header()?.write_image_data(&img)?;
-    Ok(())
+    Ok(out)
 }

@@ -114,6 +114,7 @@ impl Node {
             };
             self.store.set_metrics(&metrics)?;
             self.last_metrics = Some(metrics);
+            self.note_round(round, |p| p.test_acc = Some(test_acc));
         }
         tracing::info!(round, test_acc, seconds, "learned and judged");
         self.client_phase(term, round, Phase::Judge)?;

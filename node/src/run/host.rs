@@ -326,6 +326,7 @@ impl Node {
             Outcome::Generated { start, seconds } => {
                 tracing::info!(round = start.round, seconds, "synthetic set sampled");
                 host.generated_in = seconds;
+                self.show_samples(&start);
                 self.open_round(start)
             }
             Outcome::Improved {
@@ -716,6 +717,9 @@ impl Node {
             test_acc: active.own_test_acc,
         };
         self.store.set_metrics(&metrics)?;
+        if let Some(acc) = active.own_test_acc {
+            self.note_round(round, |p| p.test_acc = Some(acc));
+        }
         self.last_metrics = Some(metrics);
         tracing::info!(term, round, seconds, bytes, "round complete");
         Ok(())

@@ -114,6 +114,12 @@ pub struct Node {
     serving: HashSet<PeerId>,
     /// Bytes of checkpoints sent to members that asked, since this process started.
     served_bytes: u64,
+    /// Request-response bytes both ways, since this process started.
+    traffic: Arc<net::codec::Traffic>,
+    /// ε spent and accuracy per round (durable in the store), for the live page.
+    history: Vec<crate::metrics::RoundPoint>,
+    /// The host's latest synthetic images, for the live page.
+    grid: Option<Arc<admin::Grid>>,
     bootstrap: Vec<Multiaddr>,
     ticks: u64,
 }
@@ -175,6 +181,25 @@ pub async fn run(
         cfg.network.mdns = true;
     }
     cfg.validate()?;
+    // The admin endpoint's access is settled first: a node that would serve its state
+    // unguarded does not start at all.
+    let admin_listen = cfg.admin.listen_addr()?;
+    let access = admin::Access {
+        token: match cfg.admin.token_required() {
+            true => Some(admin::token::load(dir.root()).with_context(|| {
+                format!(
+                    "admin.listen = {admin_listen}{}: every request needs the bearer token",
+                    if cfg.admin.require_token {
+                        " with admin.require_token"
+                    } else {
+                        " is not a loopback address"
+                    }
+                )
+            })?),
+            false => None,
+        },
+        metrics_need_token: cfg.admin.metrics_token,
+    };
     let key = store::load_identity(dir.root())?;
     let me = key.public().to_peer_id();
     let signing = {
@@ -229,6 +254,7 @@ pub async fn run(
     // Memory addresses only: an in-process federation (tests), no sockets for the swarm.
     let memory = !listen.is_empty() && listen.iter().all(net::is_memory);
     let quic = !members.is_empty() && !memory;
+    let traffic = Arc::new(net::codec::Traffic::default());
     let net_cfg = NetConfig {
         psk,
         members: members.clone(),
@@ -239,6 +265,7 @@ pub async fn run(
         request_timeout: request_timeout(&cfg),
         max_inflight_bytes: (cfg.network.max_inflight_mb as usize).saturating_mul(1 << 20),
         memory,
+        traffic: traffic.clone(),
     };
     let mut swarm = net::build_swarm(key, &net_cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     for addr in &listen {
@@ -367,7 +394,13 @@ pub async fn run(
         ml_tx,
     )?;
     let (admin_tx, admin_rx) = watch::channel(AdminState::default());
-    let (_, admin_task) = admin::start(dir.root(), admin_rx).await?;
+    let guarded = access.token.is_some();
+    let (admin_addr, admin_task) = admin::start(dir.root(), admin_listen, access, admin_rx).await?;
+    tracing::info!(
+        url = %format!("http://{admin_addr}/"),
+        token = if guarded { "required (admin.token)" } else { "none (loopback)" },
+        "admin endpoint: live page, /status, /peers, /audit, /metrics"
+    );
 
     let mut releaser = Releaser::new(PrivacyPlan {
         epsilon: cfg.privacy.epsilon,
@@ -411,11 +444,15 @@ pub async fn run(
         catch_up,
         serving: HashSet::new(),
         served_bytes: 0,
+        traffic,
+        history: Vec::new(),
+        grid: None,
         bootstrap,
         ticks: 0,
     };
     node.restore_bans(&node.store.peers()?);
     node.last_metrics = node.store.metrics()?;
+    node.history = node.store.round_points()?;
     node.refresh_ledger_view();
     node.publish_admin();
 

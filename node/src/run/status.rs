@@ -2,6 +2,10 @@
 //! report, refreshed when they change.
 
 use super::*;
+use crate::metrics::RoundPoint;
+
+/// Images of each class the live page's grid shows.
+const GRID_PER_CLASS: usize = 8;
 
 /// The ledger as the admin endpoint shows it (ε spent, budget, audit), read when it changes.
 #[derive(Debug, Clone, Default)]
@@ -34,15 +38,27 @@ impl Node {
     }
 
     /// Re-reads the ledger (verifying its chain) for the admin endpoint; called when it changed,
-    /// so the per-second status refresh never re-verifies every entry.
+    /// so the per-second status refresh never re-verifies every entry. The round of the
+    /// ledger's newest entry gets the ε spent now as its point in the history.
     pub(super) fn refresh_ledger_view(&mut self) {
         let delta = self.cfg.privacy.delta;
+        let audit = self.ledger.audit().ok();
+        let spent = self
+            .ledger
+            .epsilon_spent(delta)
+            .map(|e| e.epsilon)
+            .unwrap_or(f64::NAN);
+        if let Some(round) = audit
+            .as_ref()
+            .and_then(|a| a.entries.last())
+            .map(|e| e.round)
+        {
+            if spent.is_finite() {
+                self.note_round(round, |p| p.epsilon_spent = Some(spent));
+            }
+        }
         self.ledger_view = LedgerView {
-            spent: self
-                .ledger
-                .epsilon_spent(delta)
-                .map(|e| e.epsilon)
-                .unwrap_or(f64::NAN),
+            spent,
             budget: self
                 .ledger
                 .budget()
@@ -50,12 +66,62 @@ impl Node {
                 .flatten()
                 .map(|b| b.epsilon)
                 .unwrap_or(self.cfg.privacy.epsilon),
-            audit: self
-                .ledger
-                .audit()
-                .ok()
-                .and_then(|a| serde_json::to_value(a).ok()),
+            audit: audit.and_then(|a| serde_json::to_value(a).ok()),
         };
+    }
+
+    /// Updates round `round`'s point in this node's history (kept in the store too).
+    pub(super) fn note_round(&mut self, round: u64, note: impl FnOnce(&mut RoundPoint)) {
+        let i = match self.history.binary_search_by_key(&round, |p| p.round) {
+            Ok(i) => i,
+            Err(i) => {
+                self.history.insert(
+                    i,
+                    RoundPoint {
+                        round,
+                        ..RoundPoint::default()
+                    },
+                );
+                i
+            }
+        };
+        let Some(point) = self.history.get_mut(i) else {
+            return;
+        };
+        note(point);
+        if let Err(e) = self.store.set_round_point(point) {
+            tracing::warn!(round, "could not record the round in the history: {e}");
+        }
+    }
+
+    /// Keeps the host's newly sampled synthetic set as the page's image grid (at most
+    /// [`GRID_PER_CLASS`] images of each class).
+    pub(super) fn show_samples(&mut self, start: &protocol::messages::RoundStart) {
+        let side = start.side as usize;
+        let mut taken = vec![0usize; start.classes as usize];
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        for (i, &class) in start.prompt_class.iter().enumerate() {
+            let (Some(count), Some(image)) = (
+                taken.get_mut(class as usize),
+                start.images.get(i * side * side..(i + 1) * side * side),
+            ) else {
+                continue;
+            };
+            if *count < GRID_PER_CLASS {
+                *count += 1;
+                pixels.extend_from_slice(image);
+                labels.push(class as u8);
+            }
+        }
+        match crate::report::grid::encode_grid(&pixels, &labels, taken.len(), side, 3) {
+            Ok(png) => {
+                self.grid = Some(Arc::new(admin::Grid {
+                    round: start.round,
+                    png,
+                }))
+            }
+            Err(e) => tracing::debug!("no image grid for the page: {e}"),
+        }
     }
 
     /// Refreshes what the admin endpoint answers.
@@ -115,6 +181,10 @@ impl Node {
             status,
             peers,
             audit: self.ledger_view.audit.clone(),
+            history: self.history.clone(),
+            bytes_sent: self.traffic.sent(),
+            bytes_received: self.traffic.received(),
+            grid: self.grid.clone(),
         });
     }
 }

@@ -55,6 +55,11 @@ impl DataDir {
         self.root.join(ADMIN_ADDR_FILE)
     }
 
+    /// `DIR/admin.token`.
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join(ADMIN_TOKEN_FILE)
+    }
+
     /// True when `init` has run here (identity and store present).
     pub fn is_initialised(&self) -> bool {
         self.identity().is_file() && self.state().is_dir()

@@ -1,5 +1,5 @@
 //! The node's data directory and its durable state: election term and vote, round progress,
-//! known peers, last metrics and content-addressed generator checkpoints.
+//! known peers, last metrics, per-round history and content-addressed generator checkpoints.
 //!
 //! # Data directory layout
 //!
@@ -12,8 +12,9 @@
 //! DIR/state/                 sled database of this module's [`NodeStore`]
 //! DIR/checkpoints/<sha256>.bin  generator checkpoints, named by the SHA-256 of their bytes;
 //!                            the newest 3 rounds' are kept
-//! DIR/admin.addr             `ip:port` of a running node's loopback admin endpoint (see
+//! DIR/admin.addr             `ip:port` of a running node's HTTP admin endpoint (see
 //!                            [`crate::admin`]); removed on clean shutdown
+//! DIR/admin.token            the admin endpoint's bearer token, mode 0600 (written by init)
 //! ```
 //!
 //! Every write to the store is flushed to disk before the call returns: callers rely on
@@ -34,7 +35,7 @@ use protocol::wire::Phase;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::config::CONFIG_FILE;
-use crate::metrics::RoundMetrics;
+use crate::metrics::{RoundMetrics, RoundPoint};
 
 /// Identity key file name.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -48,6 +49,8 @@ pub const STATE_DIR: &str = "state";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 /// Admin endpoint address file name.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+/// File name of the admin endpoint's bearer token (mode 0600), written by `init`.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Checkpoints kept on disk (the newest rounds').
 pub const KEEP_CHECKPOINTS: usize = 3;
 
@@ -59,6 +62,7 @@ const UPLOADED_TREE: &str = "uploaded";
 const HOSTS_TREE: &str = "hosts";
 const PEERS_TREE: &str = "peers";
 const CHECKPOINTS_TREE: &str = "checkpoints";
+const HISTORY_TREE: &str = "history";
 
 /// What can go wrong with the data directory or the node store.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +179,7 @@ pub struct NodeStore {
     hosts: sled::Tree,
     peers: sled::Tree,
     checkpoints: sled::Tree,
+    history: sled::Tree,
     checkpoint_dir: PathBuf,
 }
 
@@ -202,6 +207,7 @@ impl NodeStore {
             hosts: db.open_tree(HOSTS_TREE)?,
             peers: db.open_tree(PEERS_TREE)?,
             checkpoints: db.open_tree(CHECKPOINTS_TREE)?,
+            history: db.open_tree(HISTORY_TREE)?,
             db,
             checkpoint_dir,
         })
@@ -329,6 +335,24 @@ impl NodeStore {
     /// The last round's metrics, if any.
     pub fn metrics(&self) -> Result<Option<RoundMetrics>> {
         self.get_json(METRICS_KEY, "metrics")
+    }
+
+    /// Records (or replaces) one round of this node's history, durably.
+    pub fn set_round_point(&self, point: &RoundPoint) -> Result<()> {
+        self.put_json(
+            &self.history,
+            &point.round.to_be_bytes(),
+            point,
+            "round history",
+        )
+    }
+
+    /// This node's history, oldest round first.
+    pub fn round_points(&self) -> Result<Vec<RoundPoint>> {
+        self.history
+            .iter()
+            .map(|kv| decode_json(&kv?.1, "round history"))
+            .collect()
     }
 
     /// Stores the checkpoint of `round` as `checkpoints/<sha256>.bin` (atomically) and indexes
