@@ -136,7 +136,7 @@ fn up_config(a: &UpArgs) -> anyhow::Result<UpConfig> {
         (30 * n).max(240)
     };
     // Starting a node takes a few seconds of the shared cores.
-    let start = 120 + 5 * a.nodes as u64;
+    let start = 120 + 5 * n;
     Ok(UpConfig {
         nodes: a.nodes,
         rounds: a.rounds,

@@ -454,10 +454,9 @@ pub fn up(cfg: &UpConfig) -> anyhow::Result<TestnetReport> {
     }
     for (round, accs) in &seen.client_acc {
         if let Some(r) = seen.rounds.get_mut(round) {
-            let v: Vec<f64> = accs.values().copied().collect();
-            if !v.is_empty() {
-                r.client_acc_mean = Some(v.iter().sum::<f64>() / v.len() as f64);
-                r.client_acc_min = Some(v.iter().copied().fold(f64::INFINITY, f64::min));
+            if let Some((mean, worst)) = mean_and_worst(accs) {
+                r.client_acc_mean = Some(mean);
+                r.client_acc_min = Some(worst);
             }
             r.client_acc = accs.clone();
         }
@@ -715,7 +714,8 @@ fn progress_line(
         .client_acc
         .values()
         .next_back()
-        .map(|m| pct(m.values().sum::<f64>() / m.len().max(1) as f64))
+        .and_then(mean_and_worst)
+        .map(|(mean, _)| pct(mean))
         .unwrap_or_else(|| "–".into());
     let last = seen.rounds.values().next_back();
     format!(
@@ -725,6 +725,12 @@ fn progress_line(
         last.map(|r| format!(" · last round {:.1} s", r.seconds))
             .unwrap_or_default()
     )
+}
+
+/// The mean and the worst of the clients' accuracies in a round, when there are any.
+fn mean_and_worst(accs: &BTreeMap<usize, f64>) -> Option<(f64, f64)> {
+    let worst = accs.values().copied().reduce(f64::min)?;
+    Some((accs.values().sum::<f64>() / accs.len() as f64, worst))
 }
 
 /// A node's letter in the progress line and on the dashboard: H the host, then the client's
@@ -784,16 +790,14 @@ fn view(
             .rounds
             .values()
             .map(|r| {
-                let accs = seen.client_acc.get(&r.round);
-                let mean = accs
-                    .filter(|m| !m.is_empty())
-                    .map(|m| m.values().sum::<f64>() / m.len() as f64);
-                let min = accs.and_then(|m| m.values().copied().reduce(f64::min));
+                // The records get their accuracies only after the run; the view reads them
+                // as they arrive.
+                let acc = seen.client_acc.get(&r.round).and_then(mean_and_worst);
                 RoundView {
                     round: r.round,
                     participants: r.participants,
-                    client_acc_mean: r.client_acc_mean.or(mean),
-                    client_acc_min: r.client_acc_min.or(min),
+                    client_acc_mean: acc.map(|(mean, _)| mean),
+                    client_acc_min: acc.map(|(_, worst)| worst),
                     kept: r.kept,
                     mean_reward: r.mean_reward,
                     seconds: r.seconds,

@@ -34,14 +34,20 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 const PAGE: &str = include_str!("page.html");
 /// The line charts both live pages draw (this node's and the testnet's dashboard).
 const CHART_JS: &str = include_str!("chart.js");
+/// The style both live pages share.
+const PAGE_CSS: &str = include_str!("page.css");
 
 /// Where a live page keeps its HTML once built.
 pub type PageCell = std::sync::OnceLock<Bytes>;
 
-/// A live page's HTML with the shared chart code in place of its `/* chart.js */` marker, as
-/// a `200` (built once per page).
+/// A live page's HTML with the shared style and chart code in place of its `/* page.css */`
+/// and `/* chart.js */` markers, as a `200` (built once per page).
 pub fn page(cell: &'static PageCell, html: &'static str) -> Reply {
-    let body = cell.get_or_init(|| html.replacen("/* chart.js */", CHART_JS, 1).into());
+    let body = cell.get_or_init(|| {
+        html.replacen("/* page.css */", PAGE_CSS, 1)
+            .replacen("/* chart.js */", CHART_JS, 1)
+            .into()
+    });
     with_type(body.clone(), "text/html; charset=utf-8")
 }
 
@@ -112,7 +118,7 @@ fn answer<R: Fn(&Parts) -> Reply>(route: &R, req: Request<Incoming>) -> Reply {
         .headers
         .get(header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0");
-    if declared || body.size_hint().lower() > 0 || !body.is_end_stream() {
+    if declared || !body.is_end_stream() {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "no route takes a request body",
