@@ -17,6 +17,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_RESPONSE: u64 = 16 << 20;
 /// Longest route name.
 const MAX_ROUTE: usize = 64;
+/// Most bytes of `admin.addr` read (an IPv6 `[addr%scope]:port` line fits many times over).
+const MAX_ADDR_FILE: u64 = 256;
 
 /// Asks the node running on `dir` for `route` (`status`, `peers`, `audit`, `history`) and
 /// parses the JSON answer (blocking, [`QUERY_TIMEOUT`]); `Ok(None)` when no node runs there
@@ -31,11 +33,20 @@ pub fn query(dir: &Path, route: &str) -> Result<Option<Value>, AdminError> {
         return Err(AdminError::BadRequest(route.into()));
     }
     let path = DataDir::new(dir).admin_addr();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(AdminError::Io { path, source }),
     };
+    // An `ip:port` line is short: read no more than could hold one.
+    let mut bytes = Vec::new();
+    file.take(MAX_ADDR_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|source| AdminError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&bytes);
     let addr: SocketAddr = text.trim().parse().map_err(|_| AdminError::BadAddrFile {
         path: path.clone(),
         text: text.trim().chars().take(100).collect(),
@@ -188,10 +199,15 @@ mod tests {
                 Err(AdminError::BadRequest(_))
             ));
         }
-        std::fs::write(DataDir::new(dir.path()).admin_addr(), "not an address").unwrap();
-        assert!(matches!(
-            query(dir.path(), "status"),
-            Err(AdminError::BadAddrFile { .. })
-        ));
+        for bad in [
+            "not an address".to_string(),
+            format!("127.0.0.1:1{}", "0".repeat(4096)),
+        ] {
+            std::fs::write(DataDir::new(dir.path()).admin_addr(), bad).unwrap();
+            assert!(matches!(
+                query(dir.path(), "status"),
+                Err(AdminError::BadAddrFile { .. })
+            ));
+        }
     }
 }
